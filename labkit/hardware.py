@@ -127,3 +127,25 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
     elif device == "mps":
         torch.mps.synchronize()
+
+
+def gpu_table() -> list[dict]:
+    """Common GPUs (datasets/gpus.json): name, vram_gb, bandwidth_gbps, fp16_tflops, bf16, source."""
+    import json
+
+    from .paths import datasets_dir
+
+    return json.loads((datasets_dir() / "gpus.json").read_text())["gpus"]
+
+
+def find_gpu(name: str) -> dict:
+    """The gpus.json entry whose name contains `name` (case-insensitive), e.g. find_gpu('4090')."""
+    from .errors import unknown
+
+    matches = [g for g in gpu_table() if name.lower() in g["name"].lower()]
+    if len(matches) != 1:
+        exact = [g for g in matches if g["name"].lower() == name.lower()]
+        if len(exact) == 1:
+            return exact[0]
+        raise unknown("GPU", name, [g["name"] for g in gpu_table()])
+    return matches[0]
