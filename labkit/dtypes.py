@@ -41,9 +41,7 @@ TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 def normalize_dtype(name: str) -> str:
     """Canonical dtype name ('bfloat16' -> 'bf16', 'q4_k_m' -> 'Q4_K_M'); raises on unknown names."""
-    if not isinstance(name, str):
-        name = str(name).removeprefix("torch.")
-    key = name.strip()
+    key = str(name).strip().removeprefix("torch.")
     key = ALIASES.get(key.lower(), key)
     for known in BITS_PER_WEIGHT:
         if key.lower() == known.lower():

