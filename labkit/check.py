@@ -77,7 +77,7 @@ def exercises() -> dict[str, Exercise]:
     return _EXERCISES
 
 
-def check(exercise_id: str, answer: Any, **context: Any) -> bool:
+def check(exercise_id: str, answer: Any, **context: Any) -> None:
     """Check an answer. Raises AssertionError with the exercise's hint when it is wrong or missing."""
     registry = exercises()
     if exercise_id not in registry:
@@ -93,7 +93,6 @@ def check(exercise_id: str, answer: Any, **context: Any) -> bool:
     if problem:
         raise AssertionError(f"[{ex.id}] {problem}.\nHint: {ex.hint}")
     print(f"✅ [{ex.id}] correct")
-    return True
 
 
 def _close(answer: Any, expected: Any, rtol: float, atol: float) -> bool:
