@@ -76,12 +76,11 @@ def fit_widget(default_gib: float | None = None):
                                  continuous_update=True, style={"description_width": "initial"})
     formats = widgets.SelectMultiple(options=["fp32", "bf16", "Q8_0", "Q6_K", "Q4_K_M", "Q2_K"],
                                      value=("bf16", "Q8_0", "Q4_K_M"), description="Formats")
-    out = widgets.Output()
+    out = widgets.HTML()
 
     def update(*_):
-        with out:
-            out.clear_output(wait=True)
-            print(fit_table(what_runs_where(memory.value * 2**30, tuple(formats.value) or ("bf16",))))
+        table = fit_table(what_runs_where(memory.value * 2**30, tuple(formats.value) or ("bf16",)))
+        out.value = f"<pre style='font-size:12px'>{table}</pre>"
 
     memory.observe(update, "value")
     formats.observe(update, "value")
