@@ -47,11 +47,14 @@ lint: setup-dev
 	$(VENV)/bin/ruff check labkit tests benchmarks notebooks
 
 unit: setup-dev
-	$(VENV)/bin/pytest -q tests --ignore=tests/test_notebooks.py -p no:cacheprovider
+	$(NB_ENV) $(VENV)/bin/pytest -q -p no:cacheprovider tests --ignore=tests/test_student_versions.py \
+	    --durations=5
 
+# Every notebook as written (nbmake), then its student version (every check must fail with its hint).
 notebooks: setup-dev
-	$(NB_ENV) $(VENV)/bin/pytest -q -p no:cacheprovider tests/test_notebooks.py \
-	    --nbmake notebooks --nbmake-timeout=$(CELL_TIMEOUT) --timeout=$(NOTEBOOK_TIMEOUT) -n 2
+	$(NB_ENV) $(VENV)/bin/pytest -q -p no:cacheprovider -n 2 \
+	    --nbmake notebooks tests/test_student_versions.py \
+	    --nbmake-timeout=$(CELL_TIMEOUT) --timeout=$(NOTEBOOK_TIMEOUT)
 
 test: lint unit notebooks
 

@@ -172,10 +172,7 @@ def load_bundled_transformers(dtype: str = "fp32", device: str = "cpu") -> Loade
         model.config.quantization_config = None
         if hasattr(model, "hf_quantizer"):
             model.hf_quantizer = None
-        tmp = dense.with_name(dense.name + ".partial")
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        tmp.replace(dense) if not dense.exists() else None
+        _save_atomically(model, tokenizer, dense)
     model = AutoModelForCausalLM.from_pretrained(str(dense), dtype=torch_dtype(dtype)).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(dense))
     report = ModelReport(
@@ -184,6 +181,21 @@ def load_bundled_transformers(dtype: str = "fp32", device: str = "cpu") -> Loade
         load_seconds=time.perf_counter() - start,
     )
     return LoadedModel(model, tokenizer, report)
+
+
+def _save_atomically(model, tokenizer, target: Path) -> None:
+    """Save to a private folder, then rename it into place: two processes converting at once
+    (parallel test workers, two notebooks) never see a half-written copy."""
+    import os
+    import shutil
+
+    tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        os.rename(tmp, target)
+    except OSError:  # another process finished first; its copy is identical
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- hub models
