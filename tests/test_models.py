@@ -3,8 +3,8 @@ import pytest
 from labkit.errors import LabkitError
 from labkit.models import (
     BUNDLED,
-    bundled_gguf_path,
     build_random_model,
+    bundled_gguf_path,
     load_model,
     to_transformers_config,
     validate_gguf,
