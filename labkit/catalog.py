@@ -1,0 +1,980 @@
+"""Model families: the catalog of open models, exact parameter counts from real configs, and a picker.
+
+Three things live here, each usable on its own:
+
+1. **The catalog** (`datasets/catalog.yaml`): one entry per open model the course talks about, with
+   its family, size, context, licence and what the licence allows, how open it is, its specialities
+   and the published benchmark scores the course quotes (each with its source).
+2. **Architecture from a config**: `count_parameters(config)` computes the total and the active
+   (per-token) parameter count of a decoder from its `config.json` alone, exactly: embeddings,
+   attention (MHA, GQA, MQA, and DeepSeek's latent attention, MLA), dense MLPs, mixture-of-experts
+   layers with their router and shared experts, norms, biases and tied embeddings. The tests check
+   it against `sum(p.numel())` of the same architecture built by transformers.
+   `architecture_summary` reads the rest off the config: GQA ratio, head size, RoPE base, sliding
+   window, experts, vocabulary, context; `kv_cache_bytes_per_token` says what each token costs in
+   the KV cache.
+3. **The picker**: `recommend(task, vram_gb, ...)` ranks the catalog models that fit a memory
+   budget at a chosen quantization and says why; `picker_widget()` is a thin ipywidgets view on it.
+
+A config is given as the name of a shipped config (`"llama-3.1-8b"`), a dict shaped like a Hub
+`config.json`, or a transformers `PretrainedConfig`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from .check import exercise, validator
+from .dtypes import bytes_per_weight, normalize_dtype
+from .errors import LabkitError, require_positive, unknown
+
+GIB = 2**30
+
+TASKS = ("general", "code", "math", "reasoning", "multilingual", "vision")
+OPENNESS = ("truly-open", "open-weight", "restricted")
+COMMERCIAL = ("yes", "conditional", "no")
+# licence filters of the picker: which entries each one keeps
+LICENCE_FILTERS = {
+    "any": "every licence",
+    "commercial": "commercial use allowed (possibly with conditions)",
+    "permissive": "permissive licence (Apache 2.0, MIT): open-weight or truly open",
+    "truly-open": "weights, training code and training data all published",
+}
+TASK_BENCHMARK = {"general": "MMLU", "code": "HumanEval", "math": "MATH", "reasoning": "MATH"}
+
+
+# =============================================================================== the catalog
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One catalog entry (see the header of datasets/catalog.yaml for the meaning of each field)."""
+
+    id: str
+    name: str
+    family: str
+    organisation: str
+    hf_id: str
+    params_b: float
+    params_source: str
+    architecture: str
+    context: int
+    release: str
+    licence: str
+    commercial: str
+    licence_terms: str
+    openness: str
+    specialities: tuple[str, ...]
+    active_params_b: float | None = None
+    config: str | None = None
+    note: str = ""
+    benchmarks: tuple[dict, ...] = ()
+
+    @property
+    def is_moe(self) -> bool:
+        return self.architecture == "moe"
+
+    @property
+    def active_b(self) -> float:
+        """Parameters used per token, in billions (the total for a dense model)."""
+        return self.active_params_b if self.active_params_b is not None else self.params_b
+
+    def benchmark(self, name: str) -> dict | None:
+        """The published score for a benchmark (`{"name", "score", "setting", "source"}`), or None."""
+        return next((b for b in self.benchmarks if b["name"].lower() == name.lower()), None)
+
+
+_REQUIRED_ENTRY_FIELDS = ("id", "name", "family", "organisation", "hf_id", "params_b", "params_source",
+                          "architecture", "context", "release", "licence", "commercial", "licence_terms",
+                          "openness", "specialities")
+
+
+def _entry(raw: dict) -> ModelEntry:
+    missing = [k for k in _REQUIRED_ENTRY_FIELDS if k not in raw]
+    if missing:
+        raise LabkitError(f"catalog entry {raw.get('id', '?')!r} lacks {', '.join(missing)}")
+    if raw["openness"] not in OPENNESS:
+        raise unknown(f"openness of {raw['id']}", raw["openness"], OPENNESS)
+    if raw["commercial"] not in COMMERCIAL:
+        raise unknown(f"commercial terms of {raw['id']}", raw["commercial"], COMMERCIAL)
+    bad = [s for s in raw["specialities"] if s not in TASKS]
+    if bad:
+        raise unknown(f"speciality of {raw['id']}", bad[0], TASKS)
+    known = {f for f in ModelEntry.__dataclass_fields__}
+    values = {k: v for k, v in raw.items() if k in known}
+    values["specialities"] = tuple(raw["specialities"])
+    values["benchmarks"] = tuple(raw.get("benchmarks", ()))
+    values["release"] = str(raw["release"])
+    return ModelEntry(**values)
+
+
+@lru_cache(maxsize=1)
+def load_catalog() -> tuple[ModelEntry, ...]:
+    """Every entry of datasets/catalog.yaml, in file order."""
+    import yaml
+
+    from .paths import datasets_dir
+
+    data = yaml.safe_load((datasets_dir() / "catalog.yaml").read_text())
+    entries = tuple(_entry(raw) for raw in data["models"])
+    ids = [e.id for e in entries]
+    if len(set(ids)) != len(ids):
+        raise LabkitError("datasets/catalog.yaml has duplicate ids")
+    return entries
+
+
+def get_model(model_id: str) -> ModelEntry:
+    """The catalog entry with this id (e.g. 'mixtral-8x7b')."""
+    for entry in load_catalog():
+        if entry.id == model_id:
+            return entry
+    raise unknown("model", model_id, [e.id for e in load_catalog()])
+
+
+def families() -> list[str]:
+    """The model families in the catalog, in the order they first appear."""
+    return list(dict.fromkeys(e.family for e in load_catalog()))
+
+
+def find_models(family: str | None = None, speciality: str | None = None, openness: str | None = None,
+                commercial: str | None = None, architecture: str | None = None,
+                max_params_b: float | None = None) -> list[ModelEntry]:
+    """Catalog entries matching every filter given (None means 'any')."""
+    if family is not None and family not in families():
+        raise unknown("family", family, families())
+    if speciality is not None and speciality not in TASKS:
+        raise unknown("speciality", speciality, TASKS)
+    if openness is not None and openness not in OPENNESS:
+        raise unknown("openness", openness, OPENNESS)
+    if commercial is not None and commercial not in COMMERCIAL:
+        raise unknown("commercial terms", commercial, COMMERCIAL)
+    if architecture is not None and architecture not in ("dense", "moe"):
+        raise unknown("architecture", architecture, ("dense", "moe"))
+    if max_params_b is not None:
+        require_positive("max_params_b", max_params_b)
+    return [
+        e for e in load_catalog()
+        if (family is None or e.family == family)
+        and (speciality is None or speciality in e.specialities)
+        and (openness is None or e.openness == openness)
+        and (commercial is None or e.commercial == commercial)
+        and (architecture is None or e.architecture == architecture)
+        and (max_params_b is None or e.params_b <= max_params_b)
+    ]
+
+
+def catalog_rows(entries: list[ModelEntry] | None = None) -> list[dict]:
+    """Plain rows (one dict per model) for a table: the fields a reader compares first."""
+    rows = []
+    for e in entries if entries is not None else load_catalog():
+        size = f"{e.params_b:g}B" if not e.is_moe else f"{e.params_b:g}B ({e.active_b:g}B active)"
+        rows.append({
+            "model": e.name, "family": e.family, "organisation": e.organisation, "size": size,
+            "context": f"{e.context // 1024}K" if e.context >= 1024 else str(e.context),
+            "released": e.release, "licence": e.licence, "commercial": e.commercial,
+            "openness": e.openness, "specialities": ", ".join(e.specialities),
+        })
+    return rows
+
+
+def benchmark_rows(name: str) -> list[dict]:
+    """Every published score for one benchmark (MMLU, HumanEval, MATH) with its setting and source."""
+    rows = [{"model": e.name, "score": b["score"], "setting": b["setting"], "source": b["source"]}
+            for e in load_catalog() if (b := e.benchmark(name)) is not None]
+    if not rows:
+        names = sorted({b["name"] for e in load_catalog() for b in e.benchmarks})
+        raise unknown("benchmark", name, names)
+    return sorted(rows, key=lambda r: -r["score"])
+
+
+# =============================================================================== configs
+
+
+# fields a config must state for each architecture we can count (transformers would otherwise
+# silently fill in its defaults, i.e. count the wrong model)
+_COMMON_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+_FIELDS = {
+    "llama": ("intermediate_size",),
+    "mistral": ("intermediate_size",),
+    "qwen2": ("intermediate_size",),
+    "gemma2": ("intermediate_size",),
+    "gemma3_text": ("intermediate_size",),
+    "phi3": ("intermediate_size",),
+    "mixtral": ("intermediate_size", "num_local_experts", "num_experts_per_tok"),
+    "deepseek_v2": ("intermediate_size", "moe_intermediate_size", "n_routed_experts", "num_experts_per_tok",
+                    "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"),
+}
+SUPPORTED_MODEL_TYPES = tuple(_FIELDS)
+
+
+def _resolve(config: str | dict | Any) -> tuple[dict | None, Any]:
+    """(raw dict or None, transformers config) for a shipped name, a config dict, or a config."""
+    from transformers import PretrainedConfig
+
+    from .models import load_config, to_transformers_config
+
+    if isinstance(config, PretrainedConfig):
+        if config.model_type not in _FIELDS:
+            raise unknown("model_type", config.model_type, SUPPORTED_MODEL_TYPES)
+        return None, config
+    if isinstance(config, str):
+        raw = load_config(config)
+    elif isinstance(config, dict):
+        raw = config
+    else:
+        raise LabkitError(f"a config is a shipped config name, a dict or a transformers config, got {type(config).__name__}")
+    model_type = raw.get("model_type")
+    if model_type is None:
+        raise LabkitError("this config has no 'model_type' field; a config.json always names its architecture "
+                          f"(one of {', '.join(SUPPORTED_MODEL_TYPES)})")
+    if model_type not in _FIELDS:
+        raise unknown("model_type", model_type, SUPPORTED_MODEL_TYPES)
+    missing = [f for f in (*_COMMON_FIELDS, *_FIELDS[model_type]) if raw.get(f) is None]
+    if missing:
+        raise LabkitError(f"this {model_type} config lacks {', '.join(missing)}: every one is needed to "
+                          "count its parameters (they are in every real config.json of this architecture)")
+    for f in (*_COMMON_FIELDS, *_FIELDS[model_type]):
+        value = raw[f]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise LabkitError(f"config field {f!r} must be a positive integer, got {value!r}")
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # older huggingface_hub: configs are not validated field by field
+        StrictDataclassError = ValueError  # noqa: N806
+    try:
+        return raw, to_transformers_config(raw)
+    except LabkitError:
+        raise
+    except (TypeError, ValueError, StrictDataclassError) as err:  # transformers checks the other fields
+        raise LabkitError(f"transformers refused this {model_type} config: {err}") from err
+
+
+def _head_dim(cfg) -> int:
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
+def _kv_heads(cfg) -> int:
+    return getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+
+
+# =============================================================================== parameter counts
+
+
+@dataclass(frozen=True)
+class ParameterCount:
+    """Parameters of a decoder by part. `active` counts what one token uses (all but the experts
+    the router did not pick); both totals include the input embedding and the output head."""
+
+    total: int
+    active: int
+    embedding: int  # input embedding table
+    lm_head: int  # output projection (0 when tied to the embedding)
+    attention: int
+    mlp: int  # dense feed-forward layers
+    experts: int  # routed experts, all of them
+    shared_experts: int
+    router: int
+    norms: int
+
+    @property
+    def active_without_embedding(self) -> int:
+        """Active parameters without the input embedding table (a lookup, not a matrix product).
+        Some publishers (DeepSeek) quote this one."""
+        return self.active - self.embedding
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def count_parameters(config: str | dict | Any) -> ParameterCount:
+    """Exact parameter count of a decoder-only model from its config, without building it.
+
+    Supported architectures: llama, mistral, qwen2, gemma2, gemma3_text, phi3, mixtral, deepseek_v2.
+    """
+    raw, cfg = _resolve(config)
+    mt = cfg.model_type
+    V, H, L = cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers
+    n_heads, n_kv, hd = cfg.num_attention_heads, _kv_heads(cfg), _head_dim(cfg)
+    tied = bool(getattr(cfg, "tie_word_embeddings", False))
+
+    embedding = V * H
+    lm_head = 0 if tied else V * H
+
+    # --- attention, per layer
+    if mt == "deepseek_v2":
+        qk_head = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim
+        bias = bool(getattr(cfg, "attention_bias", False))
+        if cfg.q_lora_rank is None:
+            q = H * n_heads * qk_head
+        else:  # low-rank query: down-projection, norm, up-projection
+            q = H * cfg.q_lora_rank + bias * cfg.q_lora_rank + cfg.q_lora_rank + cfg.q_lora_rank * n_heads * qk_head
+        kv_down = H * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) + bias * (cfg.kv_lora_rank + cfg.qk_rope_head_dim)
+        kv_norm = cfg.kv_lora_rank
+        kv_up = cfg.kv_lora_rank * n_heads * (cfg.qk_nope_head_dim + cfg.v_head_dim)
+        out = n_heads * cfg.v_head_dim * H + bias * H
+        attention_layer = q + kv_down + kv_norm + kv_up + out
+    else:
+        q_dim, kv_dim = n_heads * hd, n_kv * hd
+        attention_layer = H * (q_dim + 2 * kv_dim) + q_dim * H  # q, k, v, o (phi3 fuses q, k, v: same count)
+        if mt == "qwen2":  # q, k and v have biases; o does not
+            attention_layer += q_dim + 2 * kv_dim
+        elif getattr(cfg, "attention_bias", False) and mt in ("llama", "gemma2", "gemma3_text"):
+            attention_layer += q_dim + 2 * kv_dim + H
+        if mt == "gemma3_text":  # RMS norms on queries and keys
+            attention_layer += 2 * hd
+
+    # --- norms, per layer (+ the final one)
+    norms_layer = 4 * H if mt in ("gemma2", "gemma3_text") else 2 * H
+
+    # --- feed-forward
+    def glu(hidden: int, inner: int, bias: bool = False) -> int:  # gate, up, down
+        return 3 * hidden * inner + (2 * inner + hidden if bias else 0)
+
+    mlp = experts = shared = router = 0
+    inactive = 0
+    if mt == "mixtral":
+        E, k = cfg.num_local_experts, cfg.num_experts_per_tok
+        expert = glu(H, cfg.intermediate_size)
+        experts = L * E * expert
+        router = L * E * H
+        inactive = L * (E - k) * expert
+    elif mt == "deepseek_v2":
+        E, k = cfg.n_routed_experts, cfg.num_experts_per_tok
+        dense_layers = min(getattr(cfg, "first_k_dense_replace", 0) or 0, L)
+        moe_layers = L - dense_layers
+        expert = glu(H, cfg.moe_intermediate_size)
+        mlp = dense_layers * glu(H, cfg.intermediate_size)
+        experts = moe_layers * E * expert
+        n_shared = getattr(cfg, "n_shared_experts", 0) or 0
+        shared = moe_layers * (glu(H, cfg.moe_intermediate_size * n_shared) if n_shared else 0)
+        router = moe_layers * E * H
+        inactive = moe_layers * (E - k) * expert
+    else:
+        mlp = L * glu(H, cfg.intermediate_size, bias=bool(getattr(cfg, "mlp_bias", False)) and mt == "llama")
+
+    attention = L * attention_layer
+    norms = L * norms_layer + H
+    total = embedding + lm_head + attention + mlp + experts + shared + router + norms
+    return ParameterCount(total=total, active=total - inactive, embedding=embedding, lm_head=lm_head,
+                          attention=attention, mlp=mlp, experts=experts, shared_experts=shared,
+                          router=router, norms=norms)
+
+
+def count_built_parameters(config: str | dict | Any) -> int:
+    """`sum(p.numel())` of the real transformers model built from the config on the meta device
+    (no memory is allocated): the reference `count_parameters` must match."""
+    from .models import build_random_model
+
+    _, cfg = _resolve(config)
+    model = build_random_model(cfg, device="meta").model
+    return sum(p.numel() for p in model.parameters())
+
+
+# =============================================================================== architecture
+
+
+def kv_cache_bytes_per_token(config: str | dict | Any, dtype: str = "bf16") -> int:
+    """Bytes the KV cache grows by for each token of context, over all layers, at full attention.
+
+    Standard attention stores a key and a value for every KV head of every layer:
+    `2 × layers × kv_heads × head_dim × bytes`. DeepSeek's latent attention (MLA) stores one
+    compressed vector per layer instead: `layers × (kv_lora_rank + qk_rope_head_dim) × bytes`.
+    Sliding-window layers stop growing at their window; `kv_cache_bytes` accounts for that.
+    """
+    _, cfg = _resolve(config)
+    size = bytes_per_weight(dtype)
+    if cfg.model_type == "deepseek_v2":
+        return int(cfg.num_hidden_layers * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * size)
+    return int(2 * cfg.num_hidden_layers * _kv_heads(cfg) * _head_dim(cfg) * size)
+
+
+def _layer_windows(cfg) -> list[int | None]:
+    """The attention window of each layer (None: the layer sees the whole context)."""
+    L, window = cfg.num_hidden_layers, getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None)
+    if types:
+        return [window if t == "sliding_attention" else None for t in types]
+    if window and getattr(cfg, "use_sliding_window", True) is not False:
+        return [window] * L
+    return [None] * L
+
+
+def kv_cache_bytes(config: str | dict | Any, tokens: int, dtype: str = "bf16") -> int:
+    """KV cache bytes for one sequence of `tokens` tokens, with sliding-window layers capped at their window."""
+    require_positive("tokens", tokens)
+    _, cfg = _resolve(config)
+    per_layer = kv_cache_bytes_per_token(cfg, dtype) / cfg.num_hidden_layers
+    return int(sum(per_layer * (min(tokens, w) if w else tokens) for w in _layer_windows(cfg)))
+
+
+def _rope(raw: dict | None, cfg) -> tuple[float | None, str | None]:
+    """(RoPE base theta of the full-attention layers, scaling type or None)."""
+    params = getattr(cfg, "rope_parameters", None) or {}
+    if "full_attention" in params:  # per-layer-type parameters (Gemma 3)
+        params = params["full_attention"]
+    theta = (raw or {}).get("rope_theta") or params.get("rope_theta") or getattr(cfg, "rope_theta", None)
+    scaling = params.get("rope_type") or params.get("type")
+    if scaling == "default":
+        scaling = None
+    if scaling and params.get("factor"):
+        scaling = f"{scaling} ×{params['factor']:g}"
+    return (float(theta) if theta is not None else None), scaling
+
+
+def architecture_summary(config: str | dict | Any) -> dict:
+    """What sets an architecture apart, read off its config: attention kind and GQA ratio, head size,
+    RoPE base and scaling, sliding window, experts, vocabulary, context, exact parameter counts."""
+    raw, cfg = _resolve(config)
+    n_heads, n_kv = cfg.num_attention_heads, _kv_heads(cfg)
+    if cfg.model_type == "deepseek_v2":
+        attention = "MLA"
+    elif n_kv == n_heads:
+        attention = "MHA"
+    elif n_kv == 1:
+        attention = "MQA"
+    else:
+        attention = "GQA"
+    windows = _layer_windows(cfg)
+    sliding = [w for w in windows if w]
+    theta, scaling = _rope(raw, cfg)
+    counts = count_parameters(cfg)
+    experts = getattr(cfg, "num_local_experts", None) or getattr(cfg, "n_routed_experts", None)
+    return {
+        "name": config if isinstance(config, str) else getattr(cfg, "_name_or_path", "") or cfg.model_type,
+        "model_type": cfg.model_type,
+        "layers": cfg.num_hidden_layers,
+        "hidden_size": cfg.hidden_size,
+        "attention": attention,
+        "heads": n_heads,
+        "kv_heads": n_kv,
+        "gqa_ratio": n_heads / n_kv,
+        "head_dim": (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim) if attention == "MLA" else _head_dim(cfg),
+        "vocab_size": cfg.vocab_size,
+        "context": cfg.max_position_embeddings,
+        "rope_theta": theta,
+        "rope_scaling": scaling,
+        "sliding_window": sliding[0] if sliding else None,
+        "sliding_layers": len(sliding),
+        "experts": experts,
+        "experts_per_token": getattr(cfg, "num_experts_per_tok", None) if experts else None,
+        "shared_experts": getattr(cfg, "n_shared_experts", None) if experts else None,
+        "tied_embeddings": bool(getattr(cfg, "tie_word_embeddings", False)),
+        "params_total": counts.total,
+        "params_active": counts.active,
+        "kv_bytes_per_token": kv_cache_bytes_per_token(cfg, "bf16"),
+    }
+
+
+def architecture_rows(names: list[str] | None = None) -> list[dict]:
+    """One readable row per shipped config: the table the notebook shows."""
+    from .models import list_configs
+
+    rows = []
+    for name in names if names is not None else list_configs():
+        s = architecture_summary(name)
+        window = "—" if not s["sliding_window"] else f"{s['sliding_window']} ({s['sliding_layers']}/{s['layers']} layers)"
+        experts = "—" if not s["experts"] else f"{s['experts_per_token']} of {s['experts']}" + (
+            f" + {s['shared_experts']} shared" if s["shared_experts"] else "")
+        rows.append({
+            "config": name, "params": f"{s['params_total'] / 1e9:.2f}B", "active": f"{s['params_active'] / 1e9:.2f}B",
+            "layers": s["layers"], "attention": s["attention"],
+            "heads (q/kv)": f"{s['heads']}/{s['kv_heads']}", "head dim": s["head_dim"],
+            "vocab": f"{s['vocab_size']:,}", "context": f"{s['context']:,}",
+            "RoPE θ": f"{s['rope_theta']:,.0f}" + (f" ({s['rope_scaling']})" if s["rope_scaling"] else ""),
+            "sliding window": window, "experts": experts,
+            "KV/token (bf16)": f"{s['kv_bytes_per_token'] / 1024:,.0f} KiB",
+        })
+    return rows
+
+
+def published_vs_computed() -> list[dict]:
+    """For every shipped config: the parameter count computed from the config next to the count its
+    publisher states (from the catalog), with the difference."""
+    from .models import list_configs
+
+    rows = []
+    by_config = {e.config: e for e in load_catalog() if e.config}
+    for name in list_configs():
+        entry = by_config.get(name)
+        counts = count_parameters(name)
+        row = {"config": name, "computed_total": counts.total, "computed_active": counts.active,
+               "computed_active_without_embedding": counts.active_without_embedding,
+               "published_total_b": entry.params_b if entry else None,
+               "published_active_b": entry.active_params_b if entry else None,
+               "source": entry.params_source if entry else None}
+        row["difference_pct"] = (100 * (counts.total / 1e9 - entry.params_b) / entry.params_b) if entry else None
+        rows.append(row)
+    return rows
+
+
+# =============================================================================== mixture of experts
+
+
+def route_tokens(hidden, router_weight, top_k: int):
+    """Top-k routing as Mixtral does it: score every expert with a linear router, keep the k best,
+    softmax over those k. Returns (weights [tokens, k], expert indices [tokens, k])."""
+    import torch
+
+    n_experts = router_weight.shape[0]
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= n_experts:
+        raise LabkitError(f"top_k must be an integer from 1 to the number of experts ({n_experts}), got {top_k!r}")
+    logits = hidden @ router_weight.T
+    top_logits, indices = torch.topk(logits, top_k, dim=-1)
+    return torch.softmax(top_logits, dim=-1), indices
+
+
+def _tiny_moe_class():
+    import torch
+    from torch import nn
+
+    class TinyMoE(nn.Module):
+        """A mixture-of-experts feed-forward layer small enough to read: `n_experts` SwiGLU experts and
+        a linear router that sends each token to its `top_k` best experts."""
+
+        def __init__(self, d_model: int = 16, d_ff: int = 32, n_experts: int = 8, top_k: int = 2, seed: int = 0):
+            super().__init__()
+            for name, value in (("d_model", d_model), ("d_ff", d_ff), ("n_experts", n_experts)):
+                if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                    raise LabkitError(f"{name} must be a positive integer, got {value!r}")
+            if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= n_experts:
+                raise LabkitError(f"top_k must be an integer from 1 to n_experts ({n_experts}), got {top_k!r}")
+            generator = torch.Generator().manual_seed(seed)
+            self.top_k = top_k
+            self.router = nn.Parameter(torch.randn(n_experts, d_model, generator=generator) / d_model**0.5)
+            self.gate = nn.Parameter(torch.randn(n_experts, d_ff, d_model, generator=generator) / d_model**0.5)
+            self.up = nn.Parameter(torch.randn(n_experts, d_ff, d_model, generator=generator) / d_model**0.5)
+            self.down = nn.Parameter(torch.randn(n_experts, d_model, d_ff, generator=generator) / d_ff**0.5)
+
+        def expert(self, e: int, x):
+            return (torch.nn.functional.silu(x @ self.gate[e].T) * (x @ self.up[e].T)) @ self.down[e].T
+
+        def forward(self, x):
+            weights, indices = route_tokens(x, self.router, self.top_k)
+            out = torch.zeros_like(x)
+            for e in range(self.router.shape[0]):  # each expert processes only the tokens routed to it
+                token, slot = (indices == e).nonzero(as_tuple=True)
+                if token.numel():
+                    out[token] += weights[token, slot, None] * self.expert(e, x[token])
+            return out, indices
+
+        def parameters_per_expert(self) -> int:
+            return self.gate[0].numel() + self.up[0].numel() + self.down[0].numel()
+
+    return TinyMoE
+
+
+def tiny_moe(d_model: int = 16, d_ff: int = 32, n_experts: int = 8, top_k: int = 2, seed: int = 0):
+    """A TinyMoE layer (see `_tiny_moe_class`): forward returns (output, chosen expert indices)."""
+    return _tiny_moe_class()(d_model=d_model, d_ff=d_ff, n_experts=n_experts, top_k=top_k, seed=seed)
+
+
+@dataclass
+class MoEDemo:
+    tokens: int
+    n_experts: int
+    top_k: int
+    tokens_per_expert: list[int]
+    params_total: int  # every expert's weights: what must sit in memory
+    params_active: int  # what one token multiplies with: what sets the compute
+    output_matches_reference: bool
+
+    def __str__(self) -> str:
+        return (f"{self.tokens} tokens, {self.top_k} of {self.n_experts} experts each\n"
+                f"tokens per expert : {self.tokens_per_expert}\n"
+                f"parameters in memory (all experts + router): {self.params_total:,}\n"
+                f"parameters used per token (top-{self.top_k} + router): {self.params_active:,} "
+                f"({100 * self.params_active / self.params_total:.0f}%)\n"
+                f"sparse output equals the dense reference: {self.output_matches_reference}")
+
+
+def moe_demo(tokens: int = 64, n_experts: int = 8, top_k: int = 2, d_model: int = 16, d_ff: int = 32,
+             seed: int = 0) -> MoEDemo:
+    """Route `tokens` random tokens through a TinyMoE; count tokens per expert and the parameters held
+    in memory versus used per token; check the sparse computation against running every expert."""
+    import torch
+
+    require_positive("tokens", tokens)
+    layer = tiny_moe(d_model, d_ff, n_experts, top_k, seed)
+    x = torch.randn(int(tokens), d_model, generator=torch.Generator().manual_seed(seed + 1))
+    with torch.no_grad():
+        out, indices = layer(x)
+        # reference: run every expert on every token, then keep the top-k mix
+        all_out = torch.stack([layer.expert(e, x) for e in range(n_experts)], dim=1)  # [T, E, d]
+        weights, idx = route_tokens(x, layer.router, top_k)
+        ref = (weights[..., None] * all_out.gather(1, idx[..., None].expand(-1, -1, d_model))).sum(1)
+    per_expert = layer.parameters_per_expert()
+    router = layer.router.numel()
+    return MoEDemo(
+        tokens=int(tokens), n_experts=n_experts, top_k=top_k,
+        tokens_per_expert=torch.bincount(indices.flatten(), minlength=n_experts).tolist(),
+        params_total=n_experts * per_expert + router, params_active=top_k * per_expert + router,
+        output_matches_reference=bool(torch.allclose(out, ref, atol=1e-5)),
+    )
+
+
+# =============================================================================== memory and the picker
+
+
+# KV-cache allowance for catalog models without a shipped config, per token at 16-bit:
+# 48 KiB × sqrt(billions of active parameters). Calibrated on the shipped GQA configs (within a factor
+# of three of the exact figure for each); the notebook prints both.
+KV_ALLOWANCE_BYTES = 48 * 1024
+
+
+def kv_allowance_bytes_per_token(active_params_b: float, dtype: str = "fp16") -> float:
+    """Rule-of-thumb KV bytes per token for a model known only by its size (see KV_ALLOWANCE_BYTES)."""
+    require_positive("active_params_b", active_params_b)
+    return KV_ALLOWANCE_BYTES * math.sqrt(active_params_b) * bytes_per_weight(dtype) / 2
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    model: str
+    quant: str
+    context: int
+    weights_gib: float
+    kv_cache_gib: float
+    overhead_gib: float
+    method: str
+
+    @property
+    def total_gib(self) -> float:
+        return self.weights_gib + self.kv_cache_gib + self.overhead_gib
+
+
+def estimate_memory(model: str | ModelEntry, quant: str = "Q4_K_M", context: int = 4096,
+                    kv_dtype: str = "fp16", overhead_gib: float = 0.5) -> MemoryEstimate:
+    """Memory to run a catalog model for one sequence of `context` tokens, weights in `quant`.
+
+    Weights: parameters × bytes per weight (every expert of an MoE model counts: all must be loaded).
+    KV cache: exact from the config when one is shipped, else the size-based allowance.
+    Overhead: runtime buffers and the CUDA context, a flat allowance.
+    When `labkit.vram` is installed and the model has a shipped config, its estimate is used instead.
+    """
+    entry = model if isinstance(model, ModelEntry) else get_model(model)
+    quant = normalize_dtype(quant)
+    kv_dtype = normalize_dtype(kv_dtype)
+    require_positive("context", context)
+    require_positive("overhead_gib", overhead_gib, allow_zero=True)
+    if entry.config:
+        try:
+            from . import vram  # written by the VRAM-math notebook; optional here
+        except ImportError:
+            vram = None
+        if vram is not None and hasattr(vram, "estimate_inference"):
+            est = vram.estimate_inference(entry.config, dtype=quant, context=int(context))
+            weights = getattr(est, "weights", None)
+            kv = getattr(est, "kv_cache", None)
+            total = est.total / GIB
+            if weights is not None and kv is not None:
+                return MemoryEstimate(entry.id, quant, int(context), weights / GIB, kv / GIB,
+                                      max(total - (weights + kv) / GIB, 0.0), "labkit.vram.estimate_inference")
+            return MemoryEstimate(entry.id, quant, int(context), total, 0.0, 0.0, "labkit.vram.estimate_inference")
+        params = count_parameters(entry.config).total
+        kv = kv_cache_bytes(entry.config, int(context), kv_dtype)
+        method = "exact: parameter count and KV cache from the shipped config"
+    else:
+        params = entry.params_b * 1e9
+        kv = kv_allowance_bytes_per_token(entry.active_b, kv_dtype) * context
+        method = "published parameter count + KV allowance"
+    return MemoryEstimate(entry.id, quant, int(context), params * bytes_per_weight(quant) / GIB, kv / GIB,
+                          float(overhead_gib), method)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    model: ModelEntry
+    memory: MemoryEstimate
+    specialist: bool  # the task is one of the model's specialities
+    reason: str
+
+    def as_row(self) -> dict:
+        return {"model": self.model.name, "needs": f"{self.memory.total_gib:.1f} GiB",
+                "licence": self.model.licence, "why": self.reason}
+
+
+def _licence_ok(entry: ModelEntry, licence: str) -> bool:
+    if licence == "any":
+        return True
+    if licence == "commercial":
+        return entry.commercial in ("yes", "conditional")
+    if licence == "permissive":
+        return entry.openness in ("open-weight", "truly-open")
+    return entry.openness == "truly-open"
+
+
+def recommend(task: str, vram_gb: float, quant: str = "Q4_K_M", context: int = 4096, licence: str = "any",
+              top: int | None = 5, overhead_gib: float = 0.5) -> list[Recommendation]:
+    """Catalog models for `task` that fit in `vram_gb` (GiB, as GPUs are sold) at `quant`, best first.
+
+    Ranking: models whose specialities include the task come first (for 'general', every
+    general-purpose model), then the largest model that fits (within a family, more parameters
+    means better results), then the newest. Each recommendation says why it is there.
+    """
+    if task not in TASKS:
+        raise unknown("task", task, TASKS)
+    require_positive("vram_gb", vram_gb)
+    if licence not in LICENCE_FILTERS:
+        raise unknown("licence filter", licence, LICENCE_FILTERS)
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top <= 0):
+        raise LabkitError(f"top must be a positive integer or None, got {top!r}")
+    quant = normalize_dtype(quant)
+    picks = []
+    for entry in load_catalog():
+        if task not in entry.specialities or not _licence_ok(entry, licence):
+            continue
+        memory = estimate_memory(entry, quant, context, overhead_gib=overhead_gib)
+        if memory.total_gib > vram_gb:
+            continue
+        specialist = task != "general" and "general" not in entry.specialities
+        bits = [("specialist" if specialist else "covers") + f" {task}"]
+        bench = TASK_BENCHMARK.get(task)
+        if bench and (score := entry.benchmark(bench)):
+            bits.append(f"{bench} {score['score']:g} ({score['setting']})")
+        size = f"{entry.params_b:g}B" + (f", {entry.active_b:g}B active" if entry.is_moe else "")
+        bits.append(f"{size} at {quant} ≈ {memory.weights_gib:.1f} GiB weights + {memory.kv_cache_gib:.1f} GiB "
+                    f"KV ({context:,} tokens) + {memory.overhead_gib:.1f} GiB overhead = {memory.total_gib:.1f} "
+                    f"of {vram_gb:g} GiB")
+        bits.append(f"{entry.licence} (commercial: {entry.commercial})")
+        picks.append(Recommendation(entry, memory, specialist, "; ".join(bits)))
+    picks.sort(key=lambda r: (not r.specialist, -r.model.params_b, -int(r.model.release.replace("-", ""))))
+    return picks if top is None else picks[:top]
+
+
+def recommendations_html(recs: list[Recommendation], task: str = "", vram_gb: float | None = None) -> str:
+    """An HTML table of recommendations (what the picker widget shows)."""
+    if not recs:
+        where = f" for '{task}' in {vram_gb:g} GiB" if vram_gb is not None else ""
+        return f"<p><b>No catalog model fits{where}.</b> Try a smaller quantization, a shorter context or another licence filter.</p>"
+    return html_table([r.as_row() for r in recs])
+
+
+def picker_widget(task: str = "general", vram_gb: float = 12.0, licence: str = "any", quant: str = "Q4_K_M"):
+    """The model picker: task, VRAM, licence and quantization controls over `recommend()`."""
+    import ipywidgets as widgets
+
+    task_w = widgets.Dropdown(options=TASKS, value=task, description="Task")
+    vram_w = widgets.FloatSlider(value=vram_gb, min=2, max=96, step=1, description="VRAM (GiB)",
+                                 continuous_update=False)
+    licence_w = widgets.Dropdown(options=[(f"{k}: {v}", k) for k, v in LICENCE_FILTERS.items()], value=licence,
+                                 description="Licence", layout=widgets.Layout(width="520px"))
+    quant_w = widgets.Dropdown(options=["bf16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M"], value=quant,
+                               description="Weights")
+    context_w = widgets.Dropdown(options=[2048, 4096, 8192, 32768], value=4096, description="Context")
+    out = widgets.HTML()
+
+    def update(_=None):
+        recs = recommend(task_w.value, vram_w.value, quant=quant_w.value, context=context_w.value,
+                         licence=licence_w.value)
+        out.value = recommendations_html(recs, task_w.value, vram_w.value)
+
+    for w in (task_w, vram_w, licence_w, quant_w, context_w):
+        w.observe(update, names="value")
+    update()
+    return widgets.VBox([widgets.HBox([task_w, vram_w]), widgets.HBox([quant_w, context_w]), licence_w, out])
+
+
+# =============================================================================== tables, plots, the Hub
+
+
+def html_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """A small HTML table from a list of dicts (no pandas needed)."""
+    import html
+
+    if not rows:
+        return "<p>(no rows)</p>"
+    columns = columns or list(rows[0])
+    head = "".join(f"<th style='text-align:left'>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td style='text-align:left'>{html.escape(str(r.get(c, '')))}</td>"
+                                    for c in columns) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def show_table(rows: list[dict], columns: list[str] | None = None):
+    """Display rows as a table in a notebook (returns the IPython HTML object)."""
+    from IPython.display import HTML
+
+    return HTML(html_table(rows, columns))
+
+
+_FAMILY_COLOURS = {"llama": "#1f77b4", "mistral": "#ff7f0e", "gemma": "#2ca02c", "qwen": "#d62728",
+                   "phi": "#9467bd", "deepseek": "#8c564b", "command-r": "#e377c2", "falcon": "#7f7f7f",
+                   "yi": "#bcbd22", "olmo": "#17becf", "pythia": "#393b79", "smollm": "#637939"}
+
+
+def plot_params_vs_context(entries: list[ModelEntry] | None = None):
+    """Scatter: published parameters (log scale) against context length, one colour per family."""
+    import matplotlib.pyplot as plt
+
+    entries = entries if entries is not None else list(load_catalog())
+    fig, ax = plt.subplots()
+    for family in dict.fromkeys(e.family for e in entries):
+        group = [e for e in entries if e.family == family]
+        ax.scatter([e.params_b for e in group], [e.context / 1024 for e in group], label=family,
+                   color=_FAMILY_COLOURS.get(family), alpha=0.8, s=[60 if e.is_moe else 30 for e in group],
+                   marker="o")
+    ax.set_xscale("log")
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("parameters (billions, log scale; MoE: total)")
+    ax.set_ylabel("context (K tokens, log scale)")
+    ax.set_title("Open models: size against context")
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_kv_bytes_per_token(names: list[str] | None = None, dtype: str = "bf16"):
+    """Bars: KV-cache bytes per token of context for each shipped config."""
+    import matplotlib.pyplot as plt
+
+    from .models import config_info, list_configs
+
+    names = names or list_configs()
+    values = sorted((kv_cache_bytes_per_token(n, dtype) / 1024, n) for n in names)
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(values) + 1.2))
+    colours = [_FAMILY_COLOURS.get(config_info(n).get("family"), "grey") for _, n in values]
+    ax.barh([n for _, n in values], [v for v, _ in values], color=colours)
+    for i, (v, _) in enumerate(values):
+        ax.text(v, i, f" {v:,.0f}", va="center", fontsize=8)
+    ax.set_xlabel(f"KV cache per token ({normalize_dtype(dtype)}, KiB)")
+    ax.set_title("What one token of context costs")
+    fig.tight_layout()
+    return fig
+
+
+def plot_moe_total_vs_active():
+    """Bars: total (all experts, in memory) against active (per token, compute) parameters of the
+    catalog's mixture-of-experts models, published figures."""
+    import matplotlib.pyplot as plt
+
+    moe = sorted(find_models(architecture="moe"), key=lambda e: e.params_b)
+    fig, ax = plt.subplots()
+    y = range(len(moe))
+    ax.barh([i + 0.2 for i in y], [e.params_b for e in moe], height=0.4, label="total: must fit in memory")
+    ax.barh([i - 0.2 for i in y], [e.active_b for e in moe], height=0.4, label="active per token: sets the compute")
+    ax.set_yticks(list(y), [e.name for e in moe])
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (billions, log scale)")
+    ax.set_title("Mixture of experts: memory pays for all, compute for a few")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_expert_load(demo: MoEDemo):
+    """Bars: how many tokens the router sent to each expert."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.bar(range(demo.n_experts), demo.tokens_per_expert)
+    ax.axhline(demo.tokens * demo.top_k / demo.n_experts, color="black", ls="--", lw=1, label="perfectly balanced")
+    ax.set_xlabel("expert")
+    ax.set_ylabel("tokens routed")
+    ax.set_title(f"Top-{demo.top_k} routing of {demo.tokens} tokens over {demo.n_experts} experts")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def card_metadata(card_text: str) -> dict:
+    """The YAML metadata block at the top of a model card (README.md): licence, base model, tags..."""
+    import yaml
+
+    if not isinstance(card_text, str) or not card_text.lstrip().startswith("---"):
+        raise LabkitError("a model card's metadata sits between two '---' lines at the very top of README.md; "
+                          "this text does not start with one")
+    try:
+        _, block, _ = card_text.lstrip().split("---", 2)
+    except ValueError as err:
+        raise LabkitError("the card's metadata block is not closed by a second '---' line") from err
+    data = yaml.safe_load(block) or {}
+    if not isinstance(data, dict):
+        raise LabkitError("the card's metadata block is not a YAML mapping")
+    return data
+
+
+def _require_online(what: str) -> None:
+    from .hardware import is_online
+
+    if not is_online():
+        raise LabkitError(f"{what} needs the Hugging Face Hub, and this machine is offline "
+                          "(HF_HUB_OFFLINE is set or huggingface.co is unreachable)")
+
+
+def hub_search(query: str, limit: int = 5) -> list[dict]:
+    """Most-downloaded Hub models whose id matches `query` (online only)."""
+    from huggingface_hub import list_models
+
+    if not isinstance(query, str) or not query.strip():
+        raise LabkitError("give a search text, e.g. hub_search('Qwen2.5-Coder')")
+    require_positive("limit", limit)
+    _require_online("Searching the Hub")
+    return [{"id": m.id, "downloads": m.downloads, "likes": m.likes, "pipeline": m.pipeline_tag}
+            for m in list_models(search=query, sort="downloads", limit=int(limit))]
+
+
+def hub_model_card(hf_id: str) -> dict:
+    """The metadata of a model's card on the Hub (online only): licence, base model, languages, tags."""
+    from huggingface_hub import ModelCard
+
+    _require_online("Reading a model card")
+    return card_metadata(str(ModelCard.load(hf_id)))
+
+
+# =============================================================================== exercises
+
+
+@exercise("01.kv_bytes_per_token",
+          hint="2 (a key and a value) × num_hidden_layers × num_key_value_heads × head_dim × bytes per value "
+               "(2 for bf16). Use the KV heads, not the attention heads; head_dim = hidden_size / "
+               "num_attention_heads unless the config states it.")
+def _expected_kv_bytes(config: str, dtype: str = "bf16") -> int:
+    return kv_cache_bytes_per_token(config, dtype)
+
+
+@exercise("01.moe_active_params",
+          hint="Start from the total and remove the experts a token does not visit: in every MoE layer, "
+               "(experts − experts_per_token) × (3 × hidden_size × expert intermediate size).")
+def _expected_active(config: str) -> int:
+    return count_parameters(config).active
+
+
+@exercise("01.weights_gib",
+          hint="parameters × bytes per weight (labkit.dtypes.bytes_per_weight) ÷ 2**30.")
+def _expected_weights_gib(params: float, dtype: str) -> float:
+    return params * bytes_per_weight(dtype) / GIB
+
+
+@validator("01.pick_model",
+           hint="Filter the catalog by task and licence, estimate each model's memory at the quantization "
+                "(labkit.catalog.estimate_memory) and keep one that fits; recommend() does all three.")
+def _validate_pick(answer: Any, task: str, vram_gb: float, licence: str = "any", quant: str = "Q4_K_M",
+                   context: int = 4096) -> str | None:
+    if not isinstance(answer, str):
+        return f"give the model's catalog id as a string (e.g. 'qwen2.5-7b'), got {type(answer).__name__}"
+    try:
+        entry = get_model(answer)
+    except LabkitError:
+        return f"{answer!r} is not a catalog id (see labkit.catalog.load_catalog())"
+    if task not in entry.specialities:
+        return f"{entry.name} is not made for '{task}' (its specialities: {', '.join(entry.specialities)})"
+    if not _licence_ok(entry, licence):
+        return f"{entry.name}'s licence ({entry.licence}) does not pass the '{licence}' filter"
+    need = estimate_memory(entry, quant, context).total_gib
+    if need > vram_gb:
+        return f"{entry.name} needs about {need:.1f} GiB at {quant}, more than {vram_gb:g} GiB"
+    return None
+
+
+__all__ = [
+    "LICENCE_FILTERS", "TASKS", "MemoryEstimate", "ModelEntry", "ParameterCount", "Recommendation",
+    "architecture_rows", "architecture_summary", "benchmark_rows", "card_metadata", "catalog_rows",
+    "count_built_parameters", "count_parameters", "estimate_memory", "families", "find_models", "get_model",
+    "html_table", "hub_model_card", "hub_search", "kv_allowance_bytes_per_token", "kv_cache_bytes",
+    "kv_cache_bytes_per_token", "load_catalog", "moe_demo", "picker_widget", "plot_expert_load",
+    "plot_kv_bytes_per_token", "plot_moe_total_vs_active", "plot_params_vs_context", "published_vs_computed",
+    "recommend", "recommendations_html", "route_tokens", "show_table", "tiny_moe",
+]
