@@ -279,9 +279,14 @@ def to_transformers_config(model: str | dict | Any):
     data = {k: v for k, v in data.items() if not k.startswith("_")}
     model_type = data.pop("model_type")
     try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # older huggingface_hub
+        StrictDataclassError = TypeError  # noqa: N806
+    try:
         return AutoConfig.for_model(model_type, **data)
-    except (KeyError, ValueError) as err:
-        raise LabkitError(f"transformers does not know model_type {model_type!r}: {err}") from err
+    except (KeyError, ValueError, TypeError, StrictDataclassError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LabkitError(f"transformers cannot build a {model_type!r} config from these fields: {first}") from err
 
 
 def build_random_model(model: str | dict | Any, dtype: str = "bf16", device: str = "cpu", seed: int = 0,

@@ -57,6 +57,14 @@ def test_config_without_model_type_is_refused():
         to_transformers_config({"hidden_size": 64})
 
 
+def test_config_with_a_bad_field_is_refused_clearly():
+    with pytest.raises(LabkitError, match="cannot build"):
+        to_transformers_config({"model_type": "not-a-model"})
+    bad = dict(TINY_LLAMA, num_hidden_layers="two")
+    with pytest.raises(LabkitError, match="num_hidden_layers"):
+        to_transformers_config(bad)
+
+
 def test_unknown_model_name_lists_what_is_accepted():
     with pytest.raises(LabkitError) as err:
         load_model("llama-9000", device="cpu")
