@@ -510,6 +510,51 @@ def published_vs_computed() -> list[dict]:
     return rows
 
 
+def parameter_report_rows() -> list[dict]:
+    """`published_vs_computed()` formatted for reading: counts in billions, the difference in percent."""
+    rows = []
+    for r in published_vs_computed():
+        active = ""
+        if r["published_active_b"] is not None:
+            active = (f"{r['computed_active'] / 1e9:.2f}B ({r['computed_active_without_embedding'] / 1e9:.2f}B "
+                      f"without the embedding) vs {r['published_active_b']:g}B")
+        rows.append({"config": r["config"], "computed": f"{r['computed_total']:,}",
+                     "computed (B)": f"{r['computed_total'] / 1e9:.3f}",
+                     "published (B)": f"{r['published_total_b']:g}" if r["published_total_b"] else "—",
+                     "difference": f"{r['difference_pct']:+.2f}%" if r["difference_pct"] is not None else "—",
+                     "active: computed vs published": active})
+    return rows
+
+
+def licence_rows() -> list[dict]:
+    """One row per licence in the catalog: what it allows, its openness class, and which models use it."""
+    groups: dict[str, list[ModelEntry]] = {}
+    for e in load_catalog():
+        groups.setdefault(e.licence, []).append(e)
+    rows = []
+    for licence, entries in groups.items():
+        rows.append({"licence": licence, "commercial": entries[0].commercial, "openness": entries[0].openness,
+                     "terms": entries[0].licence_terms,
+                     "models": ", ".join(e.name for e in entries[:4]) + (" …" if len(entries) > 4 else "")})
+    order = {"yes": 0, "conditional": 1, "no": 2}
+    return sorted(rows, key=lambda r: order[r["commercial"]])
+
+
+def kv_allowance_rows(context: int = 4096) -> list[dict]:
+    """For each shipped config: the picker's size-based KV allowance next to the exact KV cache."""
+    require_positive("context", context)
+    rows = []
+    for e in load_catalog():
+        if not e.config:
+            continue
+        exact = kv_cache_bytes(e.config, int(context), "fp16")
+        allowance = kv_allowance_bytes_per_token(count_parameters(e.config).active / 1e9) * context
+        rows.append({"model": e.name, "attention": architecture_summary(e.config)["attention"],
+                     f"exact KV at {context:,} tokens": f"{exact / 2**20:,.0f} MiB",
+                     "allowance": f"{allowance / 2**20:,.0f} MiB", "allowance / exact": f"{allowance / exact:.2f}"})
+    return rows
+
+
 # =============================================================================== mixture of experts
 
 
@@ -810,7 +855,7 @@ def plot_params_vs_context(entries: list[ModelEntry] | None = None):
     import matplotlib.pyplot as plt
 
     entries = entries if entries is not None else list(load_catalog())
-    fig, ax = plt.subplots()
+    fig, ax = plt.subplots(figsize=(9, 4.2))
     for family in dict.fromkeys(e.family for e in entries):
         group = [e for e in entries if e.family == family]
         ax.scatter([e.params_b for e in group], [e.context / 1024 for e in group], label=family,
@@ -818,10 +863,14 @@ def plot_params_vs_context(entries: list[ModelEntry] | None = None):
                    marker="o")
     ax.set_xscale("log")
     ax.set_yscale("log", base=2)
+    ticks = [2, 4, 8, 16, 32, 64, 128]
+    ax.set_yticks(ticks, [f"{t}K" for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("parameters (billions, log scale; MoE: total)")
-    ax.set_ylabel("context (K tokens, log scale)")
+    ax.set_ylabel("context (tokens, log scale)")
     ax.set_title("Open models: size against context")
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), title="family (big dot: MoE)",
+              title_fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -942,10 +991,12 @@ def _expected_active(config: str) -> int:
     return count_parameters(config).active
 
 
-@exercise("01.weights_gib",
-          hint="parameters × bytes per weight (labkit.dtypes.bytes_per_weight) ÷ 2**30.")
-def _expected_weights_gib(params: float, dtype: str) -> float:
-    return params * bytes_per_weight(dtype) / GIB
+@exercise("01.embedding_share",
+          hint="The input embedding table is vocab_size × hidden_size parameters; divide by the total from "
+               "count_parameters(config).total. (With tied embeddings the output head reuses the same table.)")
+def _expected_embedding_share(config: str) -> float:
+    counts = count_parameters(config)
+    return counts.embedding / counts.total
 
 
 @validator("01.pick_model",
@@ -974,7 +1025,8 @@ __all__ = [
     "architecture_rows", "architecture_summary", "benchmark_rows", "card_metadata", "catalog_rows",
     "count_built_parameters", "count_parameters", "estimate_memory", "families", "find_models", "get_model",
     "html_table", "hub_model_card", "hub_search", "kv_allowance_bytes_per_token", "kv_cache_bytes",
-    "kv_cache_bytes_per_token", "load_catalog", "moe_demo", "picker_widget", "plot_expert_load",
+    "kv_allowance_rows", "kv_cache_bytes_per_token", "licence_rows", "load_catalog", "moe_demo",
+    "parameter_report_rows", "picker_widget", "plot_expert_load",
     "plot_kv_bytes_per_token", "plot_moe_total_vs_active", "plot_params_vs_context", "published_vs_computed",
     "recommend", "recommendations_html", "route_tokens", "show_table", "tiny_moe",
 ]
