@@ -4,7 +4,11 @@ Two ways to run the same model in transformers on one GPU:
   1. plain `model.generate` (dynamic KV cache, eager PyTorch: one Python-launched kernel at a time);
   2. `generate(..., cache_implementation="static")`: a fixed-size KV cache lets transformers compile the
      decode step with torch.compile (mode "reduce-overhead", i.e. CUDA graphs), removing launch overhead.
-  3. (if time is left) the static cache without compilation, to separate the two effects.
+  3. the static cache without compilation, to separate the two effects;
+  4. a hand-written greedy decode loop (the gpt-fast recipe): static cache, the model's forward
+     compiled with CUDA graphs, and no host synchronisation between steps, so the CPU queues the
+     next step while the GPU runs this one. `generate` checks its stopping criteria on the host
+     every step, which waits for the GPU; this loop does not.
 
 For each: time to first token, decode tokens/s and prompt tokens/s (median of runs after warm-up),
 and % of the roofline = bandwidth / bytes read per token (labkit.bench), with the bandwidth both
@@ -121,6 +125,70 @@ def run_variant(name, model, input_ids, new_tokens, runs, warmup, device, gen_kw
     return entry
 
 
+def run_compiled_loop(model, input_ids, new_tokens, runs, device, results, save, budget_end, compile_mode,
+                      backend, reference=None):
+    """Greedy decoding by hand: eager prefill, then `new_tokens - 1` compiled decode steps, no host syncs."""
+    import torch
+    from transformers import StaticCache
+
+    from labkit.bench import median
+
+    p = input_ids.shape[-1]
+    cache = StaticCache(config=model.config, max_cache_len=p + new_tokens)
+    forward = torch.compile(model.forward, mode=compile_mode, backend=backend, fullgraph=False)
+    timer = StepTimer(device)
+    entry = {"variant": "compiled_loop", "compile": {"mode": compile_mode, "backend": backend}, "runs": []}
+    results["variants"].append(entry)
+
+    def once():
+        tokens = torch.empty((1, new_tokens), dtype=torch.long, device=device)
+        timer.start()
+        wall = time.perf_counter()
+        with torch.no_grad():  # not inference_mode: the cache must stay a normal tensor for the graphs
+            cache.reset()
+            pos = torch.arange(p, device=device)
+            logits = model(input_ids, past_key_values=cache, cache_position=pos, use_cache=True).logits
+            tok = logits[:, -1].argmax(-1, keepdim=True)
+            tokens[:, 0:1] = tok
+            timer(None, None)
+            pos = torch.tensor([p], device=device)
+            for i in range(1, new_tokens):
+                logits = forward(input_ids=tok, past_key_values=cache, cache_position=pos,
+                                 position_ids=pos.unsqueeze(0), use_cache=True).logits
+                tok = logits[:, -1].argmax(-1, keepdim=True)  # a fresh tensor: safe from the next graph replay
+                tokens[:, i:i + 1] = tok
+                timer(None, None)
+                pos = pos + 1
+        if device == "cuda":
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - wall
+        times = timer.times()
+        return tokens, {"wall_s": wall, "ttft_s": times[0],
+                        "decode_tokens_per_s": (len(times) - 1) / (times[-1] - times[0]), "steps": len(times)}
+
+    for i in range(3):  # compile, record the CUDA graph, then one clean run
+        t = time.perf_counter()
+        tokens, r = once()
+        entry.setdefault("warmup_s", []).append(time.perf_counter() - t)
+        log(f"compiled_loop: warm-up {i + 1} took {time.perf_counter() - t:.1f} s ({r['decode_tokens_per_s']:.1f} tok/s)")
+        save()
+    if reference is not None:  # same greedy tokens as generate? (bf16 kernels may differ slightly)
+        ref = reference[0, p:p + new_tokens].to(tokens.device)
+        entry["tokens_equal_to_generate"] = float((ref == tokens[0]).float().mean())
+        entry["first_mismatch"] = int((ref != tokens[0]).nonzero()[0]) if bool((ref != tokens[0]).any()) else None
+    for i in range(runs):
+        if time.perf_counter() > budget_end and entry["runs"]:
+            break
+        _, r = once()
+        entry["runs"].append(r)
+        log(f"compiled_loop: run {i + 1}: TTFT {r['ttft_s'] * 1000:.1f} ms, decode {r['decode_tokens_per_s']:.1f} tok/s")
+        save()
+    entry["ttft_s"] = median([r["ttft_s"] for r in entry["runs"]])
+    entry["decode_tokens_per_s"] = median([r["decode_tokens_per_s"] for r in entry["runs"]])
+    entry["prompt_tokens_per_s"] = p / entry["ttft_s"]
+    return entry
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="llama-3.1-8b", help="a config in datasets/configs")
@@ -132,7 +200,9 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=None, help="smoke test: fewer layers")
     ap.add_argument("--hidden", type=int, default=None, help="smoke test: smaller hidden size")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    ap.add_argument("--skip", default="", help="comma-separated variants to skip: plain,static_compiled,static_eager")
+    ap.add_argument("--skip", default="",
+                    help="comma-separated variants to skip: plain,static_compiled,static_eager,compiled_loop")
+    ap.add_argument("--compile-backend", default="inductor", help="'eager' for a quick CPU check of the loop")
     args = ap.parse_args()
 
     import torch
@@ -208,10 +278,16 @@ def main() -> int:
     input_ids = torch.randint(10, model.config.vocab_size - 10, (1, args.prompt_tokens), generator=g).to(device)
     variants = [
         ("plain", {}, 1),
+        ("compiled_loop", None, 0),
         ("static_compiled", {"cache_implementation": "static"}, 2),
         ("static_eager", {"cache_implementation": "static", "disable_compile": True}, 1),
     ]
     skip = set(filter(None, args.skip.split(",")))
+    reference = None
+    if "compiled_loop" not in skip:  # the greedy tokens of plain generate, to check the loop against
+        with torch.inference_mode():
+            reference = model.generate(input_ids, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                       do_sample=False, pad_token_id=0)
     for name, kwargs, warmup in variants:
         if name in skip:
             continue
@@ -220,8 +296,13 @@ def main() -> int:
             log(f"{name}: skipped (budget)")
             continue
         try:
-            entry = run_variant(name, model, input_ids, args.new_tokens, args.runs, warmup, device, kwargs, results,
-                                save, budget_end)
+            if name == "compiled_loop":
+                mode = "reduce-overhead" if device == "cuda" else "default"
+                entry = run_compiled_loop(model, input_ids, args.new_tokens, args.runs, device, results, save,
+                                          budget_end, mode, args.compile_backend, reference)
+            else:
+                entry = run_variant(name, model, input_ids, args.new_tokens, args.runs, warmup, device, kwargs,
+                                    results, save, budget_end)
             entry["percent_of_roofline_measured_bw"] = percent_of_roofline(entry["decode_tokens_per_s"], roof)
             if "roofline_datasheet_tokens_per_s" in results:
                 entry["percent_of_roofline_datasheet_bw"] = percent_of_roofline(
