@@ -755,9 +755,10 @@ def recommend(task: str, vram_gb: float, quant: str = "Q4_K_M", context: int = 4
               top: int | None = 5, overhead_gib: float = 0.5) -> list[Recommendation]:
     """Catalog models for `task` that fit in `vram_gb` (GiB, as GPUs are sold) at `quant`, best first.
 
-    Ranking: models whose specialities include the task come first (for 'general', every
-    general-purpose model), then the largest model that fits (within a family, more parameters
-    means better results), then the newest. Each recommendation says why it is there.
+    Candidates: models whose specialities include the task, whose licence passes `licence`, whose
+    context window holds `context` tokens, and whose memory estimate fits. Ranking: specialists first
+    (for 'general', every general-purpose model), then the largest model that fits (within a family,
+    more parameters means better results), then the newest. Each recommendation says why it is there.
     """
     if task not in TASKS:
         raise unknown("task", task, TASKS)
@@ -769,7 +770,7 @@ def recommend(task: str, vram_gb: float, quant: str = "Q4_K_M", context: int = 4
     quant = normalize_dtype(quant)
     picks = []
     for entry in load_catalog():
-        if task not in entry.specialities or not _licence_ok(entry, licence):
+        if task not in entry.specialities or not _licence_ok(entry, licence) or entry.context < context:
             continue
         memory = estimate_memory(entry, quant, context, overhead_gib=overhead_gib)
         if memory.total_gib > vram_gb:
@@ -1014,6 +1015,8 @@ def _validate_pick(answer: Any, task: str, vram_gb: float, licence: str = "any",
         return f"{entry.name} is not made for '{task}' (its specialities: {', '.join(entry.specialities)})"
     if not _licence_ok(entry, licence):
         return f"{entry.name}'s licence ({entry.licence}) does not pass the '{licence}' filter"
+    if entry.context < context:
+        return f"{entry.name} reads at most {entry.context:,} tokens, fewer than the {context:,} needed"
     need = estimate_memory(entry, quant, context).total_gib
     if need > vram_gb:
         return f"{entry.name} needs about {need:.1f} GiB at {quant}, more than {vram_gb:g} GiB"

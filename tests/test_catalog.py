@@ -285,11 +285,11 @@ def test_kv_allowance_is_within_a_factor_of_three_for_grouped_attention():
 
 @settings(max_examples=40, deadline=None)
 @given(task=st.sampled_from(catalog.TASKS), vram=st.floats(1, 200), licence=st.sampled_from(list(catalog.LICENCE_FILTERS)),
-       quant=st.sampled_from(["bf16", "Q8_0", "Q4_K_M"]))
-def test_every_recommendation_fits_matches_and_is_explained(task, vram, licence, quant):
-    recs = catalog.recommend(task, vram, quant=quant, licence=licence, top=None)
+       quant=st.sampled_from(["bf16", "Q8_0", "Q4_K_M"]), context=st.sampled_from([2048, 4096, 8192, 32768]))
+def test_every_recommendation_fits_matches_and_is_explained(task, vram, licence, quant, context):
+    recs = catalog.recommend(task, vram, quant=quant, licence=licence, context=context, top=None)
     for r in recs:
-        assert r.memory.total_gib <= vram and task in r.model.specialities
+        assert r.memory.total_gib <= vram and task in r.model.specialities and r.model.context >= context
         assert catalog._licence_ok(r.model, licence) and quant in r.reason and r.model.licence in r.reason
     specialist_flags = [r.specialist for r in recs]
     assert specialist_flags == sorted(specialist_flags, reverse=True)  # specialists first
@@ -310,6 +310,8 @@ def test_recommend_examples():
     assert catalog.recommend("vision", 1) == []
     assert "No catalog model fits" in catalog.recommendations_html([], "vision", 1)
     assert len(catalog.recommend("general", 80, top=3)) == 3
+    long = {r.model.id for r in catalog.recommend("general", 200, context=100_000, top=None)}
+    assert "llama-3.1-8b" in long and "gemma-2-9b" not in long  # Gemma 2 reads 8K tokens
 
 
 @given(vram=st.one_of(st.floats(max_value=0), st.just(float("nan")), st.integers(max_value=0)))
@@ -419,6 +421,8 @@ def test_pick_model_validator_explains_what_is_wrong():
                            ("codestral-22b", "licence"), ("gpt-4", "not a catalog id"), (7, "string")]:
         with pytest.raises(AssertionError, match=reason):
             check("01.pick_model", answer, task="code", vram_gb=12, licence="commercial")
+    with pytest.raises(AssertionError, match="tokens"):
+        check("01.pick_model", "codegemma-7b", task="code", vram_gb=24, context=16384)
 
 
 def test_weights_estimate_is_close_to_the_seeds_rule_of_thumb():
