@@ -1,0 +1,1121 @@
+"""VRAM math: predict how much memory a model needs, then check the prediction on your own device.
+
+Memory for inference is four parts:
+
+    weights      parameters x bytes per parameter (plus the scales a quantized format stores)
+    kv_cache     2 (K and V) x layers x kv_heads x head_dim x tokens x bytes, per layer type
+    activations  the temporary tensors of the forward pass; the peak is during prefill and grows
+                 with the prompt: the MLP's intermediate tensors, the attention scores on the eager
+                 path, the masks, and the hidden states transformers keeps alive
+    overhead     what the runtime costs before it does anything: the CUDA context, library
+                 workspaces
+
+`estimate_inference` models what transformers (or llama.cpp) actually allocates, layer type by
+layer type; `measure_inference` runs the real thing and reports the same five numbers, so the two
+print side by side. `estimate_training` does the same for full fine-tuning, LoRA and QLoRA;
+`split_tensor_parallel` and `fits` answer "which GPUs, and how many".
+
+The benchmark `benchmarks/vram_accuracy.py` measures the estimate's error on an H100 for real
+architectures (random weights) in bf16, int8 and nf4 from 512 to 32k tokens; its table is in
+notebook 03.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import re
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from typing import Any
+
+from .dtypes import BITS_PER_WEIGHT, normalize_dtype
+from .errors import LabkitError, require_positive, unknown
+
+GIB = 1024**3
+MIB = 1024**2
+
+FLOAT_DTYPES = ("fp32", "fp16", "bf16")
+BNB_DTYPES = ("int8", "int4", "nf4")  # bitsandbytes: LLM.int8() and 4-bit (FP4 / NF4)
+GGUF_DTYPES = tuple(d for d in BITS_PER_WEIGHT if d.startswith("Q"))
+RUNTIMES = ("transformers", "llama.cpp")
+METHODS = ("full", "lora", "qlora")
+OPTIMIZERS = ("adamw", "adamw8bit", "sgd")
+
+# Bits per element of a KV cache. Quantized caches store scales too: Q8_0 / Q4_0 (llama.cpp) as in
+# their weight formats; transformers' quantized cache (quanto/HQQ, int4 / int2) keeps a scale and a
+# zero point per group of 64 values, in fp16.
+KV_BITS = {"fp32": 32.0, "fp16": 16.0, "bf16": 16.0, "fp8": 8.0, "int8": 8.0 + 32 / 64,
+           "int4": 4.0 + 32 / 64, "int2": 2.0 + 32 / 64, "Q8_0": 8.5, "Q4_0": 4.5}
+
+# --- bitsandbytes storage (bitsandbytes 0.4x-0.50, as transformers loads it) -------------------
+# 4-bit: two weights per byte; one absmax per block of 64 weights. With double quantization
+# (QLoRA's default) the absmax values are themselves stored in 8 bits, with one fp32 absmax per
+# block of 256 of them; without it each absmax is an fp32.
+BNB_4BIT_BLOCK = 64
+BNB_NESTED_BLOCK = 256
+# LLM.int8(): one int8 per weight plus one fp32 scale (SCB) per output row.
+
+# --- runtime overhead -------------------------------------------------------------------------
+# The CUDA context of a PyTorch process (driver state, the kernels loaded lazily as they are first
+# used) and cuBLAS's workspace. Measured on an H100 (torch 2.11, CUDA 13): see
+# benchmarks/results/vram_accuracy.md. Other GPUs and drivers differ by a few hundred MiB; pass
+# `overhead_bytes=` to use your own (measure_inference reports it).
+CUDA_CONTEXT_BYTES = 520 * MIB
+CUBLAS_WORKSPACE_BYTES = 32 * MIB
+BNB_EXTRA_CONTEXT_BYTES = 16 * MIB  # bitsandbytes' own CUDA kernels
+LLAMA_CPP_CUDA_CONTEXT_BYTES = 300 * MIB
+# A CPU process pays no CUDA context; what the resident set grows by beyond the tensors is the
+# allocator's and the thread pools' working memory.
+CPU_OVERHEAD_BYTES = 48 * MIB
+
+
+# ============================================================================ the architecture
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The numbers of a config that decide memory. Read from a real config.json (see `architecture`)."""
+
+    name: str
+    model_type: str
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int  # query/key width per head
+    v_head_dim: int  # value width per head (differs in MLA)
+    vocab_size: int
+    tied_embeddings: bool
+    layer_types: tuple[str, ...]  # "full" or "sliding", one per layer
+    sliding_window: int | None
+    max_position: int
+    attention: str  # what transformers runs by default: "sdpa" or "eager"
+    fused_projections: bool = False  # Phi-3: one qkv_proj and one gate_up_proj
+    attention_bias: bool = False
+    qkv_bias: bool = False  # Qwen2: biases on q, k, v only
+    mlp_bias: bool = False
+    norms_per_layer: int = 2
+    qk_norm: bool = False  # Gemma 3: RMSNorm on q and k
+    rotary_dim: int = 0
+    rotary_sets: int = 1  # Gemma 3 keeps a global and a local RoPE
+    # Mixture of experts (0 experts = dense)
+    num_experts: int = 0
+    experts_per_token: int = 0
+    expert_intermediate: int = 0
+    shared_expert_intermediate: int = 0
+    dense_layers: int = 0  # leading layers with a dense MLP (DeepSeek's first_k_dense_replace)
+    # Multi-head latent attention (DeepSeek-V2): the cache holds a compressed latent
+    kv_lora_rank: int = 0
+    q_lora_rank: int = 0
+    qk_rope_dim: int = 0
+    qk_nope_dim: int = 0
+    cache_reset_tokens: int = 0  # Phi-3 re-runs the prompt when generation crosses this length
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def is_mla(self) -> bool:
+        return self.kv_lora_rank > 0
+
+    @property
+    def kv_grouping(self) -> str:
+        if self.is_mla:
+            return "MLA"
+        if self.num_kv_heads == self.num_heads:
+            return "MHA"
+        return "MQA" if self.num_kv_heads == 1 else f"GQA ({self.num_heads // self.num_kv_heads} queries per KV head)"
+
+    def layer_kinds(self) -> list[str]:
+        """Per layer: 'moe' or 'dense' MLP."""
+        if not self.is_moe:
+            return ["dense"] * self.num_layers
+        return ["dense" if i < self.dense_layers else "moe" for i in range(self.num_layers)]
+
+
+def architecture(model: Any) -> Architecture:
+    """The memory-relevant numbers of a model: a shipped config name, a config dict or a transformers config."""
+    if isinstance(model, Architecture):
+        return model
+    if isinstance(model, str):
+        return _architecture_from_name(model)
+    if isinstance(model, dict):
+        return _architecture_from_json(json.dumps(model, sort_keys=True, default=str))
+    to_dict = getattr(model, "to_dict", None)
+    if callable(to_dict):  # a transformers PretrainedConfig
+        data = to_dict()
+        data.setdefault("model_type", getattr(model, "model_type", None))
+        return _architecture_from_json(json.dumps(data, sort_keys=True, default=str))
+    config = getattr(model, "config", None)  # a loaded model
+    if config is not None and callable(getattr(config, "to_dict", None)):
+        return architecture(config)
+    raise LabkitError(f"cannot read an architecture from {type(model).__name__}. Pass a shipped config name "
+                      "(labkit.models.list_configs()), a config dict with 'model_type', or a transformers config.")
+
+
+@lru_cache(maxsize=64)
+def _architecture_from_name(name: str) -> Architecture:
+    from .models import load_config
+
+    return replace(_parse(load_config(name)), name=name)
+
+
+@lru_cache(maxsize=256)
+def _architecture_from_json(text: str) -> Architecture:
+    return _parse(json.loads(text))
+
+
+def _parse(raw: dict) -> Architecture:
+    from .models import to_transformers_config
+
+    if "model_type" not in raw:
+        raise LabkitError("a model config needs a 'model_type' field (like a Hub config.json).")
+    cfg = to_transformers_config(raw)  # fills in the model type's defaults (e.g. tied embeddings)
+    get = lambda key, default=None: getattr(cfg, key, default) if getattr(cfg, key, None) is not None else default  # noqa: E731
+    hidden = int(get("hidden_size"))
+    heads = int(get("num_attention_heads"))
+    layers = int(get("num_hidden_layers"))
+    kv_heads = int(get("num_key_value_heads", heads))
+    head_dim = int(get("head_dim", hidden // heads))
+    model_type = cfg.model_type
+    window = get("sliding_window")
+    layer_types = get("layer_types")
+    if layer_types:
+        kinds = tuple("sliding" if "sliding" in t else "full" for t in layer_types[:layers])
+    else:
+        kinds = tuple(("sliding" if window else "full") for _ in range(layers))
+    if "sliding" not in kinds:
+        window = None
+    fields: dict[str, Any] = dict(
+        name=str(raw.get("_name_or_path") or model_type), model_type=model_type, hidden_size=hidden,
+        intermediate_size=int(get("intermediate_size", 4 * hidden)), num_layers=layers, num_heads=heads,
+        num_kv_heads=kv_heads, head_dim=head_dim, v_head_dim=head_dim, vocab_size=int(get("vocab_size")),
+        tied_embeddings=bool(get("tie_word_embeddings", False)), layer_types=kinds,
+        sliding_window=int(window) if window else None, max_position=int(get("max_position_embeddings", 0) or 0),
+        attention=_default_attention(model_type), attention_bias=bool(get("attention_bias", False)),
+        mlp_bias=bool(get("mlp_bias", False)), rotary_dim=head_dim,
+    )
+    if model_type == "qwen2":
+        fields["qkv_bias"] = True
+    if model_type == "phi3":
+        fields["fused_projections"] = True
+        fields["cache_reset_tokens"] = int(get("original_max_position_embeddings", 0) or 0)
+    if model_type in ("gemma2", "gemma3", "gemma3_text"):
+        fields["norms_per_layer"] = 4
+    if model_type in ("gemma3", "gemma3_text"):
+        fields["qk_norm"] = True
+        fields["rotary_sets"] = 2
+    if model_type == "mixtral":
+        fields.update(num_experts=int(get("num_local_experts")), experts_per_token=int(get("num_experts_per_tok")),
+                      expert_intermediate=fields["intermediate_size"])
+    if model_type == "deepseek_v2":
+        nope, rope, v = int(get("qk_nope_head_dim")), int(get("qk_rope_head_dim")), int(get("v_head_dim"))
+        fields.update(
+            head_dim=nope + rope, v_head_dim=v, num_kv_heads=heads, rotary_dim=rope,
+            kv_lora_rank=int(get("kv_lora_rank")), q_lora_rank=int(get("q_lora_rank", 0) or 0),
+            qk_rope_dim=rope, qk_nope_dim=nope,
+        )
+        if get("n_routed_experts"):
+            moe_inter = int(get("moe_intermediate_size"))
+            fields.update(num_experts=int(get("n_routed_experts")), experts_per_token=int(get("num_experts_per_tok")),
+                          expert_intermediate=moe_inter,
+                          shared_expert_intermediate=moe_inter * int(get("n_shared_experts", 0) or 0),
+                          dense_layers=int(get("first_k_dense_replace", 0) or 0))
+    return Architecture(**fields)
+
+
+@lru_cache(maxsize=64)
+def _default_attention(model_type: str) -> str:
+    """The attention transformers uses by default: 'sdpa' where the model class supports it, else 'eager'."""
+    try:
+        import transformers
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        cls = getattr(transformers, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type])
+        return "sdpa" if getattr(cls, "_supports_sdpa", False) else "eager"
+    except (ImportError, KeyError, AttributeError):
+        return "sdpa"
+
+
+# ============================================================================ parameters
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One weight tensor of the model, as the estimator sees it."""
+
+    name: str  # e.g. "layers.mlp.gate_proj" (one entry stands for `count` identical tensors)
+    shape: tuple[int, ...]
+    kind: str  # "linear" (nn.Linear: quantized by bitsandbytes), "embedding", "lm_head", "norm", "bias", "experts", "router"
+    count: int = 1
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape) * self.count
+
+
+def weight_tensors(model: Any) -> list[Tensor]:
+    """Every weight of the model grouped by kind, from the config alone (no model is built).
+
+    The unit tests check these against the parameters transformers actually creates.
+    """
+    a = architecture(model)
+    h, inter, L = a.hidden_size, a.intermediate_size, a.num_layers
+    out: list[Tensor] = [Tensor("embed_tokens", (a.vocab_size, h), "embedding"), Tensor("norm", (h,), "norm")]
+    if not a.tied_embeddings:
+        out.append(Tensor("lm_head", (a.vocab_size, h), "lm_head"))
+    q_out, kv_out = a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
+    if a.is_mla:
+        q_width = a.num_heads * a.head_dim
+        if a.q_lora_rank:
+            out += [Tensor("layers.self_attn.q_a_proj", (a.q_lora_rank, h), "linear", L),
+                    Tensor("layers.self_attn.q_a_layernorm", (a.q_lora_rank,), "norm", L),
+                    Tensor("layers.self_attn.q_b_proj", (q_width, a.q_lora_rank), "linear", L)]
+        else:
+            out.append(Tensor("layers.self_attn.q_proj", (q_width, h), "linear", L))
+        out += [
+            Tensor("layers.self_attn.kv_a_proj_with_mqa", (a.kv_lora_rank + a.qk_rope_dim, h), "linear", L),
+            Tensor("layers.self_attn.kv_a_layernorm", (a.kv_lora_rank,), "norm", L),
+            Tensor("layers.self_attn.kv_b_proj", (a.num_heads * (a.qk_nope_dim + a.v_head_dim), a.kv_lora_rank), "linear", L),
+            Tensor("layers.self_attn.o_proj", (h, a.num_heads * a.v_head_dim), "linear", L),
+        ]
+    elif a.fused_projections:
+        out += [Tensor("layers.self_attn.qkv_proj", (q_out + 2 * kv_out, h), "linear", L),
+                Tensor("layers.self_attn.o_proj", (h, q_out), "linear", L)]
+    else:
+        out += [Tensor("layers.self_attn.q_proj", (q_out, h), "linear", L),
+                Tensor("layers.self_attn.k_proj", (kv_out, h), "linear", L),
+                Tensor("layers.self_attn.v_proj", (kv_out, h), "linear", L),
+                Tensor("layers.self_attn.o_proj", (h, q_out), "linear", L)]
+    if a.qkv_bias or a.attention_bias:
+        out.append(Tensor("layers.self_attn.qkv_bias", (q_out + 2 * kv_out,), "bias", L))
+    if a.attention_bias:
+        out.append(Tensor("layers.self_attn.o_proj.bias", (h,), "bias", L))
+    if a.qk_norm:
+        out.append(Tensor("layers.self_attn.qk_norm", (2, a.head_dim), "norm", L))
+    out.append(Tensor("layers.norms", (a.norms_per_layer, h), "norm", L))
+
+    kinds = a.layer_kinds()
+    dense, moe = kinds.count("dense"), kinds.count("moe")
+    if dense:
+        if a.fused_projections:
+            out += [Tensor("layers.mlp.gate_up_proj", (2 * inter, h), "linear", dense),
+                    Tensor("layers.mlp.down_proj", (h, inter), "linear", dense)]
+        else:
+            out += [Tensor("layers.mlp.gate_proj", (inter, h), "linear", dense),
+                    Tensor("layers.mlp.up_proj", (inter, h), "linear", dense),
+                    Tensor("layers.mlp.down_proj", (h, inter), "linear", dense)]
+        if a.mlp_bias:
+            out.append(Tensor("layers.mlp.bias", (2 * inter + h,), "bias", dense))
+    if moe:
+        e, ei = a.num_experts, a.expert_intermediate
+        out += [Tensor("layers.mlp.gate", (e, h), "router", moe),
+                Tensor("layers.mlp.experts.gate_up_proj", (e, 2 * ei, h), "experts", moe),
+                Tensor("layers.mlp.experts.down_proj", (e, h, ei), "experts", moe)]
+        if a.shared_expert_intermediate:
+            si = a.shared_expert_intermediate
+            out += [Tensor("layers.mlp.shared_experts.gate_proj", (si, h), "linear", moe),
+                    Tensor("layers.mlp.shared_experts.up_proj", (si, h), "linear", moe),
+                    Tensor("layers.mlp.shared_experts.down_proj", (h, si), "linear", moe)]
+    return out
+
+
+def parameter_count(model: Any) -> int:
+    """Total parameters (tied embeddings counted once)."""
+    return sum(t.numel for t in weight_tensors(model))
+
+
+def active_parameter_count(model: Any) -> int:
+    """Parameters one token uses: for a mixture of experts, only `experts_per_token` experts per layer."""
+    a = architecture(model)
+    total = 0
+    for t in weight_tensors(a):
+        if t.kind == "experts":
+            total += t.numel * a.experts_per_token // a.num_experts
+        else:
+            total += t.numel
+    return total
+
+
+def weight_bytes(model: Any, dtype: str = "bf16", double_quant: bool = True, compute_dtype: str = "bf16") -> dict[str, float]:
+    """Bytes of the weights in `dtype`, split into what is quantized and what is not.
+
+    - fp32 / fp16 / bf16: every tensor in that dtype.
+    - int8 (bitsandbytes LLM.int8()): each nn.Linear as int8 + one fp32 scale per output row; the
+      embeddings, the lm_head, the norms, biases and (in transformers) the 3-D expert tensors of a
+      mixture of experts stay in `compute_dtype`.
+    - int4 / nf4 (bitsandbytes 4-bit): each nn.Linear at 4 bits + its block scales (see
+      BNB_4BIT_BLOCK; double quantization stores them in 8 bits); the rest as for int8.
+    - GGUF types (Q8_0 ... Q2_K): every tensor at the type's effective bits per weight (a K-quant
+      file mixes types per tensor; the effective figure is the whole file's average).
+    """
+    dtype = normalize_dtype(dtype)
+    tensors = weight_tensors(model)
+    total = sum(t.numel for t in tensors)
+    if dtype in FLOAT_DTYPES or dtype in GGUF_DTYPES:
+        return {"quantized": 0.0 if dtype in FLOAT_DTYPES else total * BITS_PER_WEIGHT[dtype] / 8,
+                "unquantized": total * BITS_PER_WEIGHT[dtype] / 8 if dtype in FLOAT_DTYPES else 0.0,
+                "scales": 0.0}
+    keep = BITS_PER_WEIGHT[normalize_dtype(compute_dtype)] / 8
+    linear = [t for t in tensors if t.kind == "linear"]
+    n_linear = sum(t.numel for t in linear)
+    unquantized = (total - n_linear) * keep
+    if dtype == "int8":
+        scales = sum(t.shape[0] * t.count * 4 for t in linear)
+        return {"quantized": float(n_linear), "unquantized": unquantized, "scales": float(scales)}
+    blocks = n_linear / BNB_4BIT_BLOCK
+    scales = blocks * 1 + blocks / BNB_NESTED_BLOCK * 4 if double_quant else blocks * 4
+    return {"quantized": n_linear / 2, "unquantized": unquantized, "scales": scales}
+
+
+# ============================================================================ KV cache
+
+
+def kv_cache_bytes_per_token(model: Any, kv_dtype: str = "bf16") -> dict[str, float]:
+    """Bytes one token adds to the cache, per layer type: {"full": ..., "sliding": ...} (summed over layers)."""
+    a = architecture(model)
+    bits = _kv_bits(kv_dtype)
+    if a.is_mla:  # transformers caches the compressed latent and the shared RoPE key (one "head")
+        per_layer = (a.kv_lora_rank + a.qk_rope_dim) * bits / 8
+    else:
+        per_layer = a.num_kv_heads * (a.head_dim + a.v_head_dim) * bits / 8
+    return {kind: per_layer * a.layer_types.count(kind) for kind in ("full", "sliding")}
+
+
+def kv_cache_bytes(model: Any, tokens: int, batch: int = 1, kv_dtype: str = "bf16") -> float:
+    """The KV cache for `tokens` tokens of `batch` sequences: full-attention layers hold every token,
+    sliding-window layers at most the window."""
+    a = architecture(model)
+    per = kv_cache_bytes_per_token(a, kv_dtype)
+    window_tokens = min(tokens, a.sliding_window) if a.sliding_window else tokens
+    return batch * (per["full"] * tokens + per["sliding"] * window_tokens)
+
+
+def kv_cache_formula_bytes(layers: int, kv_heads: int, head_dim: int, tokens: int, bytes_per_value: float,
+                           batch: int = 1) -> float:
+    """The textbook formula: 2 (K and V) x layers x kv_heads x head_dim x tokens x bytes (x batch)."""
+    return 2 * layers * kv_heads * head_dim * tokens * bytes_per_value * batch
+
+
+def _kv_bits(kv_dtype: str) -> float:
+    for name, bits in KV_BITS.items():
+        if str(kv_dtype).lower() == name.lower():
+            return bits
+    try:
+        canonical = normalize_dtype(kv_dtype)
+    except LabkitError:
+        canonical = None
+    if canonical in KV_BITS:
+        return KV_BITS[canonical]
+    raise unknown("KV-cache dtype", kv_dtype, KV_BITS)
+
+
+# ============================================================================ the estimate
+
+
+@dataclass
+class MemoryEstimate:
+    """Memory in bytes, by part. `kind` is "estimate" or "measured"; `details` breaks the parts down."""
+
+    weights: float
+    kv_cache: float
+    activations: float
+    overhead: float
+    gradients: float = 0.0
+    optimizer_states: float = 0.0
+    kind: str = "estimate"
+    label: str = ""
+    details: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+    PARTS = ("weights", "kv_cache", "gradients", "optimizer_states", "activations", "overhead")
+
+    @property
+    def total(self) -> float:
+        return sum(getattr(self, p) for p in self.PARTS)
+
+    def parts(self) -> dict[str, float]:
+        """The non-zero parts, in bytes, in print order."""
+        return {p: getattr(self, p) for p in self.PARTS if getattr(self, p) or p in ("weights", "activations")}
+
+    def gib(self) -> dict[str, float]:
+        return {**{p: v / GIB for p, v in self.parts().items()}, "total": self.total / GIB}
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{p}={v / GIB:.2f}" for p, v in self.parts().items())
+        title = f"{self.kind}{' ' + self.label if self.label else ''}"
+        return f"<{title}: total {self.total / GIB:.2f} GiB ({shown} GiB)>"
+
+    def table(self, other: MemoryEstimate | None = None) -> str:
+        """A text table of the parts in GiB; with `other`, the two side by side and the error."""
+        names = list(dict.fromkeys([*self.parts(), *(other.parts() if other else [])]))
+        if other is None:
+            rows = [f"{n:<17}{getattr(self, n) / GIB:>10.2f}" for n in names]
+            return "\n".join([f"{'GiB':<17}{self.kind:>10}", *rows, f"{'total':<17}{self.total / GIB:>10.2f}"])
+        rows = [f"{n:<17}{getattr(self, n) / GIB:>10.2f}{getattr(other, n) / GIB:>10.2f}" for n in names]
+        err = (self.total - other.total) / other.total * 100 if other.total else float("nan")
+        return "\n".join([f"{'GiB':<17}{self.kind:>10}{other.kind:>10}", *rows,
+                          f"{'total':<17}{self.total / GIB:>10.2f}{other.total / GIB:>10.2f}",
+                          f"error of the {self.kind}: {err:+.1f}%"])
+
+
+def estimate_inference(model: Any, dtype: str = "bf16", context: int = 4096, batch: int = 1, new_tokens: int = 0,
+                       kv_dtype: str | None = None, runtime: str | None = None, device: str = "cuda",
+                       attention: str | None = None, double_quant: bool = True,
+                       overhead_bytes: float | None = None) -> MemoryEstimate:
+    """Peak memory to run `model` on `context` prompt tokens (x `batch`) and generate `new_tokens` more.
+
+    - model: a shipped config name ("llama-3.1-8b"), a config dict or a transformers config.
+    - dtype: fp32, fp16, bf16; int8, nf4 / int4 (bitsandbytes); or a GGUF type (Q8_0 ... Q2_K).
+    - runtime: "transformers" (the default for torch and bitsandbytes dtypes) or "llama.cpp" (the
+      default for GGUF types).
+    - device: "cuda" (VRAM: adds the CUDA context) or "cpu" (RAM).
+    - attention: "sdpa" or "eager"; default: what transformers picks for this model.
+    """
+    a = architecture(model)
+    dtype = normalize_dtype(dtype)
+    for name, value in (("context", context), ("batch", batch)):
+        _require_int(name, value)
+    _require_int("new_tokens", new_tokens, allow_zero=True)
+    runtime = runtime or ("llama.cpp" if dtype in GGUF_DTYPES else "transformers")
+    if runtime not in RUNTIMES:
+        raise unknown("runtime", runtime, RUNTIMES)
+    if device not in ("cuda", "cpu"):
+        raise unknown("device", device, ("cuda", "cpu"))
+    if runtime == "transformers" and dtype in GGUF_DTYPES:
+        raise LabkitError(f"{dtype} is a GGUF (llama.cpp) type; transformers de-quantizes GGUF files on load. "
+                          "Use runtime='llama.cpp', or a transformers dtype: fp32, fp16, bf16, int8, nf4.")
+    if runtime == "llama.cpp" and dtype in BNB_DTYPES:
+        raise LabkitError(f"{dtype} is a bitsandbytes format (transformers). For llama.cpp use a GGUF type: "
+                          f"{', '.join(GGUF_DTYPES)}, or fp16 / fp32.")
+    if attention is not None and attention not in ("sdpa", "eager"):
+        raise unknown("attention implementation", attention, ("sdpa", "eager"))
+    tokens = context + new_tokens
+    notes: list[str] = []
+    if a.max_position and tokens > a.max_position:
+        message = (f"{a.name}: {tokens:,} tokens is beyond the model's maximum context of {a.max_position:,}; "
+                   "the memory is computed anyway, but the model was not trained for it.")
+        warnings.warn(message, stacklevel=2)
+        notes.append(message)
+    compute = dtype if dtype in FLOAT_DTYPES else ("fp16" if runtime == "llama.cpp" else "bf16")
+    kv_dtype = kv_dtype or compute
+    w = weight_bytes(a, dtype, double_quant=double_quant, compute_dtype=compute)
+    weights = w["quantized"] + w["unquantized"] + w["scales"]
+    details = {f"weights: {k}": v for k, v in w.items() if v}
+    if runtime == "llama.cpp":
+        kv = kv_cache_bytes(a, tokens, batch, kv_dtype)
+        act = _llama_cpp_compute_buffer(a, tokens, batch)
+        details["activations: compute buffer"] = act
+        overhead = LLAMA_CPP_CUDA_CONTEXT_BYTES if device == "cuda" else CPU_OVERHEAD_BYTES
+    else:
+        attention = attention or a.attention
+        kv = kv_cache_bytes(a, tokens, batch, kv_dtype)
+        peak = _transformers_peak(a, dtype, compute, kv_dtype, context, new_tokens, batch, attention, device)
+        details.update(peak["details"])
+        kv_at_peak = peak["kv"]
+        # the steady-state cache is `kv`; anything the peak holds beyond it counts as activations
+        act = peak["activations"] + max(0.0, kv_at_peak - kv)
+        if kv_at_peak > kv:
+            details["activations: prompt K/V still held by sliding-window layers"] = kv_at_peak - kv
+        overhead = (CUDA_CONTEXT_BYTES + CUBLAS_WORKSPACE_BYTES + (BNB_EXTRA_CONTEXT_BYTES if dtype in BNB_DTYPES else 0)
+                    if device == "cuda" else CPU_OVERHEAD_BYTES)
+    if overhead_bytes is not None:
+        require_positive("overhead_bytes", overhead_bytes, allow_zero=True)
+        overhead = float(overhead_bytes)
+    return MemoryEstimate(
+        weights=weights, kv_cache=kv, activations=act, overhead=overhead, label=f"{a.name} {dtype} {runtime}",
+        details=details, notes=notes,
+        inputs=dict(model=a.name, dtype=dtype, context=context, batch=batch, new_tokens=new_tokens, kv_dtype=kv_dtype,
+                    runtime=runtime, device=device, attention=attention, method="inference"),
+    )
+
+
+def _require_int(name: str, value: Any, allow_zero: bool = False) -> None:
+    require_positive(name, value, allow_zero=allow_zero)
+    if not float(value).is_integer():
+        raise LabkitError(f"{name} must be a whole number, got {value!r}")
+
+
+# ---------------------------------------------------------------------------- transformers' peak
+
+
+def _transformers_peak(a: Architecture, dtype: str, compute: str, kv_dtype: str, context: int, new_tokens: int,
+                       batch: int, attention: str, device: str) -> dict[str, Any]:
+    """The highest point of memory during `generate`: the prefill, in the last layer.
+
+    What is alive, as transformers (5.x) runs a decoder layer:
+    - for the whole forward: the input embeddings, the current layer's input, RoPE's cos/sin, the
+      attention masks (only built for a sliding window shorter than the prompt, or
+      always on the eager path), and the KV cache of the layers so far; a sliding-window layer
+      still holds the whole prompt's K/V during prefill (it keeps a view of the full tensor until
+      the first decode step);
+    - then, step by step: the input norm (float32 copies), the attention (q, k, v, the RoPE
+      temporaries, the scores on the eager path), the second norm, and the MLP (the residual, the
+      normalized input and the intermediate tensors). The largest step is the peak.
+    """
+    e = BITS_PER_WEIGHT[compute] / 8  # bytes per activation value
+    L = a.num_layers
+    kv_token_layer = sum(kv_cache_bytes_per_token(a, kv_dtype).values()) / L  # one token, one layer
+    details, prefill_act, kv_at_peak = _prefill(a, context, batch, e, kv_token_layer, attention, device, dtype)
+    best = {"activations": prefill_act, "kv": kv_at_peak, "details": details}
+    if new_tokens:
+        # decode: the cache grows by one token per step; concatenating copies one layer's cache
+        logits = details["activations: last-token logits"]
+        decode_kv = kv_cache_bytes(a, context + new_tokens, batch, kv_dtype)
+        decode_act = kv_token_layer * batch * (context + new_tokens) + logits
+        if decode_kv + decode_act > prefill_act + kv_at_peak:
+            best = {"activations": decode_act, "kv": decode_kv, "details": {"activations: decode step": decode_act}}
+    reset = a.cache_reset_tokens
+    if reset and context <= reset < context + new_tokens:
+        # Phi-3 drops its cache and runs the whole sequence again when generation crosses
+        # original_max_position_embeddings (its RoPE scaling changes there); the old cache is
+        # still referenced while the new prefill runs.
+        d2, act2, kv2 = _prefill(a, reset + 1, batch, e, kv_token_layer, attention, device, dtype)
+        old = kv_token_layer * batch * context * L
+        if act2 + kv2 + old > best["activations"] + best["kv"]:
+            d2["activations: the old cache, kept while the prompt is re-run"] = old
+            best = {"activations": act2 + old, "kv": kv2, "details": d2}
+    return best
+
+
+def _prefill(a: Architecture, context: int, batch: int, e: float, kv_token_layer: float, attention: str, device: str,
+             dtype: str) -> tuple[dict[str, float], float, float]:
+    """(details, activations, KV held) at the prefill's peak."""
+    T = batch * context  # prompt tokens in the batch
+    h, L = a.hidden_size, a.num_layers
+    persistent = {
+        "hidden states (embeddings, layer input)": (2 if L > 1 else 1) * T * h * e,
+        "RoPE cos/sin": _rope_bytes(a, T, e),
+    }
+    masks = _mask_bytes(a, batch, context, e, attention)
+    if masks:
+        persistent["attention masks"] = masks
+    steps = _layer_steps(a, a.layer_kinds()[-1], T, batch, context, e, attention, device, dtype)
+    kv_before = {name: kv_token_layer * T * (L if name in ("post-attention norm", "mlp") else L - 1) for name in steps}
+    best = max(steps, key=lambda s: sum(steps[s].values()) + kv_before[s])
+    details = {f"activations: {k}": v for k, v in persistent.items()}
+    details.update({f"activations: {best}: {k}": v for k, v in steps[best].items()})
+    logits = batch * a.vocab_size * (e + 4 * 3)  # the last position's logits, as float32 scores
+    details["activations: last-token logits"] = logits
+    return details, sum(persistent.values()) + sum(steps[best].values()) + logits, kv_before[best]
+
+
+def _rope_bytes(a: Architecture, T: int, e: float) -> float:
+    if a.is_mla:  # DeepSeek keeps RoPE as complex64 frequencies over half the rotary width
+        return T * a.rotary_dim // 2 * 8
+    return a.rotary_sets * 2 * T * a.rotary_dim * e
+
+
+def _mask_bytes(a: Architecture, batch: int, context: int, e: float, attention: str) -> float:
+    """Masks kept alive through the forward pass.
+
+    SDPA without padding needs no mask for causal attention (it passes is_causal=True), nor for a
+    sliding window longer than the prompt. Otherwise transformers builds a boolean (batch, 1, N, N)
+    mask. The eager path always builds them, as additive float masks, one per layer type.
+    """
+    n2 = batch * context * context
+    kinds = set(a.layer_types)
+    if attention == "eager":
+        return len(kinds) * n2 * e
+    if _sliding_mask(a, context):
+        return n2 * 1.0
+    return 0.0
+
+
+def _sliding_mask(a: Architecture, context: int) -> bool:
+    return "sliding" in a.layer_types and context >= (a.sliding_window or 0)
+
+
+def _norm_transient(T: int, width: int, e: float) -> float:
+    """RMSNorm computes in float32: a float32 copy of the input and the normalized float32 result
+    (for float32 input the copy is free, but x**2 is not)."""
+    return T * width * 8
+
+
+def _layer_steps(a: Architecture, kind: str, T: int, batch: int, context: int, e: float, attention: str,
+                 device: str, dtype: str) -> dict[str, dict[str, float]]:
+    """Memory on top of the persistent tensors at each step of the last decoder layer."""
+    h = a.hidden_size
+    x = T * h * e
+    q = T * a.num_heads * a.head_dim * e
+    out = T * a.num_heads * a.v_head_dim * e
+    kv = T * a.num_kv_heads * (a.head_dim + a.v_head_dim) * e
+    deq = 0.0
+    if dtype in ("nf4", "int4"):  # bitsandbytes de-quantizes each weight for a prefill matmul
+        deq = max(t.shape[0] * t.shape[1] for t in weight_tensors(a) if t.kind == "linear") * e
+    steps: dict[str, dict[str, float]] = {"input norm": {"float32 copies": _norm_transient(T, h, e)}}
+
+    if a.is_mla:
+        latent = T * (a.kv_lora_rank + a.qk_rope_dim) * e
+        expanded = T * a.num_heads * (a.qk_nope_dim + a.v_head_dim) * e
+        attn = {"normalized input": x, "q": q, "latent and cache entries": 2 * latent, "expanded k, v": expanded,
+                "keys with RoPE": q, "query with RoPE": q}
+        if device == "cpu":  # CPU SDPA has no kernel for a value width different from the key's
+            attn["attention scores (SDPA math path)"] = batch * a.num_heads * context * context * 12
+        else:
+            attn["attention output"] = out + x
+        steps["attention"] = attn
+    else:
+        rope = {"normalized input": x, "q, k, v": q + kv, "RoPE temporaries": 3 * q}
+        if a.qk_norm:
+            rope["q/k norm float32 copies"] = _norm_transient(T, a.num_heads * a.head_dim, e) - 3 * q + q
+        steps["attention: RoPE"] = rope
+        scores = {"normalized input": x, "q, k, v": q + kv}
+        gqa = a.num_kv_heads != a.num_heads
+        if attention == "eager":
+            n2h = batch * a.num_heads * context * context
+            # scores in the compute dtype, plus a float32 copy and the float32 softmax
+            # (CUDA upcasts fp16 inside the softmax kernel, without the copy)
+            per = e + (4 if (device == "cuda" and dtype == "fp16") else (8 if e < 4 else 4))
+            scores["attention scores (eager)"] = n2h * per
+            if gqa:
+                scores["k, v repeated for GQA"] = T * a.num_heads * (a.head_dim + a.v_head_dim) * e
+        else:
+            if _sliding_mask(a, context) and gqa:  # with a mask, SDPA cannot share KV heads itself
+                scores["k, v repeated for GQA"] = T * a.num_heads * (a.head_dim + a.v_head_dim) * e
+            if _sliding_mask(a, context) and device == "cuda":
+                # the memory-efficient kernel turns the boolean mask into the query's dtype
+                scores["mask in the query dtype (SDPA)"] = batch * context * context * e
+            scores["attention output and o_proj"] = out + x
+        steps["attention: scores"] = scores
+    if deq:
+        for step in steps.values():
+            if step is not steps["input norm"]:
+                step["de-quantized weight (bitsandbytes 4-bit)"] = deq
+
+    steps["post-attention norm"] = {"residual": x, "float32 copies": _norm_transient(T, h, e)}
+    mlp = {"residual + normalized input": 2 * x}
+    if attention == "eager":  # the layer keeps the softmax output (`_`) until it returns
+        mlp["attention weights kept by the layer (eager)"] = batch * a.num_heads * context * context * e
+    if kind == "moe":
+        S = T * a.experts_per_token  # token-expert pairs
+        ei = a.expert_intermediate
+        up = S * (h + 4 * ei) * e  # gathered inputs, gate_up output, activation, product
+        down = S * h * (2 * e + 8)  # gathered inputs, expert outputs, weighted in float32
+        mlp["experts (grouped_mm)"] = max(up, down)
+        mlp["router"] = T * a.num_experts * (e + 4)
+    elif dtype == "int8":
+        # LLM.int8(): the input is cast to fp16 and quantized to int8; the product comes out in
+        # int32 and is dequantized to fp16, then cast back; up_proj runs while act(gate) is alive
+        mlp["MLP intermediate (int8 matmul)"] = T * a.intermediate_size * (e + 4 + 2) + T * h * 3
+    elif a.fused_projections:
+        mlp["MLP intermediate (gate_up, act, product)"] = 4 * T * a.intermediate_size * e
+    else:
+        mlp["MLP intermediate (act(gate), up, product)"] = 3 * T * a.intermediate_size * e
+    if deq:
+        mlp["de-quantized weight (bitsandbytes 4-bit)"] = deq
+    steps["mlp"] = mlp
+    return steps
+
+
+def _llama_cpp_compute_buffer(a: Architecture, tokens: int, batch: int) -> float:
+    """llama.cpp's compute buffer: sized for one micro-batch (512 tokens) of the graph, float32,
+    with flash attention (its default on GPU and CPU builds that support it)."""
+    ubatch = min(512, tokens) * batch
+    width = a.vocab_size + 4 * a.hidden_size + 3 * max(a.intermediate_size, a.expert_intermediate)
+    return ubatch * width * 4
+
+
+# ============================================================================ training
+
+
+def estimate_training(model: Any, method: str = "full", dtype: str = "bf16", optimizer: str = "adamw",
+                      lora_rank: int = 16, target_modules: str | tuple[str, ...] | list[str] = "all-linear",
+                      seq_len: int = 2048, batch: int = 1, gradient_checkpointing: bool = False,
+                      fp32_gradients: bool = False, device: str = "cuda") -> MemoryEstimate:
+    """Memory to train `model` with one optimizer step on `batch` x `seq_len` tokens.
+
+    - full: mixed precision (bf16 weights and gradients, fp32 master weights and AdamW states):
+      2 + 2 + 4 + 8 = 16 bytes per parameter, 18 with fp32 gradients. dtype="fp32": 4 + 4 + 8.
+    - lora: the base frozen in `dtype`; adapters of rank r on `target_modules` in fp32 with their
+      gradients and optimizer states.
+    - qlora: the base in NF4 (double quantization), adapters as for LoRA.
+    Activations are what backward needs per layer (FlashAttention-style SDPA, no N x N scores);
+    gradient checkpointing keeps only each layer's input and recomputes one layer at a time.
+    """
+    a = architecture(model)
+    if method not in METHODS:
+        raise unknown("training method", method, METHODS)
+    if optimizer not in OPTIMIZERS:
+        raise unknown("optimizer", optimizer, OPTIMIZERS)
+    dtype = normalize_dtype(dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise LabkitError(f"training dtype must be fp32, fp16 or bf16 (got {dtype!r}); for a 4-bit base use method='qlora'.")
+    _require_int("seq_len", seq_len)
+    _require_int("batch", batch)
+    _require_int("lora_rank", lora_rank)
+    params = parameter_count(a)
+    e = BITS_PER_WEIGHT[dtype] / 8
+    optim_per_param = {"adamw": 8.0, "adamw8bit": 2.0 + 2 * 4 / 256, "sgd": 0.0}[optimizer]
+    details: dict[str, float] = {}
+    notes: list[str] = []
+    if method == "full":
+        weights = params * e
+        gradients = params * (4 if fp32_gradients or dtype == "fp32" else e)
+        master = params * 4 if dtype != "fp32" else 0.0
+        optimizer_states = params * optim_per_param + master
+        details.update({"optimizer: fp32 master weights": master, "optimizer: states": params * optim_per_param})
+        trainable = params
+    else:
+        modules = _lora_targets(a, target_modules)
+        trainable = sum(lora_rank * (t.shape[0] + t.shape[1]) * t.count for t in modules)
+        if method == "qlora":
+            w = weight_bytes(a, "nf4", double_quant=True, compute_dtype=dtype)
+            base = w["quantized"] + w["unquantized"] + w["scales"]
+        else:
+            base = params * e
+        weights = base + trainable * 4
+        gradients = trainable * 4
+        optimizer_states = trainable * optim_per_param
+        details.update({"weights: frozen base": base, "weights: adapters (fp32)": trainable * 4})
+        notes.append(f"{trainable:,} trainable parameters ({trainable / params:.2%} of {params:,}) "
+                     f"in {len(modules)} module types: {', '.join(t.name.split('.')[-1] for t in modules)}")
+    act = _training_activations(a, seq_len, batch, e, gradient_checkpointing)
+    details.update({f"activations: {k}": v for k, v in act.items()})
+    activations = sum(act.values())
+    overhead = (CUDA_CONTEXT_BYTES + CUBLAS_WORKSPACE_BYTES if device == "cuda" else CPU_OVERHEAD_BYTES)
+    overhead += 0.05 * (activations + gradients)  # the caching allocator's fragmentation in training
+    return MemoryEstimate(
+        weights=weights, kv_cache=0.0, activations=activations, overhead=overhead, gradients=gradients,
+        optimizer_states=optimizer_states, label=f"{a.name} {method} {dtype} {optimizer}", details=details, notes=notes,
+        inputs=dict(model=a.name, method=method, dtype=dtype, optimizer=optimizer, lora_rank=lora_rank,
+                    seq_len=seq_len, batch=batch, gradient_checkpointing=gradient_checkpointing,
+                    trainable_parameters=trainable, device=device),
+    )
+
+
+ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj")
+MLP_MODULES = ("gate_proj", "up_proj", "down_proj", "gate_up_proj")
+
+
+def _lora_targets(a: Architecture, target_modules: str | tuple[str, ...] | list[str]) -> list[Tensor]:
+    linear = [t for t in weight_tensors(a) if t.kind == "linear"]
+    names = {t.name.split(".")[-1] for t in linear}
+    if target_modules == "all-linear":
+        return linear
+    if isinstance(target_modules, str):
+        target_modules = (target_modules,)
+    chosen = [t for t in linear if t.name.split(".")[-1] in set(target_modules)]
+    missing = set(target_modules) - names
+    if missing:
+        raise unknown("LoRA target module", sorted(missing)[0], sorted(names) + ["all-linear"])
+    return chosen
+
+
+def _training_activations(a: Architecture, seq_len: int, batch: int, e: float, checkpointing: bool) -> dict[str, float]:
+    """What backward needs, per layer per token (in activation bytes `e`), for a decoder layer:
+    two norm inputs and their float32 statistics, q, k, v, the attention output, the MLP's
+    input, act(gate), up and their product; plus the logits and their float32 gradient."""
+    T = seq_len * batch
+    h = a.hidden_size
+    inter = a.expert_intermediate * a.experts_per_token if a.is_moe else a.intermediate_size
+    q = a.num_heads * a.head_dim
+    kv = a.num_kv_heads * (a.head_dim + a.v_head_dim)
+    per_token_layer = (4 * h + 2 * q + kv + 4 * inter) * e + 2 * h * 4
+    layers = a.num_layers
+    out: dict[str, float] = {}
+    if checkpointing:
+        out["layer inputs (checkpointed)"] = layers * T * h * e
+        out["one layer recomputed"] = T * per_token_layer
+    else:
+        out["per-layer tensors kept for backward"] = layers * T * per_token_layer
+    out["logits and their float32 gradient"] = T * a.vocab_size * (e + 4 + 4)
+    return out
+
+
+# ============================================================================ several GPUs, and fitting
+
+
+def split_tensor_parallel(estimate: MemoryEstimate, n_gpus: int) -> MemoryEstimate:
+    """What each of `n_gpus` GPUs holds when the model is split by tensor parallelism (Megatron style).
+
+    Weight matrices, the vocabulary and the attention heads are divided; KV heads too, but each
+    GPU keeps at least one (with fewer KV heads than GPUs they are replicated). The residual stream
+    (hidden states) is replicated; every GPU pays its own CUDA context plus NCCL's buffers.
+    """
+    _require_int("n_gpus", n_gpus)
+    if n_gpus == 1:
+        return estimate
+    model = estimate.inputs.get("model")
+    a = architecture(model) if model else None
+    kv_share = 1 / n_gpus
+    if a is not None and not a.is_mla and a.num_kv_heads < n_gpus:
+        kv_share = 1 / a.num_kv_heads
+    if a is not None and a.is_mla:
+        kv_share = 1.0  # the compressed latent is shared by all heads: every GPU keeps it
+    replicated = sum(v for k, v in estimate.details.items() if "hidden states" in k or "residual" in k or "RoPE" in k)
+    split_act = max(0.0, estimate.activations - replicated)
+    nccl = 256 * MIB if estimate.inputs.get("device", "cuda") == "cuda" else 0.0
+    per = replace(
+        estimate,
+        weights=estimate.weights / n_gpus,
+        kv_cache=estimate.kv_cache * kv_share,
+        gradients=estimate.gradients / n_gpus,
+        optimizer_states=estimate.optimizer_states / n_gpus,
+        activations=replicated + split_act / n_gpus,
+        overhead=estimate.overhead + nccl,
+        label=f"{estimate.label} per GPU (tensor parallel x{n_gpus})",
+        details={**estimate.details, "overhead: NCCL buffers": nccl},
+        notes=[*estimate.notes, f"each of {n_gpus} GPUs holds this; all together {n_gpus}x"],
+        inputs={**estimate.inputs, "n_gpus": n_gpus},
+    )
+    return per
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Does an estimate fit a memory budget? Truthy when it does."""
+
+    fits: bool
+    needed: float
+    available: float
+    where: str
+
+    def __bool__(self) -> bool:
+        return self.fits
+
+    @property
+    def headroom(self) -> float:
+        return self.available - self.needed
+
+    def __str__(self) -> str:
+        verdict = "fits" if self.fits else "does NOT fit"
+        return (f"{verdict} on {self.where}: needs {self.needed / GIB:.1f} GiB of {self.available / GIB:.1f} GiB "
+                f"({self.headroom / GIB:+.1f} GiB headroom)")
+
+
+def fits(estimate: MemoryEstimate, device_or_gb: Any = None) -> Fit:
+    """Whether `estimate` fits: a number of GB (as GPUs are sold: 24 means 24 GiB), a GPU name from
+    datasets/gpus.json ("4090", "A100 80GB"), or None / "this" for this machine's free memory."""
+    need = estimate.total
+    if device_or_gb is None or device_or_gb in ("this", "auto", "yours"):
+        from .hardware import detect_hardware
+
+        hw = detect_hardware(check_online=False)
+        if hw.device == "cuda":
+            return Fit(need <= hw.vram_free_bytes, need, float(hw.vram_free_bytes), f"this GPU ({hw.gpu_name}, free)")
+        return Fit(need <= hw.ram_available_bytes, need, float(hw.ram_available_bytes), "this machine's free RAM")
+    if isinstance(device_or_gb, str):
+        from .hardware import find_gpu
+
+        gpu = find_gpu(device_or_gb)
+        have = gpu["vram_gb"] * GIB
+        return Fit(need <= have, need, have, gpu["name"])
+    require_positive("memory (GB)", device_or_gb)
+    have = float(device_or_gb) * GIB
+    return Fit(need <= have, need, have, f"{device_or_gb} GB")
+
+
+def gpus_needed(estimate_for_n, device_or_gb: Any, max_gpus: int = 16) -> int | None:
+    """The fewest GPUs (tensor parallel) for which `estimate_for_n(n)` fits `device_or_gb`; None if
+    even `max_gpus` do not suffice. `estimate_for_n` may also be an estimate (split by n here)."""
+    for n in range(1, max_gpus + 1):
+        est = estimate_for_n(n) if callable(estimate_for_n) else split_tensor_parallel(estimate_for_n, n)
+        if fits(est, device_or_gb):
+            return n
+    return None
+
+
+# ============================================================================ measuring
+
+
+def cuda_context_bytes() -> float:
+    """GPU memory this process holds outside PyTorch's allocator (the CUDA context, loaded kernels,
+    cuDNN/cuBLAS handles): the driver's count for this process minus PyTorch's reserved memory.
+
+    Uses NVML's per-process figure when it is available, else the device's used memory (which
+    counts other processes too)."""
+    import torch
+
+    reserved = torch.cuda.memory_reserved()
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        index = torch.cuda.current_device()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            if proc.pid == os.getpid() and proc.usedGpuMemory:
+                return float(proc.usedGpuMemory - reserved)
+    except Exception:  # NVML missing, or PIDs hidden by a container: fall back below
+        pass
+    free, total = torch.cuda.mem_get_info()
+    return float(total - free - reserved)
+
+
+def _rss_bytes(kind: str = "VmRSS") -> int:
+    try:
+        with open("/proc/self/status") as f:
+            match = re.search(rf"{kind}:\s+(\d+) kB", f.read())
+        return int(match.group(1)) * 1024 if match else 0
+    except OSError:
+        import psutil
+
+        info = psutil.Process().memory_info()
+        return int(getattr(info, "peak_wset", info.rss)) if kind == "VmHWM" else int(info.rss)
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux: write 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _cache_bytes(cache: Any) -> float:
+    """Bytes of the storage a transformers cache object holds."""
+    seen: dict[int, int] = {}
+    for layer in getattr(cache, "layers", []):
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if t is not None and hasattr(t, "untyped_storage"):
+                st = t.untyped_storage()
+                seen[st.data_ptr()] = st.nbytes()
+    return float(sum(seen.values()))
+
+
+def _bnb_config(dtype: str):
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if dtype == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="fp4" if dtype == "int4" else "nf4",
+                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def load_for_measurement(model: Any, dtype: str, device: str, weights: str = "random"):
+    """The model `measure_inference` runs: random weights at true size (or the bundled real model)."""
+    import torch
+
+    from .models import BUNDLED, build_random_model, load_bundled_transformers
+
+    if weights == "bundled":
+        if model not in (BUNDLED, None):
+            raise LabkitError(f"weights='bundled' is only for {BUNDLED!r}, the model the course ships.")
+        return load_bundled_transformers(dtype=dtype, device=device).model
+    if weights != "random":
+        raise unknown("weights", weights, ("random", "bundled"))
+    if dtype in FLOAT_DTYPES:
+        return build_random_model(model, dtype=dtype, device=device).model
+    if device != "cuda":
+        raise LabkitError(f"{dtype} (bitsandbytes) is measured on a CUDA GPU; on CPU use fp32 or bf16.")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        from .errors import MissingPackageError
+
+        raise MissingPackageError("bitsandbytes", f"Measuring {dtype}", extra="gpu") from err
+    dense = build_random_model(model, dtype="bf16", device="cuda").model
+    state = dense.state_dict()
+    config = dense.config
+    cls = type(dense)
+    del dense
+    quantized = cls.from_pretrained(None, config=config, state_dict=state, quantization_config=_bnb_config(dtype),
+                                    device_map={"": torch.cuda.current_device()}, dtype=torch.bfloat16)
+    del state
+    gc.collect()
+    torch.cuda.empty_cache()
+    return quantized.eval()
+
+
+def measure_inference(model: Any, dtype: str = "bf16", context: int = 4096, batch: int = 1, new_tokens: int = 8,
+                      device: str | None = None, weights: str = "random", check_fit: bool = True,
+                      seed: int = 0) -> MemoryEstimate:
+    """Run the real thing and measure its peak memory, in the same shape as `estimate_inference`.
+
+    Loads `model` (random weights at true size from a shipped config, or `weights="bundled"` for
+    the course's real Gemma 3 270M), feeds a random prompt of `context` tokens (x `batch`) and
+    generates `new_tokens`.
+    - CUDA: peak = torch.cuda.max_memory_allocated() during loading-free generation, plus the
+      weights, plus this process's CUDA context (cuda_context_bytes()).
+    - CPU: the process's peak resident set (RSS) increase from before the model was loaded.
+    Refuses up front (LabkitError) when the estimate does not fit the free memory.
+    """
+    import torch
+
+    from .hardware import detect_hardware
+
+    dtype = normalize_dtype(dtype)
+    device = device or detect_hardware(check_online=False).device
+    if device not in ("cuda", "cpu"):
+        raise unknown("device for measurement", device, ("cuda", "cpu"))
+    if dtype in GGUF_DTYPES:
+        raise LabkitError(f"{dtype} is a GGUF type: measure it in llama.cpp (labkit.runtimes); transformers "
+                          "de-quantizes GGUF weights.")
+    est_model = "gemma-3-270m" if weights == "bundled" else model
+    est = estimate_inference(est_model, dtype, context, batch, new_tokens, device=device)
+    if check_fit:
+        if device == "cuda":
+            free = torch.cuda.mem_get_info()[0] + torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+        else:
+            import psutil
+
+            free = psutil.virtual_memory().available
+        if est.total > free:
+            raise LabkitError(
+                f"not running: the estimate ({est.total / GIB:.1f} GiB) does not fit the free memory of this "
+                f"{device} ({free / GIB:.1f} GiB). Try a shorter context, a smaller batch, a quantized dtype "
+                "(int8, nf4) or a smaller model. (check_fit=False runs it anyway, at the risk of running out of memory.)")
+    gc.collect()
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        net = load_for_measurement(model, dtype, device, weights)
+        weights_bytes = torch.cuda.memory_allocated() - base
+    else:
+        rss0 = _rss_bytes()
+        net = load_for_measurement(model, dtype, device, weights)
+        weights_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
+        weights_bytes += sum(b.numel() * b.element_size() for b in net.buffers())
+    vocab = net.config.get_text_config().vocab_size if hasattr(net.config, "get_text_config") else net.config.vocab_size
+    ids = torch.randint(3, min(vocab, 32000), (batch, context), device=device)
+    mask = torch.ones_like(ids)
+    gen = dict(max_new_tokens=max(new_tokens, 1), min_new_tokens=max(new_tokens, 1), do_sample=False,
+               return_dict_in_generate=True, pad_token_id=0)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        with torch.no_grad():
+            out = net.generate(ids, attention_mask=mask, **gen)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+        kv = _cache_bytes(out.past_key_values)
+        context_bytes = cuda_context_bytes()
+        total = peak + context_bytes
+        overhead = context_bytes
+    else:
+        rss_loaded = _rss_bytes()
+        exact = _reset_peak_rss()
+        with torch.no_grad():
+            out = net.generate(ids, attention_mask=mask, **gen)
+        peak_rss = _rss_bytes("VmHWM") if exact else _rss_bytes()
+        kv = _cache_bytes(out.past_key_values)
+        total = max(peak_rss, rss_loaded) - rss0
+        overhead = max(0.0, rss_loaded - rss0 - weights_bytes)
+        peak = total - overhead
+    seconds = time.perf_counter() - start
+    activations = max(0.0, peak - weights_bytes - kv)
+    del out, net, ids, mask
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    name = est.inputs["model"]
+    return MemoryEstimate(
+        weights=float(weights_bytes), kv_cache=kv, activations=activations, overhead=float(overhead), kind="measured",
+        label=f"{name} {dtype} on {device}",
+        details={"peak allocated (weights + KV + activations)": float(peak), "seconds": seconds},
+        inputs=dict(est.inputs, weights=weights, new_tokens=new_tokens),
+    )
