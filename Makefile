@@ -15,7 +15,7 @@ NB_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 LABKIT_PROFILE=cpu MPLBACKEND=
 CELL_TIMEOUT ?= 600
 NOTEBOOK_TIMEOUT ?= 1200
 
-.PHONY: lab test setup setup-dev unit notebooks lint clean strip help
+.PHONY: lab test setup setup-dev unit notebooks lint clean strip help browser
 
 help:
 	@echo "make lab    - set up and open the course (JupyterLab on 127.0.0.1:$(PORT))"
@@ -35,7 +35,17 @@ $(VENV)/.lab-installed: pyproject.toml $(CONSTRAINTS) | $(PY)
 
 $(VENV)/.dev-installed: $(VENV)/.lab-installed
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[lab,llama,dev]"
+	@$(MAKE) --no-print-directory browser
 	touch $@
+
+# The browser test drives Debian's Chromium. Installed here when we may (root with apt, as in CI);
+# elsewhere the test is skipped and says how to install it.
+browser:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium for the browser test"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null; \
+	else echo "note: no chromium; tests/test_browser.py will be skipped (apt install chromium)"; fi
 
 setup: $(VENV)/.lab-installed
 setup-dev: $(VENV)/.dev-installed
