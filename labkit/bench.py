@@ -67,7 +67,7 @@ class BenchResult:
     def __str__(self) -> str:
         roof = self.roofline_tokens_per_s
         tail = f" | roofline {roof:.0f} tok/s -> {self.percent_of_roofline:.0f}%" if roof else ""
-        return (f"{self.runtime:<22} TTFT {self.ttft_s * 1000:7.0f} ms | decode {self.decode_tokens_per_s:7.1f} tok/s | "
+        return (f"{self.runtime:<34} TTFT {self.ttft_s * 1000:7.0f} ms | decode {self.decode_tokens_per_s:7.1f} tok/s | "
                 f"prompt {self.prompt_tokens_per_s:7.0f} tok/s{tail}")
 
 
@@ -249,6 +249,23 @@ def read_gguf_header(path: str | Path, max_array: int = 1024) -> tuple[dict[str,
     return meta, tensors
 
 
+def gguf_tensor_types(path: str | Path) -> dict[str, dict]:
+    """How a GGUF file's bytes split over tensor types: {type: {"tensors": n, "bytes": b, "share": f}}.
+
+    A "Q4_K_M" file is a mix: some tensors get more bits (the embedding, attention V) than others.
+    """
+    _, tensors = read_gguf_header(path)
+    total = sum(t.n_bytes for t in tensors) or 1
+    out: dict[str, dict] = {}
+    for t in tensors:
+        entry = out.setdefault(t.type, {"tensors": 0, "bytes": 0, "share": 0.0})
+        entry["tensors"] += 1
+        entry["bytes"] += t.n_bytes
+    for entry in out.values():
+        entry["share"] = entry["bytes"] / total
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["bytes"]))
+
+
 def gguf_bytes_per_token(path: str | Path, context_tokens: float = 0, kv_bytes_per_value: float = 2) -> BytesPerToken:
     """Bytes a llama.cpp decode step reads, from a GGUF file's tensor table and metadata.
 
@@ -389,6 +406,36 @@ def load_benchmark_results(name: str = "decode_roofline") -> dict | None:
 
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+GPU_VARIANT_LABELS = {
+    "plain": "generate (eager)",
+    "static_eager": "generate + static cache",
+    "static_compiled": "generate + static cache + compile",
+    "compiled_loop": "compiled decode loop",
+}
+
+
+def committed_gpu_results(results: dict | None = None) -> list[BenchResult]:
+    """The committed GPU benchmark (benchmarks/results/decode_roofline.json) as BenchResults, or []."""
+    results = results if results is not None else load_benchmark_results()
+    if not results:
+        return []
+    bpt = results["bytes_per_token"]["total"]
+    rows = []
+    order = list(GPU_VARIANT_LABELS)
+    variants = sorted(results["variants"], key=lambda v: order.index(v["variant"]) if v["variant"] in order else 99)
+    for v in variants:
+        if "decode_tokens_per_s" not in v:
+            continue
+        roof = v.get("roofline_measured_tokens_per_s", results["roofline_measured_tokens_per_s"])
+        rows.append(BenchResult(
+            runtime=GPU_VARIANT_LABELS.get(v["variant"], v["variant"]), runs=len(v.get("runs", [])),
+            prompt_tokens=results["prompt_tokens"], new_tokens=results["new_tokens"], ttft_s=v["ttft_s"],
+            decode_tokens_per_s=v["decode_tokens_per_s"], prompt_tokens_per_s=v["prompt_tokens_per_s"],
+            bytes_per_token=bpt, bandwidth_bytes_per_s=roof * bpt,
+            note=f"{results.get('gpu', 'GPU')}, {results['model']} (random weights, {results['dtype']})"))
+    return rows
 
 
 def roofline_explorer(devices: dict[str, float] | None = None):

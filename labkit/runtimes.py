@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .check import exercise
+from .dtypes import BITS_PER_WEIGHT
 from .errors import LabkitError, MissingPackageError, require_positive
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -566,6 +567,15 @@ CHAT_TEMPLATES = {
         "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
     ),
 }
+def guide_markdown(rows: list[dict] | None = None) -> str:
+    """RUNTIME_GUIDE as a Markdown table (show it with IPython.display.Markdown)."""
+    rows = rows or RUNTIME_GUIDE
+    cols = ["runtime", "engine", "hardware", "formats", "api", "fits"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r.get(c, "")).replace("|", "\\|") for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 _BOS = {"gemma": "<bos>", "chatml": "", "llama3": "<|begin_of_text|>"}
 
 
@@ -585,11 +595,12 @@ def render_chat(messages: list[dict], style: str = "gemma", add_generation_promp
                                                          add_generation_prompt=add_generation_prompt)
 
 
-# Bits per weight of common GGUF types, as llama.cpp reports them for a 7-8B model (mixes vary a little).
+# Bits per weight of GGUF types: the course's one table (labkit.dtypes) plus the GGUF-only types,
+# from llama.cpp's quantize table (effective bits, scales included; K-quant mixes vary a little by model).
 GGUF_BITS_PER_WEIGHT = {
-    "F32": 32.0, "F16": 16.0, "BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.56, "Q5_K_M": 5.69, "Q5_K_S": 5.54,
-    "Q5_0": 5.5, "Q4_K_M": 4.89, "Q4_K_S": 4.58, "Q4_0": 4.5, "IQ4_XS": 4.25, "Q3_K_M": 3.91,
-    "Q3_K_S": 3.5, "Q2_K": 3.35, "IQ2_XS": 2.31,
+    "F32": BITS_PER_WEIGHT["fp32"], "F16": BITS_PER_WEIGHT["fp16"], "BF16": BITS_PER_WEIGHT["bf16"],
+    **{k: v for k, v in BITS_PER_WEIGHT.items() if k.startswith("Q")},
+    "Q5_K_S": 5.54, "Q5_0": 5.5, "Q4_K_S": 4.58, "IQ4_XS": 4.25, "Q3_K_S": 3.5, "IQ2_XS": 2.31,
 }
 _QUANT_RE = re.compile(r"[-_.](" + "|".join(sorted(GGUF_BITS_PER_WEIGHT, key=len, reverse=True)) + r")$", re.I)
 _SIZE_RE = re.compile(r"(?:^|[-_])(\d+(?:\.\d+)?[BM])(?=$|[-_])", re.I)

@@ -125,6 +125,22 @@ def test_bundled_gguf_bytes_per_token():
     assert bpt.kv_cache == 2 * 18 * 1 * 256 * 100 * 2
 
 
+def test_gguf_tensor_types(tmp_path):
+    types = bench.gguf_tensor_types(_write_gguf(tmp_path / "m.gguf", tied=False))
+    assert list(types) == ["F32", "F16"]  # largest first
+    assert types["F32"] == {"tensors": 2, "bytes": 25600 + 16384, "share": pytest.approx(41984 / 54784)}
+    assert sum(t["share"] for t in types.values()) == pytest.approx(1)
+
+
+def test_bundled_q4_k_m_file_is_mostly_8_bit():
+    from labkit.models import bundled_gguf_path
+
+    types = bench.gguf_tensor_types(bundled_gguf_path())
+    # the 262k x 640 embedding (tied to the LM head) is kept in Q8_0 and dominates this small model
+    assert next(iter(types)) == "Q8_0" and types["Q8_0"]["share"] > 0.6
+    assert "Q4_K" in types
+
+
 def _tiny_llama(tied: bool):
     torch = pytest.importorskip("torch")
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -262,6 +278,21 @@ def test_exercises_accept_right_and_reject_wrong_answers():
 
 
 # ----------------------------------------------------------------------------- committed GPU results
+
+
+def test_committed_gpu_results_as_bench_results():
+    fake = {"bytes_per_token": {"total": 1e9}, "roofline_measured_tokens_per_s": 100.0, "prompt_tokens": 8,
+            "new_tokens": 16, "model": "m", "dtype": "bf16", "gpu": "G",
+            "variants": [{"variant": "compiled_loop", "ttft_s": 0.01, "decode_tokens_per_s": 70.0,
+                          "prompt_tokens_per_s": 800.0, "runs": [{}, {}, {}]},
+                         {"variant": "plain", "ttft_s": 0.02, "decode_tokens_per_s": 20.0,
+                          "prompt_tokens_per_s": 400.0, "runs": [{}, {}, {}]},
+                         {"variant": "broken", "runs": []}]}
+    rows = bench.committed_gpu_results(fake)
+    assert [r.runtime for r in rows] == ["generate (eager)", "compiled decode loop"]
+    assert [r.percent_of_roofline for r in rows] == pytest.approx([20, 70])
+    assert rows[0].runs == 3 and "G" in rows[0].note
+    assert bench.committed_gpu_results({}) == []
 
 
 def test_committed_gpu_results_are_complete():

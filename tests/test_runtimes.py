@@ -71,7 +71,7 @@ def test_gguf_exercises():
     check("02.gguf_quant", "Q5_K_M", filename="Mistral-7B-Instruct-v0.3-Q5_K_M.gguf")
     with pytest.raises(AssertionError, match="Hint"):
         check("02.gguf_quant", "Q4_K_M", filename="Mistral-7B-Instruct-v0.3-Q5_K_M.gguf")
-    check("02.gguf_file_gb", 8.03e9 * 4.89 / 8 / 1e9, filename="Meta-Llama-3.1-8B-Instruct-Q4_K_M.gguf",
+    check("02.gguf_file_gb", 8.03e9 * rt.GGUF_BITS_PER_WEIGHT["Q4_K_M"] / 8 / 1e9, filename="Meta-Llama-3.1-8B-Instruct-Q4_K_M.gguf",
           parameters=8.03e9)
     with pytest.raises(AssertionError):  # forgot the bits: bytes = parameters x 2 (bf16 thinking)
         check("02.gguf_file_gb", 16.06, filename="Meta-Llama-3.1-8B-Instruct-Q4_K_M.gguf", parameters=8.03e9)
@@ -102,6 +102,17 @@ def test_runtime_guide_names_every_runtime_of_the_course():
     names = {r["runtime"] for r in rt.RUNTIME_GUIDE}
     assert {"Ollama", "llama.cpp", "LM Studio", "transformers", "vLLM", "TGI", "ExLlamaV2", "MLC LLM"} <= names
     assert all(r["fits"] and r["api"] for r in rt.RUNTIME_GUIDE)
+    table = rt.guide_markdown().splitlines()
+    assert len(table) == 2 + len(rt.RUNTIME_GUIDE) and table[0].startswith("| runtime |")
+    assert all(line.count(" | ") == 5 for line in table[2:])  # no stray pipes inside cells
+
+
+def test_gguf_bits_come_from_the_course_table():
+    from labkit.dtypes import BITS_PER_WEIGHT
+
+    for name in ("Q8_0", "Q6_K", "Q4_K_M", "Q2_K"):
+        assert rt.GGUF_BITS_PER_WEIGHT[name] == BITS_PER_WEIGHT[name]
+    assert rt.GGUF_BITS_PER_WEIGHT["F16"] == 16
 
 
 # ----------------------------------------------------------------------------- endpoints
