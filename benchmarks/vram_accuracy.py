@@ -1,0 +1,321 @@
+"""How accurate is labkit.vram.estimate_inference? Measure real architectures on a GPU and compare.
+
+Two steps, so that the GPU time is spent on measuring only:
+
+    # on a CUDA machine (bitsandbytes installed): measure, writing raw numbers as it goes
+    python benchmarks/vram_accuracy.py measure --out /tmp/vram --budget-s 420
+
+    # anywhere: compare the current estimator with the measurements, write the result tables
+    python benchmarks/vram_accuracy.py report --raw benchmarks/results/vram_accuracy_raw.json
+
+Each cell builds a real architecture from datasets/configs/ with RANDOM weights (memory does not
+depend on the values) in bf16, or loads it through bitsandbytes (int8 = LLM.int8(), nf4 = 4-bit
+NF4 with double quantization, bf16 compute) the way `from_pretrained(quantization_config=...)`
+does, then runs `generate` on a random prompt of N tokens plus a few new tokens. Measured peak =
+torch.cuda.max_memory_allocated() (weights included) + this process's CUDA context (NVML's
+per-process figure minus PyTorch's reserved memory). The estimate is
+`estimate_inference(model, dtype, context=N, new_tokens=k)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+ARCHS = ["llama-3.1-8b", "qwen2.5-0.5b", "gemma-2-2b", "phi-3-mini", "gemma-3-270m", "llama-3.2-1b",
+         "mistral-7b-v0.3", "deepseek-v2-lite", "qwen2.5-7b", "gemma-2-9b"]
+DTYPES = ["bf16", "int8", "nf4"]
+CONTEXTS = [512, 4096, 16384, 32768]
+NEW_TOKENS = 8
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def log(*args) -> None:
+    print(*args, flush=True)
+
+
+# ----------------------------------------------------------------------------- measuring (GPU)
+
+
+def environment() -> dict:
+    import torch
+    import transformers
+
+    from labkit import vram
+
+    info = {"torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
+            "gpu": torch.cuda.get_device_name(0), "python": sys.version.split()[0]}
+    try:
+        import bitsandbytes
+
+        info["bitsandbytes"] = bitsandbytes.__version__
+    except ImportError:
+        info["bitsandbytes"] = None
+    torch.cuda.init()
+    torch.zeros(1, device="cuda")
+    info["context_at_start_bytes"] = vram.cuda_context_bytes()
+    a = torch.randn(1024, 1024, device="cuda", dtype=torch.bfloat16)
+    before = torch.cuda.memory_allocated()
+    b = a @ a
+    torch.cuda.synchronize()
+    info["cublas_workspace_bytes"] = torch.cuda.memory_allocated() - before - b.numel() * b.element_size()
+    del a, b
+    free, total = torch.cuda.mem_get_info()
+    info["gpu_total_bytes"] = total
+    try:
+        import pynvml  # noqa: F401
+
+        info["nvml"] = True
+    except ImportError:
+        info["nvml"] = False
+    return info
+
+
+def measure_cells(args) -> None:
+    import torch
+
+    from labkit import vram
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    raw_path = out_dir / "vram_accuracy_raw.json"
+    deadline = time.monotonic() + args.budget_s
+    record = {"environment": environment(), "new_tokens": args.new_tokens, "cells": [], "api_check": None}
+    log("environment:", json.dumps(record["environment"]))
+
+    def save() -> None:
+        raw_path.write_text(json.dumps(record, indent=1))
+
+    if args.api_check:  # the public API end to end once: measure_inference must agree with the loop
+        try:
+            m = vram.measure_inference(args.api_check, "bf16", context=4096, new_tokens=args.new_tokens)
+            e = vram.estimate_inference(args.api_check, "bf16", context=4096, new_tokens=args.new_tokens)
+            record["api_check"] = {"model": args.api_check, "measured": m.parts(), "measured_total": m.total,
+                                   "estimate_total": e.total}
+            log("api check:", m, "| estimate:", e)
+        except Exception as err:  # record it, keep measuring
+            record["api_check"] = {"error": repr(err)}
+            log("api check failed:", repr(err))
+        save()
+
+    for arch in args.archs:
+        for dtype in args.dtypes:
+            if time.monotonic() > deadline:
+                log("time budget spent; stopping")
+                save()
+                return
+            gc.collect()
+            torch.cuda.empty_cache()
+            base = torch.cuda.memory_allocated()
+            first = vram.estimate_inference(arch, dtype, context=min(args.contexts), new_tokens=args.new_tokens)
+            free = torch.cuda.mem_get_info()[0]
+            if first.weights > free * 0.95:
+                record["cells"].append({"arch": arch, "dtype": dtype, "status": "skipped: weights do not fit"})
+                log(arch, dtype, "skipped: weights do not fit")
+                save()
+                continue
+            t0 = time.perf_counter()
+            try:
+                net = vram.load_for_measurement(arch, dtype, "cuda")
+            except Exception as err:
+                record["cells"].append({"arch": arch, "dtype": dtype, "status": f"load failed: {err!r}"[:500]})
+                log(arch, dtype, "load failed", repr(err)[:300])
+                traceback.print_exc()
+                save()
+                continue
+            torch.cuda.synchronize()
+            weights = torch.cuda.memory_allocated() - base
+            load_s = time.perf_counter() - t0
+            log(f"{arch} {dtype}: loaded in {load_s:.1f}s, weights {weights / 2**30:.3f} GiB "
+                f"(estimate {first.weights / 2**30:.3f})")
+            for context in args.contexts:
+                for batch in args.batches:
+                    if time.monotonic() > deadline:
+                        break
+                    cell = {"arch": arch, "dtype": dtype, "context": context, "batch": batch,
+                            "new_tokens": args.new_tokens, "weights_bytes": weights, "load_s": load_s}
+                    est = vram.estimate_inference(arch, dtype, context=context, batch=batch,
+                                                  new_tokens=args.new_tokens)
+                    free = torch.cuda.mem_get_info()[0] + torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+                    cell["estimate_at_run_bytes"] = est.total
+                    if est.total - est.weights > 1.2 * free:
+                        cell["status"] = f"skipped: estimate {est.total / 2**30:.1f} GiB, free {free / 2**30:.1f} GiB"
+                        record["cells"].append(cell)
+                        log(arch, dtype, context, batch, cell["status"])
+                        save()
+                        continue
+                    try:
+                        cell.update(run_generate(net, context, batch, args.new_tokens, base))
+                        cell["status"] = "ok"
+                    except torch.OutOfMemoryError:
+                        cell["status"] = "out of memory"
+                    except Exception as err:
+                        cell["status"] = f"failed: {err!r}"[:500]
+                        traceback.print_exc()
+                    gc.collect()
+                    torch.cuda.empty_cache()
+                    record["cells"].append(cell)
+                    if cell["status"] == "ok":
+                        total = cell["peak_allocated_bytes"] + cell["context_bytes"]
+                        err = (est.total - total) / total * 100
+                        log(f"  {arch:16} {dtype:5} N={context:6} B={batch}  measured {total / 2**30:7.3f} GiB "
+                            f"(peak {cell['peak_allocated_bytes'] / 2**30:.3f} + ctx {cell['context_bytes'] / 2**20:.0f} MiB, "
+                            f"kv {cell['kv_end_bytes'] / 2**30:.3f})  estimate {est.total / 2**30:7.3f}  {err:+5.1f}%  "
+                            f"[{cell['seconds']:.1f}s]")
+                    else:
+                        log(f"  {arch} {dtype} N={context} B={batch}: {cell['status']}")
+                    save()
+            del net
+            gc.collect()
+            torch.cuda.empty_cache()
+    save()
+
+
+def run_generate(net, context: int, batch: int, new_tokens: int, base: int) -> dict:
+    import torch
+
+    from labkit import vram
+
+    ids = torch.randint(3, 32000, (batch, context), device="cuda")
+    mask = torch.ones_like(ids)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = net.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                           do_sample=False, return_dict_in_generate=True, pad_token_id=0)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    result = {
+        "peak_allocated_bytes": torch.cuda.max_memory_allocated() - base,
+        "peak_reserved_bytes": torch.cuda.max_memory_reserved(),
+        "allocated_after_bytes": torch.cuda.memory_allocated() - base,
+        "kv_end_bytes": vram._cache_bytes(out.past_key_values),
+        "context_bytes": vram.cuda_context_bytes(),
+        "seconds": seconds,
+    }
+    free, total = torch.cuda.mem_get_info()
+    result["context_meminfo_bytes"] = total - free - torch.cuda.memory_reserved()
+    del out, ids, mask
+    return result
+
+
+# ----------------------------------------------------------------------------- the report (anywhere)
+
+
+def report(args) -> None:
+    import warnings
+
+    from labkit import vram
+
+    raw = json.loads(Path(args.raw).read_text())
+    rows = []
+    for cell in raw["cells"]:
+        if cell.get("status") != "ok":
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # contexts beyond a model's maximum are measured on purpose
+            est = vram.estimate_inference(cell["arch"], cell["dtype"], context=cell["context"], batch=cell["batch"],
+                                          new_tokens=cell["new_tokens"])
+        measured = cell["peak_allocated_bytes"] + cell["context_bytes"]
+        naive = est.weights + vram.kv_cache_bytes(cell["arch"], cell["context"] + cell["new_tokens"], cell["batch"],
+                                                  est.inputs["kv_dtype"])
+        rows.append({
+            "arch": cell["arch"], "dtype": cell["dtype"], "context": cell["context"], "batch": cell["batch"],
+            "measured_gib": measured / vram.GIB, "estimate_gib": est.total / vram.GIB,
+            "error_pct": (est.total - measured) / measured * 100,
+            "weights_plus_kv_error_pct": (naive - measured) / measured * 100,
+            "measured_weights_gib": cell["weights_bytes"] / vram.GIB, "estimate_weights_gib": est.weights / vram.GIB,
+            "measured_context_mib": cell["context_bytes"] / vram.MIB, "estimate_overhead_mib": est.overhead / vram.MIB,
+        })
+    skipped = [c for c in raw["cells"] if c.get("status") != "ok"]
+    RESULTS.mkdir(exist_ok=True)
+    summary = summarize(rows)
+    (RESULTS / "vram_accuracy.json").write_text(json.dumps(
+        {"environment": raw["environment"], "new_tokens": raw["new_tokens"], "summary": summary, "rows": rows,
+         "not_measured": [{k: c.get(k) for k in ("arch", "dtype", "context", "batch", "status")} for c in skipped]},
+        indent=1))
+    import csv
+
+    with (RESULTS / "vram_accuracy.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+    (RESULTS / "vram_accuracy.md").write_text(markdown(raw, rows, skipped, summary))
+    print((RESULTS / "vram_accuracy.md").read_text())
+
+
+def summarize(rows: list[dict]) -> dict:
+    def worst(key: str) -> dict:
+        out: dict[str, dict] = {}
+        for row in rows:
+            k = row[key]
+            if k not in out or abs(row["error_pct"]) > abs(out[k]["error_pct"]):
+                out[k] = {"error_pct": round(row["error_pct"], 2), "cell": f"{row['arch']} {row['dtype']} "
+                          f"N={row['context']} B={row['batch']}"}
+        return out
+
+    return {"cells": len(rows), "worst_by_dtype": worst("dtype"), "worst_by_arch": worst("arch"),
+            "mean_abs_error_pct": round(sum(abs(r["error_pct"]) for r in rows) / max(len(rows), 1), 2),
+            "weights_plus_kv_worst_pct": round(min((r["weights_plus_kv_error_pct"] for r in rows), default=0), 1)}
+
+
+def markdown(raw: dict, rows: list[dict], skipped: list[dict], summary: dict) -> str:
+    env = raw["environment"]
+    lines = [
+        "# VRAM estimate vs measurement",
+        "",
+        f"Measured on {env['gpu']} (torch {env['torch']}, CUDA {env['cuda']}, transformers {env['transformers']}, "
+        f"bitsandbytes {env['bitsandbytes']}). Random weights, batch as shown, a random prompt of N tokens "
+        f"plus {raw['new_tokens']} generated tokens. Measured = peak allocated + CUDA context. "
+        "Produced by `python benchmarks/vram_accuracy.py report` from `vram_accuracy_raw.json`.",
+        "",
+        "Worst error per dtype: " + ", ".join(f"{d} {v['error_pct']:+.1f}% ({v['cell']})"
+                                              for d, v in summary["worst_by_dtype"].items()),
+        "",
+        "Worst error per architecture: " + ", ".join(f"{a} {v['error_pct']:+.1f}%"
+                                                     for a, v in summary["worst_by_arch"].items()),
+        "",
+        f"Weights + KV cache alone is off by up to {summary['weights_plus_kv_worst_pct']:.0f}%.",
+        "",
+        "| model | dtype | N | batch | measured GiB | estimate GiB | error | weights+KV only |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['arch']} | {r['dtype']} | {r['context']} | {r['batch']} | {r['measured_gib']:.2f} | "
+                     f"{r['estimate_gib']:.2f} | {r['error_pct']:+.1f}% | {r['weights_plus_kv_error_pct']:+.1f}% |")
+    if skipped:
+        lines += ["", "Not measured:", ""]
+        lines += [f"- {c.get('arch')} {c.get('dtype')} N={c.get('context')} B={c.get('batch')}: {c.get('status')}"
+                  for c in skipped]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("measure", help="measure on this CUDA GPU")
+    m.add_argument("--out", default=str(RESULTS))
+    m.add_argument("--budget-s", type=float, default=420)
+    m.add_argument("--archs", nargs="+", default=ARCHS)
+    m.add_argument("--dtypes", nargs="+", default=DTYPES)
+    m.add_argument("--contexts", nargs="+", type=int, default=CONTEXTS)
+    m.add_argument("--batches", nargs="+", type=int, default=[1])
+    m.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
+    m.add_argument("--api-check", default="llama-3.2-1b", help="also run measure_inference once on this model")
+    r = sub.add_parser("report", help="compare the estimator with measurements")
+    r.add_argument("--raw", default=str(RESULTS / "vram_accuracy_raw.json"))
+    args = parser.parse_args()
+    measure_cells(args) if args.command == "measure" else report(args)
+
+
+if __name__ == "__main__":
+    main()
