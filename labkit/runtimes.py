@@ -191,14 +191,21 @@ class _TimingStreamer:
 
 
 def generate_transformers(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 32,
-                          on_text: Callable[[str], None] | None = None, stop_at_eos: bool = True) -> Generation:
-    """Greedy `model.generate` with a streamer that times each token."""
+                          on_text: Callable[[str], None] | None = None, stop_at_eos: bool = True,
+                          **generate_kwargs: Any) -> Generation:
+    """Greedy `model.generate` with a streamer that times each token.
+
+    `generate_kwargs` go to `generate`, e.g. `cache_implementation="static"` (on a GPU this also
+    compiles the decode step with CUDA graphs).
+    """
     import torch
 
     require_positive("max_new_tokens", max_new_tokens)
     inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
     prompt_tokens = int(inputs["input_ids"].shape[-1])
-    extra: dict[str, Any] = {} if stop_at_eos else {"min_new_tokens": max_new_tokens}
+    extra: dict[str, Any] = dict(generate_kwargs)
+    if not stop_at_eos:
+        extra["min_new_tokens"] = max_new_tokens
     start = time.perf_counter()
     streamer = _TimingStreamer(tokenizer, start, on_text)
     with torch.inference_mode():
