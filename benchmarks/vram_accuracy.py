@@ -34,6 +34,12 @@ ARCHS = ["llama-3.1-8b", "qwen2.5-0.5b", "gemma-2-2b", "phi-3-mini", "gemma-3-27
 DTYPES = ["bf16", "int8", "nf4"]
 CONTEXTS = [512, 4096, 16384, 32768]
 NEW_TOKENS = 8
+EXTRA_CELLS = [f"{a}:{d}:4096:4" for a in ("llama-3.1-8b", "qwen2.5-0.5b", "gemma-3-270m", "phi-3-mini")
+               for d in ("bf16", "int8", "nf4")]
+EXTRA_CELLS += [f"{a}:{d}:8192:1" for a in ARCHS[:6] for d in ("bf16", "int8", "nf4")]
+EXTRA_CELLS += [f"{a}:fp16:{n}:1" for a in ("llama-3.2-1b", "gemma-2-2b") for n in (512, 4096, 8192)]
+PROFILE_CELLS = ["llama-3.2-1b:int8:512:1", "llama-3.2-1b:int8:4096:1", "qwen2.5-0.5b:int8:4096:1",
+                 "gemma-3-270m:bf16:16384:1", "phi-3-mini:bf16:32768:1", "deepseek-v2-lite:bf16:512:1"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -105,8 +111,12 @@ def measure_cells(args) -> None:
             log("api check failed:", repr(err))
         save()
 
-    for arch in args.archs:
-        for dtype in args.dtypes:
+    extra_archs = [x.split(":")[0] for x in args.extra_cells]
+    for dtype in args.dtypes:  # one dtype at a time: bitsandbytes' kernels join the CUDA context once loaded
+        for arch in list(dict.fromkeys([*args.archs, *extra_archs])):
+            wanted = arch in args.archs and dtype in DTYPES
+            if not wanted and not any(x.startswith(f"{arch}:{dtype}:") for x in args.extra_cells):
+                continue
             if time.monotonic() > deadline:
                 log("time budget spent; stopping")
                 save()
@@ -135,8 +145,11 @@ def measure_cells(args) -> None:
             load_s = time.perf_counter() - t0
             log(f"{arch} {dtype}: loaded in {load_s:.1f}s, weights {weights / 2**30:.3f} GiB "
                 f"(estimate {first.weights / 2**30:.3f})")
-            for context in args.contexts:
-                for batch in args.batches:
+            plan = [(c, b) for c in args.contexts for b in args.batches] if dtype in DTYPES else []
+            plan += [(int(c), int(b)) for a_, d_, c, b in (x.split(":") for x in args.extra_cells)
+                     if a_ == arch and d_ == dtype]
+            for context, batch in plan:
+                if True:
                     if time.monotonic() > deadline:
                         break
                     cell = {"arch": arch, "dtype": dtype, "context": context, "batch": batch,
@@ -153,6 +166,7 @@ def measure_cells(args) -> None:
                         continue
                     try:
                         cell.update(run_generate(net, context, batch, args.new_tokens, base))
+                        cell["base_allocated_bytes"] = base
                         cell["status"] = "ok"
                     except torch.OutOfMemoryError:
                         cell["status"] = "out of memory"
@@ -178,6 +192,106 @@ def measure_cells(args) -> None:
     save()
 
 
+def sweep(args) -> None:
+    """One `measure` process per dtype, sharing the time budget; their cells merged into one file."""
+    import subprocess
+
+    out = Path(args.out)
+    deadline = time.monotonic() + args.budget_s
+    merged: dict = {}
+    for i, dtype in enumerate(args.dtypes):
+        left = deadline - time.monotonic()
+        share = left / (len(args.dtypes) - i)
+        part = out / f"raw_{dtype}"
+        cmd = [sys.executable, __file__, "measure", "--out", str(part), "--budget-s", str(max(share - 15, 10)),
+               "--dtypes", dtype, "--extra-cells", *args.extra_cells]
+        if i:
+            cmd += ["--api-check", ""]
+        log("running:", " ".join(cmd[2:8]))
+        subprocess.run(cmd, check=False)
+        raw_file = part / "vram_accuracy_raw.json"
+        if raw_file.exists():
+            data = json.loads(raw_file.read_text())
+            if not merged:
+                merged = data
+            else:
+                merged["cells"] += data["cells"]
+            merged.setdefault("environments", {})[dtype] = data["environment"]
+        (out / "vram_accuracy_raw.json").write_text(json.dumps(merged, indent=1))
+
+
+def profile(args) -> None:
+    """For each cell: replay the CUDA allocator's history and list what is alive at the peak."""
+    import torch
+
+    from labkit import vram
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + args.budget_s
+    results = []
+    loaded: dict = {}
+    for spec in args.cells:
+        if time.monotonic() > deadline:
+            break
+        arch, dtype, context, batch = spec.split(":")
+        context, batch = int(context), int(batch)
+        if loaded.get("key") != (arch, dtype):
+            loaded.clear()
+            gc.collect()
+            torch.cuda.empty_cache()
+            loaded.update(key=(arch, dtype), net=vram.load_for_measurement(arch, dtype, "cuda"))
+        net = loaded["net"]
+        ids = torch.randint(3, 32000, (batch, context), device="cuda")
+        torch.cuda.synchronize()
+        torch.cuda.memory._record_memory_history(max_entries=400000, context="alloc", stacks="python")
+        with torch.no_grad():
+            res = net.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
+                               min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0)
+        torch.cuda.synchronize()
+        snap = torch.cuda.memory._snapshot()
+        torch.cuda.memory._record_memory_history(enabled=None)
+        del res, ids
+        results.append({"cell": spec, **peak_live_set(snap)})
+        log(f"== {spec}: peak {results[-1]['peak_bytes'] / 2**20:.1f} MiB above the start")
+        for row in results[-1]["live"][:22]:
+            log(f"   {row['mib']:9.2f} MiB x{row['count']:<3} {row['where']}")
+        (out / "vram_peak_breakdown.json").write_text(json.dumps(results, indent=1))
+
+
+def peak_live_set(snap: dict) -> dict:
+    """Replay alloc/free events; group the blocks alive at the highest point by where they were made."""
+    import torch
+
+    traces = snap["device_traces"][torch.cuda.current_device()]
+    cur = peak = 0
+    peak_i = -1
+    for i, ev in enumerate(traces):
+        if ev["action"] == "alloc":
+            cur += ev["size"]
+        elif ev["action"] == "free_requested":
+            cur -= ev["size"]
+        if cur > peak:
+            peak, peak_i = cur, i
+    live: dict[int, dict] = {}
+    for ev in traces[: peak_i + 1]:
+        if ev["action"] == "alloc":
+            live[ev["addr"]] = ev
+        elif ev["action"] == "free_requested":
+            live.pop(ev["addr"], None)
+    groups: dict[str, dict] = {}
+    for ev in live.values():
+        frames = [f for f in ev.get("frames", []) if any(k in f["filename"] for k in ("transformers", "bitsandbytes",
+                                                                                      "torch/nn/functional"))]
+        where = " < ".join(f"{Path(f['filename']).name}:{f['line']}:{f['name']}" for f in frames[:3]) or "?"
+        g = groups.setdefault(f"{ev['size']}|{where}", {"mib": 0.0, "count": 0, "where": where,
+                                                         "size_mib": ev["size"] / 2**20})
+        g["mib"] += ev["size"] / 2**20
+        g["count"] += 1
+    rows = sorted(groups.values(), key=lambda g: -g["mib"])
+    return {"peak_bytes": peak, "peak_event": peak_i, "events": len(traces), "live": rows[:60]}
+
+
 def run_generate(net, context: int, batch: int, new_tokens: int, base: int) -> dict:
     import torch
 
@@ -194,9 +308,9 @@ def run_generate(net, context: int, batch: int, new_tokens: int, base: int) -> d
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     result = {
-        "peak_allocated_bytes": torch.cuda.max_memory_allocated() - base,
+        "peak_allocated_bytes": torch.cuda.max_memory_allocated(),  # absolute: what the process's peak is
         "peak_reserved_bytes": torch.cuda.max_memory_reserved(),
-        "allocated_after_bytes": torch.cuda.memory_allocated() - base,
+        "allocated_after_bytes": torch.cuda.memory_allocated(),
         "kv_end_bytes": vram._cache_bytes(out.past_key_values),
         "context_bytes": vram.cuda_context_bytes(),
         "seconds": seconds,
@@ -311,10 +425,20 @@ def main() -> None:
     m.add_argument("--batches", nargs="+", type=int, default=[1])
     m.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
     m.add_argument("--api-check", default="llama-3.2-1b", help="also run measure_inference once on this model")
+    m.add_argument("--extra-cells", nargs="*", default=[], help="more cells as arch:dtype:context:batch")
+    sw = sub.add_parser("sweep", help="measure, one process per dtype (each CUDA context as a learner's would be)")
+    sw.add_argument("--out", default=str(RESULTS))
+    sw.add_argument("--budget-s", type=float, default=420)
+    sw.add_argument("--dtypes", nargs="+", default=["bf16", "fp16", "nf4", "int8"])
+    sw.add_argument("--extra-cells", nargs="*", default=EXTRA_CELLS)
+    pr = sub.add_parser("profile", help="what is alive at the peak (CUDA memory history), for a few cells")
+    pr.add_argument("--out", default=str(RESULTS))
+    pr.add_argument("--budget-s", type=float, default=90)
+    pr.add_argument("--cells", nargs="+", default=PROFILE_CELLS)
     r = sub.add_parser("report", help="compare the estimator with measurements")
     r.add_argument("--raw", default=str(RESULTS / "vram_accuracy_raw.json"))
     args = parser.parse_args()
-    measure_cells(args) if args.command == "measure" else report(args)
+    {"measure": measure_cells, "sweep": sweep, "profile": profile, "report": report}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -65,9 +65,9 @@ BNB_NESTED_BLOCK = 256
 # used) and cuBLAS's workspace. Measured on an H100 (torch 2.11, CUDA 13): see
 # benchmarks/results/vram_accuracy.md. Other GPUs and drivers differ by a few hundred MiB; pass
 # `overhead_bytes=` to use your own (measure_inference reports it).
-CUDA_CONTEXT_BYTES = 520 * MIB
-CUBLAS_WORKSPACE_BYTES = 32 * MIB
-BNB_EXTRA_CONTEXT_BYTES = 16 * MIB  # bitsandbytes' own CUDA kernels
+CUDA_CONTEXT_BYTES = 690 * MIB
+CUBLAS_WORKSPACE_BYTES = 32 * MIB  # allocated through PyTorch's allocator at the first matmul
+BNB_EXTRA_CONTEXT_BYTES = 68 * MIB  # bitsandbytes' own CUDA kernels
 LLAMA_CPP_CUDA_CONTEXT_BYTES = 300 * MIB
 # A CPU process pays no CUDA context; what the resident set grows by beyond the tensors is the
 # allocator's and the thread pools' working memory.
@@ -650,7 +650,7 @@ def _layer_steps(a: Architecture, kind: str, T: int, batch: int, context: int, e
     kv = T * a.num_kv_heads * (a.head_dim + a.v_head_dim) * e
     deq = 0.0
     if dtype in ("nf4", "int4"):  # bitsandbytes de-quantizes each weight for a prefill matmul
-        deq = max(t.shape[0] * t.shape[1] for t in weight_tensors(a) if t.kind == "linear") * e
+        deq = max(t.shape[0] * t.shape[1] for t in weight_tensors(a) if t.kind == "linear" and "mlp" in t.name) * e
     steps: dict[str, dict[str, float]] = {"input norm": {"float32 copies": _norm_transient(T, h, e)}}
 
     if a.is_mla:
@@ -684,13 +684,10 @@ def _layer_steps(a: Architecture, kind: str, T: int, batch: int, context: int, e
             if _sliding_mask(a, context) and device == "cuda":
                 # the memory-efficient kernel turns the boolean mask into the query's dtype
                 scores["mask in the query dtype (SDPA)"] = batch * context * context * e
-            scores["attention output and o_proj"] = out + x
+                scores["attention output"] = out
+            else:
+                scores["attention output and o_proj"] = out + x
         steps["attention: scores"] = scores
-    if deq:
-        for step in steps.values():
-            if step is not steps["input norm"]:
-                step["de-quantized weight (bitsandbytes 4-bit)"] = deq
-
     steps["post-attention norm"] = {"residual": x, "float32 copies": _norm_transient(T, h, e)}
     mlp = {"residual + normalized input": 2 * x}
     if attention == "eager":  # the layer keeps the softmax output (`_`) until it returns
@@ -706,12 +703,17 @@ def _layer_steps(a: Architecture, kind: str, T: int, batch: int, context: int, e
         # LLM.int8(): the input is cast to fp16 and quantized to int8; the product comes out in
         # int32 and is dequantized to fp16, then cast back; up_proj runs while act(gate) is alive
         mlp["MLP intermediate (int8 matmul)"] = T * a.intermediate_size * (e + 4 + 2) + T * h * 3
-    elif a.fused_projections:
-        mlp["MLP intermediate (gate_up, act, product)"] = 4 * T * a.intermediate_size * e
     else:
-        mlp["MLP intermediate (act(gate), up, product)"] = 3 * T * a.intermediate_size * e
-    if deq:
-        mlp["de-quantized weight (bitsandbytes 4-bit)"] = deq
+        # act(gate), up and their product (Phi-3: the fused gate_up output, act, product)
+        n = 4 if a.fused_projections else 3
+        plain = n * T * a.intermediate_size * e
+        # bitsandbytes 4-bit de-quantizes each weight for a prefill matmul: the up (gate_up)
+        # weight is alive next to the tensors made before it, not next to the product
+        with_weight = (n - 1) * T * a.intermediate_size * e + deq
+        if with_weight > plain:
+            mlp["MLP intermediate + de-quantized weight (bitsandbytes 4-bit)"] = with_weight
+        else:
+            mlp["MLP intermediate (act(gate), up, product)"] = plain
     steps["mlp"] = mlp
     return steps
 
