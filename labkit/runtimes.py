@@ -312,28 +312,46 @@ class EndpointStatus:
         return self.message
 
 
+def _http_get(url: str, headers: dict[str, str], timeout_s: float) -> tuple[int | None, bytes | str]:
+    """GET with the standard library: (HTTP status, body), or (None, why) when nothing answered."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as err:
+        return err.code, b""
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        if isinstance(reason, ConnectionRefusedError):
+            return None, "nothing is listening there"
+        if isinstance(reason, (TimeoutError, socket.timeout)):
+            return None, f"no answer within {timeout_s:g} s"
+        return None, str(reason)
+
+
 def probe_endpoint(base_url: str, name: str = "server", api_key: str | None = None,
                    timeout_s: float = 2.0) -> EndpointStatus:
     """Ask `GET {base_url}/models` once, waiting at most `timeout_s`. Never raises for a dead server."""
-    import httpx
+    import json
 
     base_url = require_loopback(base_url)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        reply = httpx.get(f"{base_url}/models", headers=headers, timeout=timeout_s)
-    except httpx.HTTPError as err:
-        reason = "nothing is listening there" if isinstance(err, httpx.ConnectError) else type(err).__name__
+    status, body = _http_get(f"{base_url}/models", headers, timeout_s)
+    if status is None:
         return EndpointStatus(name, base_url, False, [],
-                              f"⏭  {name}: no server at {base_url} ({reason}); skipped. "
+                              f"⏭  {name}: no server at {base_url} ({body}); skipped. "
                               f"Start one (see the commands above) and run this cell again.")
-    if reply.status_code == 401:
+    if status == 401:
         return EndpointStatus(name, base_url, False, [],
                               f"⏭  {name} at {base_url} wants an API key (HTTP 401); pass api_key=...")
-    if reply.status_code != 200:
+    if status != 200:
         return EndpointStatus(name, base_url, False, [],
-                              f"⏭  {name} at {base_url} answered HTTP {reply.status_code}; skipped.")
+                              f"⏭  {name} at {base_url} answered HTTP {status}; skipped.")
     try:
-        models = [m["id"] for m in reply.json().get("data", [])]
+        models = [m["id"] for m in json.loads(body).get("data", [])]
     except (ValueError, KeyError, TypeError, AttributeError):
         models = []
     return EndpointStatus(name, base_url, True, models,
@@ -504,8 +522,6 @@ class LlamaServer:
         return self
 
     def _wait_until_ready(self) -> None:
-        import httpx
-
         assert self.process is not None
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         deadline = time.perf_counter() + self.startup_timeout_s
@@ -514,12 +530,9 @@ class LlamaServer:
             if code is not None:
                 raise LabkitError(f"the llama.cpp server exited during start-up (exit code {code}). "
                                   f"Last lines of its log ({self.log_path}):\n{_tail(self.log_path)}")
-            try:
-                reply = httpx.get(f"{self.base_url}/models", headers=headers, timeout=1.0)
-                if reply.status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+            status, _ = _http_get(f"{self.base_url}/models", headers, timeout_s=1.0)
+            if status == 200:
+                return
             if time.perf_counter() > deadline:
                 raise LabkitError(f"the llama.cpp server did not answer within {self.startup_timeout_s:.0f} s. "
                                   f"Last lines of its log ({self.log_path}):\n{_tail(self.log_path)}")

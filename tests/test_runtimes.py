@@ -129,6 +129,17 @@ def test_unreachable_endpoint_is_a_quick_clear_skip():
     assert [s.reachable for s in found] == [False]
 
 
+def test_a_server_that_never_answers_is_skipped_within_the_timeout():
+    with socket.socket() as s:  # accepts connections (backlog) but never replies
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        start = time.perf_counter()
+        status = rt.probe_endpoint(f"http://127.0.0.1:{port}/v1", "TGI", timeout_s=1.0)
+        assert time.perf_counter() - start < 2.0
+    assert not status.reachable and "no answer within 1 s" in status.message
+
+
 def test_probe_refuses_remote_hosts():
     with pytest.raises(LabkitError, match="not on this machine"):
         rt.probe_endpoint("http://192.168.1.10:11434/v1")
