@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .versions import compare_versions
+from .versions import compare_versions, tested_versions
 
 # What each dependency is needed for, so a FAIL says what will not work.
 NEEDED_FOR = {
@@ -18,9 +18,25 @@ NEEDED_FOR = {
     "jupyterlab": "opening the course",
     "openai": "talking to OpenAI-compatible servers",
     "nbmake": "running the notebook tests (make test)",
+    "playwright": "the browser test (make test)",
 }
-# Missing one of these is a warning: labkit works without them, one part of the course does not.
-OPTIONAL = {"llama-cpp-python", "ipywidgets", "jupyterlab", "matplotlib", "nbmake"}
+
+
+def optional_packages() -> set[str]:
+    """Pinned packages that labkit itself does not require (extras: lab, llama, gpu, dev).
+
+    Missing one of these is a warning: labkit works without it, one part of the course does not.
+    """
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    try:
+        requires = metadata.requires("labkit") or []
+    except metadata.PackageNotFoundError:  # run from a checkout that was never pip-installed
+        return {"llama-cpp-python", "ipywidgets", "jupyterlab", "matplotlib", "nbmake", "playwright"}
+    core = {Requirement(r).name.lower() for r in requires if "extra ==" not in r}
+    return {p for p in tested_versions() if p.lower() not in core}
 
 
 @dataclass(frozen=True)
@@ -40,12 +56,13 @@ def diagnose(check_online: bool = True) -> list[Finding]:
     from .profiles import profile
 
     findings = []
+    optional = optional_packages()
     for v in compare_versions():
         detail = f"installed {v.installed or '-':12} tested {v.tested}"
         status = v.status
         if status == "FAIL":
             detail += f"  -> pip install {v.package}=={v.tested}  (needed for {NEEDED_FOR.get(v.package, 'the course')})"
-            status = "WARN" if v.package in OPTIONAL else "FAIL"
+            status = "WARN" if v.package in optional else "FAIL"
         findings.append(Finding(status, v.package, detail))
     hw = detect_hardware(check_online=check_online)
     gpu = hw.gpu_name or "none"

@@ -46,3 +46,12 @@ def test_doctor_fails_when_a_core_package_is_missing(monkeypatch, capsys):
     assert main(["doctor", "--offline"]) == 1
     out = capsys.readouterr().out
     assert "[FAIL] transformers" in out and "pip install transformers==" in out
+
+
+def test_doctor_only_warns_when_an_extra_is_missing(monkeypatch, capsys):
+    monkeypatch.setattr(versions, "installed_version", lambda p: None if p == "nbmake" else tested_versions()[p])
+    import labkit.doctor as doctor_module
+
+    monkeypatch.setattr(doctor_module, "compare_versions", versions.compare_versions)
+    assert main(["doctor", "--offline"]) == 0
+    assert "[WARN] nbmake" in capsys.readouterr().out
