@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 
 import psutil
@@ -12,6 +11,7 @@ from .check import exercise
 from .dtypes import bytes_per_weight, normalize_dtype
 from .errors import LabkitError, require_positive, unknown
 from .models import LoadedModel
+from .runtimes import Generation, generate_llama_cpp, generate_transformers
 
 # Parameter counts (billions) of sizes learners meet most, from the model cards.
 COMMON_SIZES_B = {"Gemma 3 270M": 0.268, "Llama 3.2 1B": 1.24, "Llama 3.2 3B": 3.21, "Llama 3.1 8B": 8.03,
@@ -88,42 +88,16 @@ def fit_widget(default_gib: float | None = None):
     return widgets.VBox([widgets.HBox([memory, formats]), out])
 
 
-@dataclass(frozen=True)
-class Generation:
-    runtime: str
-    text: str
-    prompt_tokens: int
-    new_tokens: int
-    seconds: float
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.new_tokens / self.seconds
-
-
 def generate(loaded: LoadedModel, prompt: str, max_new_tokens: int = 32) -> Generation:
-    """Greedy generation through whichever runtime `loaded` came from, timed end to end."""
-    require_positive("max_new_tokens", max_new_tokens)
+    """Greedy generation through whichever runtime `loaded` came from, every token timed
+    (see `labkit.runtimes` for the runtimes themselves and their servers)."""
     runtime = loaded.report.runtime
     if runtime == "llama.cpp":
-        start = time.perf_counter()
-        out = loaded.model(prompt, max_tokens=max_new_tokens, temperature=0.0)
-        seconds = time.perf_counter() - start
-        usage = out["usage"]
-        return Generation(runtime, out["choices"][0]["text"], usage["prompt_tokens"], usage["completion_tokens"], seconds)
+        return generate_llama_cpp(loaded.model, prompt, max_new_tokens=max_new_tokens)
     if runtime == "transformers":
-        import torch
-
         if loaded.tokenizer is None:
             raise LabkitError("this model has no tokenizer (random weights?): generate text with a real model")
-        inputs = loaded.tokenizer(prompt, return_tensors="pt").to(loaded.model.device)
-        start = time.perf_counter()
-        with torch.no_grad():
-            out = loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        seconds = time.perf_counter() - start
-        new = out[0][inputs["input_ids"].shape[1]:]
-        return Generation(runtime, loaded.tokenizer.decode(new, skip_special_tokens=True),
-                          int(inputs["input_ids"].shape[1]), int(new.shape[0]), seconds)
+        return generate_transformers(loaded.model, loaded.tokenizer, prompt, max_new_tokens=max_new_tokens)
     raise unknown("runtime", runtime, ("llama.cpp", "transformers"))
 
 
@@ -145,12 +119,12 @@ def _weights_gib(parameters: float, dtype: str) -> float:
 
 
 def plot_tokens_per_second(runs: list[Generation]):
-    """Bar chart of decode speed per runtime (measured on this machine)."""
+    """Bar chart of end-to-end speed (new tokens / total seconds) per runtime, measured here."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 2.6))
     names = [r.runtime for r in runs]
-    speeds = [r.tokens_per_second for r in runs]
+    speeds = [r.new_tokens / r.total_s for r in runs]
     bars = ax.barh(names, speeds, color=["#2a9d8f", "#e76f51", "#264653", "#e9c46a"][: len(runs)])
     ax.bar_label(bars, labels=[f"{s:.1f} tok/s" for s in speeds], padding=4)
     ax.set_xlabel("generated tokens per second (higher is better)")

@@ -35,6 +35,15 @@ def test_fit_widget_updates_when_the_slider_moves():
     assert before != after and after.count("✅") > before.count("✅")
 
 
+def test_generate_refuses_a_model_without_tokenizer():
+    from labkit.models import build_random_model
+
+    tiny = build_random_model({"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                               "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 50}, dtype="fp32")
+    with pytest.raises(LabkitError, match="no tokenizer"):
+        basecamp.generate(tiny, "hi")
+
+
 def test_generate_refuses_zero_tokens(bundled_dense):
     with pytest.raises(LabkitError):
         basecamp.generate(bundled_dense, "hi", max_new_tokens=0)
@@ -45,7 +54,7 @@ def test_generate_times_both_runtimes(bundled_llama, bundled_dense):
     a = basecamp.generate(bundled_llama, "Paris is the capital of", max_new_tokens=6)
     b = basecamp.generate(bundled_dense, "Paris is the capital of", max_new_tokens=6)
     for g in (a, b):
-        assert 0 < g.new_tokens <= 6 and g.seconds > 0 and g.tokens_per_second == g.new_tokens / g.seconds
+        assert 0 < g.new_tokens <= 6 and g.total_s > 0 and 0 < g.ttft_s <= g.total_s
         assert g.text.strip()
     assert (a.runtime, b.runtime) == ("llama.cpp", "transformers")
 
