@@ -38,6 +38,16 @@ EXTRA_CELLS = [f"{a}:{d}:4096:4" for a in ("llama-3.1-8b", "qwen2.5-0.5b", "gemm
                for d in ("bf16", "int8", "nf4")]
 EXTRA_CELLS += [f"{a}:{d}:8192:1" for a in ARCHS[:6] for d in ("bf16", "int8", "nf4")]
 EXTRA_CELLS += [f"{a}:fp16:{n}:1" for a in ("llama-3.2-1b", "gemma-2-2b") for n in (512, 4096, 8192)]
+# The second pass: the cells the first sweep's time budget left out, and more int8 (one process,
+# bf16 before bitsandbytes is loaded).
+SECOND_PASS_CELLS = (
+    [f"{a}:bf16:{n}:1" for a in ("llama-3.2-1b", "mistral-7b-v0.3", "deepseek-v2-lite", "qwen2.5-7b")
+     for n in CONTEXTS] + ["llama-3.2-1b:bf16:8192:1", "deepseek-v2-lite:bf16:4096:4"]
+    + [f"gemma-2-9b:bf16:{n}:1" for n in CONTEXTS[:3]]
+    + [f"qwen2.5-7b:nf4:{n}:1" for n in CONTEXTS] + [f"gemma-2-9b:nf4:{n}:1" for n in CONTEXTS[:3]]
+    + [f"{a}:int8:{n}:1" for a in ("phi-3-mini", "gemma-3-270m", "llama-3.2-1b") for n in CONTEXTS]
+    + ["phi-3-mini:int8:4096:4", "gemma-3-270m:int8:4096:4", "deepseek-v2-lite:int8:512:1"]
+)
 PROFILE_CELLS = ["llama-3.2-1b:int8:512:1", "llama-3.2-1b:int8:4096:1", "qwen2.5-0.5b:int8:4096:1",
                  "gemma-3-270m:bf16:16384:1", "phi-3-mini:bf16:32768:1", "deepseek-v2-lite:bf16:512:1"]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -111,10 +121,12 @@ def measure_cells(args) -> None:
             log("api check failed:", repr(err))
         save()
 
+    if args.second_pass:
+        args.only_extra, args.extra_cells, args.dtypes = True, SECOND_PASS_CELLS, ["bf16", "nf4", "int8"]
     extra_archs = [x.split(":")[0] for x in args.extra_cells]
     for dtype in args.dtypes:  # one dtype at a time: bitsandbytes' kernels join the CUDA context once loaded
         for arch in list(dict.fromkeys([*args.archs, *extra_archs])):
-            wanted = arch in args.archs and dtype in DTYPES
+            wanted = arch in args.archs and dtype in DTYPES and not args.only_extra
             if not wanted and not any(x.startswith(f"{arch}:{dtype}:") for x in args.extra_cells):
                 continue
             if time.monotonic() > deadline:
@@ -145,47 +157,46 @@ def measure_cells(args) -> None:
             load_s = time.perf_counter() - t0
             log(f"{arch} {dtype}: loaded in {load_s:.1f}s, weights {weights / 2**30:.3f} GiB "
                 f"(estimate {first.weights / 2**30:.3f})")
-            plan = [(c, b) for c in args.contexts for b in args.batches] if dtype in DTYPES else []
+            plan = [(c, b) for c in args.contexts for b in args.batches] if dtype in DTYPES and not args.only_extra else []
             plan += [(int(c), int(b)) for a_, d_, c, b in (x.split(":") for x in args.extra_cells)
                      if a_ == arch and d_ == dtype]
             for context, batch in plan:
-                if True:
-                    if time.monotonic() > deadline:
-                        break
-                    cell = {"arch": arch, "dtype": dtype, "context": context, "batch": batch,
-                            "new_tokens": args.new_tokens, "weights_bytes": weights, "load_s": load_s}
-                    est = vram.estimate_inference(arch, dtype, context=context, batch=batch,
-                                                  new_tokens=args.new_tokens)
-                    free = torch.cuda.mem_get_info()[0] + torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
-                    cell["estimate_at_run_bytes"] = est.total
-                    if est.total - est.weights > 1.2 * free:
-                        cell["status"] = f"skipped: estimate {est.total / 2**30:.1f} GiB, free {free / 2**30:.1f} GiB"
-                        record["cells"].append(cell)
-                        log(arch, dtype, context, batch, cell["status"])
-                        save()
-                        continue
-                    try:
-                        cell.update(run_generate(net, context, batch, args.new_tokens, base))
-                        cell["base_allocated_bytes"] = base
-                        cell["status"] = "ok"
-                    except torch.OutOfMemoryError:
-                        cell["status"] = "out of memory"
-                    except Exception as err:
-                        cell["status"] = f"failed: {err!r}"[:500]
-                        traceback.print_exc()
-                    gc.collect()
-                    torch.cuda.empty_cache()
+                if time.monotonic() > deadline:
+                    break
+                cell = {"arch": arch, "dtype": dtype, "context": context, "batch": batch,
+                        "new_tokens": args.new_tokens, "weights_bytes": weights, "load_s": load_s}
+                est = vram.estimate_inference(arch, dtype, context=context, batch=batch,
+                                              new_tokens=args.new_tokens)
+                free = torch.cuda.mem_get_info()[0] + torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+                cell["estimate_at_run_bytes"] = est.total
+                if est.total - est.weights > 1.2 * free:
+                    cell["status"] = f"skipped: estimate {est.total / 2**30:.1f} GiB, free {free / 2**30:.1f} GiB"
                     record["cells"].append(cell)
-                    if cell["status"] == "ok":
-                        total = cell["peak_allocated_bytes"] + cell["context_bytes"]
-                        err = (est.total - total) / total * 100
-                        log(f"  {arch:16} {dtype:5} N={context:6} B={batch}  measured {total / 2**30:7.3f} GiB "
-                            f"(peak {cell['peak_allocated_bytes'] / 2**30:.3f} + ctx {cell['context_bytes'] / 2**20:.0f} MiB, "
-                            f"kv {cell['kv_end_bytes'] / 2**30:.3f})  estimate {est.total / 2**30:7.3f}  {err:+5.1f}%  "
-                            f"[{cell['seconds']:.1f}s]")
-                    else:
-                        log(f"  {arch} {dtype} N={context} B={batch}: {cell['status']}")
+                    log(arch, dtype, context, batch, cell["status"])
                     save()
+                    continue
+                try:
+                    cell.update(run_generate(net, context, batch, args.new_tokens, base))
+                    cell["base_allocated_bytes"] = base
+                    cell["status"] = "ok"
+                except torch.OutOfMemoryError:
+                    cell["status"] = "out of memory"
+                except Exception as err:
+                    cell["status"] = f"failed: {err!r}"[:500]
+                    traceback.print_exc()
+                gc.collect()
+                torch.cuda.empty_cache()
+                record["cells"].append(cell)
+                if cell["status"] == "ok":
+                    total = cell["peak_allocated_bytes"] + cell["context_bytes"]
+                    err = (est.total - total) / total * 100
+                    log(f"  {arch:16} {dtype:5} N={context:6} B={batch}  measured {total / 2**30:7.3f} GiB "
+                        f"(peak {cell['peak_allocated_bytes'] / 2**30:.3f} + ctx {cell['context_bytes'] / 2**20:.0f} MiB, "
+                        f"kv {cell['kv_end_bytes'] / 2**30:.3f})  estimate {est.total / 2**30:7.3f}  {err:+5.1f}%  "
+                        f"[{cell['seconds']:.1f}s]")
+                else:
+                    log(f"  {arch} {dtype} N={context} B={batch}: {cell['status']}")
+                save()
             del net
             gc.collect()
             torch.cuda.empty_cache()
@@ -426,6 +437,8 @@ def main() -> None:
     m.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
     m.add_argument("--api-check", default="llama-3.2-1b", help="also run measure_inference once on this model")
     m.add_argument("--extra-cells", nargs="*", default=[], help="more cells as arch:dtype:context:batch")
+    m.add_argument("--only-extra", action="store_true", help="measure only the --extra-cells")
+    m.add_argument("--second-pass", action="store_true", help="measure only SECOND_PASS_CELLS")
     sw = sub.add_parser("sweep", help="measure, one process per dtype (each CUDA context as a learner's would be)")
     sw.add_argument("--out", default=str(RESULTS))
     sw.add_argument("--budget-s", type=float, default=420)

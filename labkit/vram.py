@@ -67,7 +67,8 @@ BNB_NESTED_BLOCK = 256
 # `overhead_bytes=` to use your own (measure_inference reports it).
 CUDA_CONTEXT_BYTES = 690 * MIB
 CUBLAS_WORKSPACE_BYTES = 32 * MIB  # allocated through PyTorch's allocator at the first matmul
-BNB_EXTRA_CONTEXT_BYTES = 68 * MIB  # bitsandbytes' own CUDA kernels
+# LLM.int8() loads cuBLASLt's int8 kernels into the context; bitsandbytes 4-bit adds nothing measurable
+BNB_INT8_EXTRA_BYTES = 66 * MIB
 LLAMA_CPP_CUDA_CONTEXT_BYTES = 300 * MIB
 # A CPU process pays no CUDA context; what the resident set grows by beyond the tensors is the
 # allocator's and the thread pools' working memory.
@@ -525,7 +526,7 @@ def estimate_inference(model: Any, dtype: str = "bf16", context: int = 4096, bat
         act = peak["activations"] + max(0.0, kv_at_peak - kv)
         if kv_at_peak > kv:
             details["activations: prompt K/V still held by sliding-window layers"] = kv_at_peak - kv
-        overhead = (CUDA_CONTEXT_BYTES + CUBLAS_WORKSPACE_BYTES + (BNB_EXTRA_CONTEXT_BYTES if dtype in BNB_DTYPES else 0)
+        overhead = (CUDA_CONTEXT_BYTES + CUBLAS_WORKSPACE_BYTES + (BNB_INT8_EXTRA_BYTES if dtype == "int8" else 0)
                     if device == "cuda" else CPU_OVERHEAD_BYTES)
     if overhead_bytes is not None:
         require_positive("overhead_bytes", overhead_bytes, allow_zero=True)
@@ -570,9 +571,17 @@ def _transformers_peak(a: Architecture, dtype: str, compute: str, kv_dtype: str,
         # decode: the cache grows by one token per step; concatenating copies one layer's cache
         logits = details["activations: last-token logits"]
         decode_kv = kv_cache_bytes(a, context + new_tokens, batch, kv_dtype)
-        decode_act = kv_token_layer * batch * (context + new_tokens) + logits
+        decode = {"one layer's cache being concatenated": kv_token_layer * batch * (context + new_tokens),
+                  "last-token logits": logits}
+        if a.is_moe and device == "cuda":
+            # on a GPU transformers decodes a mixture of experts with batched_mm, which gathers a
+            # copy of each chosen expert's weights for every token
+            decode["chosen experts' weights, gathered"] = batch * a.experts_per_token * 3 * a.hidden_size * \
+                a.expert_intermediate * e
+        decode_act = sum(decode.values())
         if decode_kv + decode_act > prefill_act + kv_at_peak:
-            best = {"activations": decode_act, "kv": decode_kv, "details": {"activations: decode step": decode_act}}
+            best = {"activations": decode_act, "kv": decode_kv,
+                    "details": {f"activations: decode: {k}": v for k, v in decode.items()}}
     reset = a.cache_reset_tokens
     if reset and context <= reset < context + new_tokens:
         # Phi-3 drops its cache and runs the whole sequence again when generation crosses
@@ -599,7 +608,10 @@ def _prefill(a: Architecture, context: int, batch: int, e: float, kv_token_layer
     if masks:
         persistent["attention masks"] = masks
     steps = _layer_steps(a, a.layer_kinds()[-1], T, batch, context, e, attention, device, dtype)
-    kv_before = {name: kv_token_layer * T * (L if name in ("post-attention norm", "mlp") else L - 1) for name in steps}
+    layers_before = {name: L if name in ("post-attention norm", "mlp") else L - 1 for name in steps}
+    if attention == "sdpa" and _sliding_mask(a, context):  # the mask step runs in the last sliding layer
+        layers_before["attention: scores"] = max(i for i, k in enumerate(a.layer_types) if k == "sliding")
+    kv_before = {name: kv_token_layer * T * n for name, n in layers_before.items()}
     best = max(steps, key=lambda s: sum(steps[s].values()) + kv_before[s])
     details = {f"activations: {k}": v for k, v in persistent.items()}
     details.update({f"activations: {best}: {k}": v for k, v in steps[best].items()})
@@ -672,21 +684,27 @@ def _layer_steps(a: Architecture, kind: str, T: int, batch: int, context: int, e
         gqa = a.num_kv_heads != a.num_heads
         if attention == "eager":
             n2h = batch * a.num_heads * context * context
-            # scores in the compute dtype, plus a float32 copy and the float32 softmax
-            # (CUDA upcasts fp16 inside the softmax kernel, without the copy)
-            per = e + (4 if (device == "cuda" and dtype == "fp16") else (8 if e < 4 else 4))
+            # scores in the compute dtype, plus a float32 copy and the float32 softmax; for fp16
+            # CUDA's softmax reads fp16 directly, and the peak is its float32 output being cast back
+            per = e + (4 + e if (device == "cuda" and dtype == "fp16") else (8 if e < 4 else 4))
             scores["attention scores (eager)"] = n2h * per
             if gqa:
                 scores["k, v repeated for GQA"] = T * a.num_heads * (a.head_dim + a.v_head_dim) * e
-        else:
-            if _sliding_mask(a, context) and gqa:  # with a mask, SDPA cannot share KV heads itself
+        elif _sliding_mask(a, context):
+            # a sliding-window layer with its mask: q after RoPE, this layer's new cache entry (k
+            # and v themselves are freed once cached), Phi-3's fused qkv output (its k and v are
+            # views of it), KV heads repeated for GQA (a free view with a single KV head)
+            scores = {"normalized input": x, "q after RoPE": q, "this layer's cache entry": kv}
+            if a.fused_projections:
+                scores["fused qkv output"] = q + kv
+            if gqa and a.num_kv_heads > 1:
                 scores["k, v repeated for GQA"] = T * a.num_heads * (a.head_dim + a.v_head_dim) * e
-            if _sliding_mask(a, context) and device == "cuda":
+            if device == "cuda":
                 # the memory-efficient kernel turns the boolean mask into the query's dtype
                 scores["mask in the query dtype (SDPA)"] = batch * context * context * e
-                scores["attention output"] = out
-            else:
-                scores["attention output and o_proj"] = out + x
+            scores["attention output"] = out
+        else:
+            scores["attention output and o_proj"] = out + x
         steps["attention: scores"] = scores
     steps["post-attention norm"] = {"residual": x, "float32 copies": _norm_transient(T, h, e)}
     mlp = {"residual + normalized input": 2 * x}
@@ -700,9 +718,9 @@ def _layer_steps(a: Architecture, kind: str, T: int, batch: int, context: int, e
         mlp["experts (grouped_mm)"] = max(up, down)
         mlp["router"] = T * a.num_experts * (e + 4)
     elif dtype == "int8":
-        # LLM.int8(): the input is cast to fp16 and quantized to int8; the product comes out in
-        # int32 and is dequantized to fp16, then cast back; up_proj runs while act(gate) is alive
-        mlp["MLP intermediate (int8 matmul)"] = T * a.intermediate_size * (e + 4 + 2) + T * h * 3
+        # LLM.int8() in up_proj, while act(gate) is alive: the int8 copy of the input, the int32
+        # product, its fp16 de-quantization and the cast back to the compute dtype
+        mlp["MLP intermediate (int8 matmul)"] = T * a.intermediate_size * (e + 4 + 2 + e) + T * h
     else:
         # act(gate), up and their product (Phi-3: the fused gate_up output, act, product)
         n = 4 if a.fused_projections else 3
