@@ -471,7 +471,7 @@ class MemoryEstimate:
 def estimate_inference(model: Any, dtype: str = "bf16", context: int = 4096, batch: int = 1, new_tokens: int = 0,
                        kv_dtype: str | None = None, runtime: str | None = None, device: str = "cuda",
                        attention: str | None = None, double_quant: bool = True,
-                       overhead_bytes: float | None = None) -> MemoryEstimate:
+                       overhead_bytes: float | None = None, int8_outlier_fraction: float = 0.0) -> MemoryEstimate:
     """Peak memory to run `model` on `context` prompt tokens (x `batch`) and generate `new_tokens` more.
 
     - model: a shipped config name ("llama-3.1-8b"), a config dict or a transformers config.
@@ -480,6 +480,10 @@ def estimate_inference(model: Any, dtype: str = "bf16", context: int = 4096, bat
       default for GGUF types).
     - device: "cuda" (VRAM: adds the CUDA context) or "cpu" (RAM).
     - attention: "sdpa" or "eager"; default: what transformers picks for this model.
+    - int8_outlier_fraction: for int8, the share of a layer's input columns LLM.int8() treats as
+      outliers (an |x| >= 6 somewhere in the prompt). Trained models have a handful (the default
+      0 ignores them); random weights of 4096-wide models put 80-100% there, which costs up to
+      9 bytes per weight of the largest matrix, briefly.
     """
     a = architecture(model)
     dtype = normalize_dtype(dtype)
@@ -497,6 +501,8 @@ def estimate_inference(model: Any, dtype: str = "bf16", context: int = 4096, bat
     if runtime == "llama.cpp" and dtype in BNB_DTYPES:
         raise LabkitError(f"{dtype} is a bitsandbytes format (transformers). For llama.cpp use a GGUF type: "
                           f"{', '.join(GGUF_DTYPES)}, or fp16 / fp32.")
+    if not 0 <= int8_outlier_fraction <= 1:
+        raise LabkitError(f"int8_outlier_fraction must be between 0 and 1, got {int8_outlier_fraction!r}")
     if attention is not None and attention not in ("sdpa", "eager"):
         raise unknown("attention implementation", attention, ("sdpa", "eager"))
     tokens = context + new_tokens
@@ -519,7 +525,8 @@ def estimate_inference(model: Any, dtype: str = "bf16", context: int = 4096, bat
     else:
         attention = attention or a.attention
         kv = kv_cache_bytes(a, tokens, batch, kv_dtype)
-        peak = _transformers_peak(a, dtype, compute, kv_dtype, context, new_tokens, batch, attention, device)
+        peak = _transformers_peak(a, dtype, compute, kv_dtype, context, new_tokens, batch, attention, device,
+                                  int8_outlier_fraction)
         details.update(peak["details"])
         kv_at_peak = peak["kv"]
         # the steady-state cache is `kv`; anything the peak holds beyond it counts as activations
@@ -549,7 +556,7 @@ def _require_int(name: str, value: Any, allow_zero: bool = False) -> None:
 
 
 def _transformers_peak(a: Architecture, dtype: str, compute: str, kv_dtype: str, context: int, new_tokens: int,
-                       batch: int, attention: str, device: str) -> dict[str, Any]:
+                       batch: int, attention: str, device: str, int8_outliers: float = 0.0) -> dict[str, Any]:
     """The highest point of memory during `generate`: the prefill, in the last layer.
 
     What is alive, as transformers (5.x) runs a decoder layer:
@@ -565,7 +572,8 @@ def _transformers_peak(a: Architecture, dtype: str, compute: str, kv_dtype: str,
     e = BITS_PER_WEIGHT[compute] / 8  # bytes per activation value
     L = a.num_layers
     kv_token_layer = sum(kv_cache_bytes_per_token(a, kv_dtype).values()) / L  # one token, one layer
-    details, prefill_act, kv_at_peak = _prefill(a, context, batch, e, kv_token_layer, attention, device, dtype)
+    details, prefill_act, kv_at_peak = _prefill(a, context, batch, e, kv_token_layer, attention, device, dtype,
+                                                int8_outliers)
     best = {"activations": prefill_act, "kv": kv_at_peak, "details": details}
     if new_tokens:
         # decode: the cache grows by one token per step; concatenating copies one layer's cache
@@ -587,7 +595,7 @@ def _transformers_peak(a: Architecture, dtype: str, compute: str, kv_dtype: str,
         # Phi-3 drops its cache and runs the whole sequence again when generation crosses
         # original_max_position_embeddings (its RoPE scaling changes there); the old cache is
         # still referenced while the new prefill runs.
-        d2, act2, kv2 = _prefill(a, reset + 1, batch, e, kv_token_layer, attention, device, dtype)
+        d2, act2, kv2 = _prefill(a, reset + 1, batch, e, kv_token_layer, attention, device, dtype, int8_outliers)
         old = kv_token_layer * batch * context * L
         if act2 + kv2 + old > best["activations"] + best["kv"]:
             d2["activations: the old cache, kept while the prompt is re-run"] = old
@@ -596,7 +604,7 @@ def _transformers_peak(a: Architecture, dtype: str, compute: str, kv_dtype: str,
 
 
 def _prefill(a: Architecture, context: int, batch: int, e: float, kv_token_layer: float, attention: str, device: str,
-             dtype: str) -> tuple[dict[str, float], float, float]:
+             dtype: str, int8_outliers: float = 0.0) -> tuple[dict[str, float], float, float]:
     """(details, activations, KV held) at the prefill's peak."""
     T = batch * context  # prompt tokens in the batch
     h, L = a.hidden_size, a.num_layers
@@ -607,7 +615,7 @@ def _prefill(a: Architecture, context: int, batch: int, e: float, kv_token_layer
     masks = _mask_bytes(a, batch, context, e, attention)
     if masks:
         persistent["attention masks"] = masks
-    steps = _layer_steps(a, a.layer_kinds()[-1], T, batch, context, e, attention, device, dtype)
+    steps = _layer_steps(a, a.layer_kinds()[-1], T, batch, context, e, attention, device, dtype, int8_outliers)
     layers_before = {name: L if name in ("post-attention norm", "mlp") else L - 1 for name in steps}
     if attention == "sdpa" and _sliding_mask(a, context):  # the mask step runs in the last sliding layer
         layers_before["attention: scores"] = max(i for i, k in enumerate(a.layer_types) if k == "sliding")
@@ -653,7 +661,7 @@ def _norm_transient(T: int, width: int, e: float) -> float:
 
 
 def _layer_steps(a: Architecture, kind: str, T: int, batch: int, context: int, e: float, attention: str,
-                 device: str, dtype: str) -> dict[str, dict[str, float]]:
+                 device: str, dtype: str, int8_outliers: float = 0.0) -> dict[str, dict[str, float]]:
     """Memory on top of the persistent tensors at each step of the last decoder layer."""
     h = a.hidden_size
     x = T * h * e
@@ -718,9 +726,22 @@ def _layer_steps(a: Architecture, kind: str, T: int, batch: int, context: int, e
         mlp["experts (grouped_mm)"] = max(up, down)
         mlp["router"] = T * a.num_experts * (e + 4)
     elif dtype == "int8":
-        # LLM.int8() in up_proj, while act(gate) is alive: the int8 copy of the input, the int32
-        # product, its fp16 de-quantization and the cast back to the compute dtype
-        mlp["MLP intermediate (int8 matmul)"] = T * a.intermediate_size * (e + 4 + 2 + e) + T * h
+        # LLM.int8() in up_proj (Phi-3: gate_up_proj): the int8 copy of the input, the int32
+        # product, its fp16 de-quantization and the cast back to the compute dtype; for separate
+        # projections act(gate) is alive meanwhile
+        inter = a.intermediate_size
+        if a.fused_projections:
+            matmul = T * 2 * inter * (4 + 2 + e) + T * h
+            after = 4 * T * inter * e
+        else:
+            matmul = T * inter * (e + 4 + 2 + e) + T * h
+            after = 3 * T * inter * e
+        mlp["MLP intermediate (int8 matmul)"] = max(matmul, after)
+        if int8_outliers:
+            # LLM.int8() multiplies the input columns holding an |x| >= 6 in 16 bits: it gathers
+            # those columns of the int8 weight and de-quantizes them through two float32 temporaries
+            largest = max(t.shape[0] * t.shape[1] for t in weight_tensors(a) if t.kind == "linear")
+            mlp["outlier columns de-quantized (LLM.int8())"] = int8_outliers * largest * 9
     else:
         # act(gate), up and their product (Phi-3: the fused gate_up output, act, product)
         n = 4 if a.fused_projections else 3
