@@ -22,6 +22,7 @@ notebook 03.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import math
@@ -71,8 +72,9 @@ CUBLAS_WORKSPACE_BYTES = 32 * MIB  # allocated through PyTorch's allocator at th
 BNB_INT8_EXTRA_BYTES = 66 * MIB
 LLAMA_CPP_CUDA_CONTEXT_BYTES = 300 * MIB
 # A CPU process pays no CUDA context; what the resident set grows by beyond the tensors is the
-# allocator's and the thread pools' working memory.
-CPU_OVERHEAD_BYTES = 48 * MIB
+# allocator's and the thread pools' working memory: 0.17-0.28 GiB measured on a 2-core CPU machine
+# (torch 2.13) for models of 0.3-1.2 B parameters.
+CPU_OVERHEAD_BYTES = 240 * MIB
 
 
 # ============================================================================ the architecture
@@ -935,7 +937,10 @@ class Fit:
 
 def fits(estimate: MemoryEstimate, device_or_gb: Any = None) -> Fit:
     """Whether `estimate` fits: a number of GB (as GPUs are sold: 24 means 24 GiB), a GPU name from
-    datasets/gpus.json ("4090", "A100 80GB"), or None / "this" for this machine's free memory."""
+    datasets/gpus.json ("4090", "A100 80GB"), or None / "this" for this machine's free memory.
+
+    Sold sizes are close to what CUDA reports (an RTX 4090 shows 23.99 GiB, an H100 79.6 GiB), but
+    a T4 keeps 1 GiB for ECC and shows 15 GiB: leave a little headroom."""
     need = estimate.total
     if device_or_gb is None or device_or_gb in ("this", "auto", "yours"):
         from .hardware import detect_hardware
@@ -966,6 +971,69 @@ def gpus_needed(estimate_for_n, device_or_gb: Any, max_gpus: int = 16) -> int | 
 
 
 # ============================================================================ measuring
+
+
+class TensorMemoryTracker:
+    """Count the bytes of every tensor PyTorch creates inside a `with` block, on any device, and
+    keep the peak: the CPU counterpart of torch.cuda.max_memory_allocated().
+
+        with TensorMemoryTracker() as t:
+            model.generate(...)
+        t.peak   # bytes alive at the highest point (tensors that existed before are not counted)
+
+    It watches every operation (a TorchDispatchMode), so it slows the block down a little; views
+    share their base's storage and are counted once.
+    """
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        tracker = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                return tracker._run(func, args, kwargs or {})
+
+        self._mode = _Mode()
+        self._live: dict[int, tuple[Any, int]] = {}
+        self.current = 0
+        self.peak = 0
+
+    def __enter__(self) -> TensorMemoryTracker:
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)
+        self._sweep()
+
+    def _sweep(self) -> None:
+        for key, (ref, size) in list(self._live.items()):
+            if ref.expired():
+                del self._live[key]
+                self.current -= size
+
+    def _run(self, func, args, kwargs):
+        import torch
+        from torch.multiprocessing.reductions import StorageWeakRef
+        from torch.utils._pytree import tree_flatten
+
+        self._sweep()
+        out = func(*args, **kwargs)
+        self._sweep()
+        inputs = {StorageWeakRef(t.untyped_storage()).cdata for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, torch.Tensor) and t.device.type != "meta"}
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                storage = t.untyped_storage()
+                ref = StorageWeakRef(storage)
+                if ref.cdata not in self._live and ref.cdata not in inputs:
+                    self._live[ref.cdata] = (ref, storage.nbytes())
+                    self.current += storage.nbytes()
+        self.peak = max(self.peak, self.current)
+        return out
+
+
 
 
 def cuda_context_bytes() -> float:
@@ -1078,9 +1146,12 @@ def measure_inference(model: Any, dtype: str = "bf16", context: int = 4096, batc
     Loads `model` (random weights at true size from a shipped config, or `weights="bundled"` for
     the course's real Gemma 3 270M), feeds a random prompt of `context` tokens (x `batch`) and
     generates `new_tokens`.
-    - CUDA: peak = torch.cuda.max_memory_allocated() during loading-free generation, plus the
-      weights, plus this process's CUDA context (cuda_context_bytes()).
-    - CPU: the process's peak resident set (RSS) increase from before the model was loaded.
+    - CUDA: torch.cuda.max_memory_allocated() over loading and generating, plus this process's
+      CUDA context (cuda_context_bytes()).
+    - CPU: in a fresh Python process (a long-lived one reuses memory it freed earlier and hides the
+      increase), the peak resident set (RSS) increase from before the model is loaded to the end of
+      generation; TensorMemoryTracker splits it into tensors (weights, KV, activations) and the
+      rest (overhead).
     Refuses up front (LabkitError) when the estimate does not fit the free memory.
     """
     import torch
@@ -1094,6 +1165,8 @@ def measure_inference(model: Any, dtype: str = "bf16", context: int = 4096, batc
     if dtype in GGUF_DTYPES:
         raise LabkitError(f"{dtype} is a GGUF type: measure it in llama.cpp (labkit.runtimes); transformers "
                           "de-quantizes GGUF weights.")
+    if weights not in ("random", "bundled"):
+        raise unknown("weights", weights, ("random", "bundled"))
     est_model = "gemma-3-270m" if weights == "bundled" else model
     est = estimate_inference(est_model, dtype, context, batch, new_tokens, device=device)
     if check_fit:
@@ -1108,55 +1181,233 @@ def measure_inference(model: Any, dtype: str = "bf16", context: int = 4096, batc
                 f"not running: the estimate ({est.total / GIB:.1f} GiB) does not fit the free memory of this "
                 f"{device} ({free / GIB:.1f} GiB). Try a shorter context, a smaller batch, a quantized dtype "
                 "(int8, nf4) or a smaller model. (check_fit=False runs it anyway, at the risk of running out of memory.)")
+    if device == "cpu":
+        numbers = _measure_cpu_in_child(model, dtype, context, batch, new_tokens, weights, seed)
+    else:
+        numbers = _measure_here(model, dtype, context, batch, new_tokens, weights, seed, "cuda")
+    return MemoryEstimate(
+        weights=numbers["weights"], kv_cache=numbers["kv_cache"],
+        activations=max(0.0, numbers["peak"] - numbers["weights"] - numbers["kv_cache"]),
+        overhead=numbers["overhead"], kind="measured", label=f"{est.inputs['model']} {dtype} on {device}",
+        details={"peak (weights + KV + activations)": numbers["peak"], "seconds": numbers["seconds"]},
+        inputs=dict(est.inputs, weights=weights),
+    )
+
+
+def _measure_here(model: Any, dtype: str, context: int, batch: int, new_tokens: int, weights: str, seed: int,
+                  device: str) -> dict[str, float]:
+    """Load, generate, and return peak / weights / kv_cache / overhead in bytes (this process)."""
+    import torch
+
     gc.collect()
     torch.manual_seed(seed)
     start = time.perf_counter()
     if device == "cuda":
         torch.cuda.empty_cache()
         base = torch.cuda.memory_allocated()
-        net = load_for_measurement(model, dtype, device, weights)
-        weights_bytes = torch.cuda.memory_allocated() - base
+        torch.cuda.reset_peak_memory_stats()
     else:
-        rss0 = _rss_bytes()
-        net = load_for_measurement(model, dtype, device, weights)
-        weights_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
-        weights_bytes += sum(b.numel() * b.element_size() for b in net.buffers())
-    vocab = net.config.get_text_config().vocab_size if hasattr(net.config, "get_text_config") else net.config.vocab_size
-    ids = torch.randint(3, min(vocab, 32000), (batch, context), device=device)
-    mask = torch.ones_like(ids)
-    gen = dict(max_new_tokens=max(new_tokens, 1), min_new_tokens=max(new_tokens, 1), do_sample=False,
-               return_dict_in_generate=True, pad_token_id=0)
+        base = _rss_bytes()
+    net = load_for_measurement(model, dtype, device, weights)
+    if device == "cuda":
+        weights_bytes = float(torch.cuda.memory_allocated() - base)
+    else:
+        weights_bytes = float(sum(t.numel() * t.element_size() for t in [*net.parameters(), *net.buffers()]))
+        loaded = _rss_bytes()
+        exact = _reset_peak_rss()
+    config = net.config.get_text_config() if hasattr(net.config, "get_text_config") else net.config
+    ids = torch.randint(3, min(config.vocab_size, 32000), (batch, context), device=device)
+    tracker = TensorMemoryTracker() if device == "cpu" else contextlib.nullcontext()
+    with torch.no_grad(), tracker:
+        out = net.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max(new_tokens, 1),
+                           min_new_tokens=max(new_tokens, 1), do_sample=False, return_dict_in_generate=True,
+                           pad_token_id=0)
+    kv = _cache_bytes(out.past_key_values)
     if device == "cuda":
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        with torch.no_grad():
-            out = net.generate(ids, attention_mask=mask, **gen)
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-        kv = _cache_bytes(out.past_key_values)
-        context_bytes = cuda_context_bytes()
-        total = peak + context_bytes
-        overhead = context_bytes
+        peak = float(torch.cuda.max_memory_allocated() - base)
+        overhead = cuda_context_bytes()
     else:
-        rss_loaded = _rss_bytes()
-        exact = _reset_peak_rss()
-        with torch.no_grad():
-            out = net.generate(ids, attention_mask=mask, **gen)
-        peak_rss = _rss_bytes("VmHWM") if exact else _rss_bytes()
-        kv = _cache_bytes(out.past_key_values)
-        total = max(peak_rss, rss_loaded) - rss0
-        overhead = max(0.0, rss_loaded - rss0 - weights_bytes)
-        peak = total - overhead
-    seconds = time.perf_counter() - start
-    activations = max(0.0, peak - weights_bytes - kv)
-    del out, net, ids, mask
+        high = _rss_bytes("VmHWM") if exact else _rss_bytes()
+        peak_rss = max(high, loaded) - base  # what the process grew by, at most
+        peak = weights_bytes + tracker.peak  # tensors: the weights and the most alive during generate
+        overhead = max(0.0, peak_rss - peak)  # the rest: allocator, thread pools, kernels loaded on first use
+    del out, net, ids
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
-    name = est.inputs["model"]
-    return MemoryEstimate(
-        weights=float(weights_bytes), kv_cache=kv, activations=activations, overhead=float(overhead), kind="measured",
-        label=f"{name} {dtype} on {device}",
-        details={"peak allocated (weights + KV + activations)": float(peak), "seconds": seconds},
-        inputs=dict(est.inputs, weights=weights, new_tokens=new_tokens),
-    )
+    return {"peak": peak, "weights": weights_bytes, "kv_cache": kv, "overhead": float(overhead),
+            "seconds": time.perf_counter() - start}
+
+
+def _measure_cpu_in_child(model: Any, dtype: str, context: int, batch: int, new_tokens: int, weights: str,
+                          seed: int) -> dict[str, float]:
+    import subprocess
+    import sys
+
+    if not isinstance(model, str):
+        raise LabkitError("on CPU, measure_inference runs in a fresh process: pass a shipped config name "
+                          "(or weights='bundled'), not a model object.")
+    args = json.dumps(dict(model=model, dtype=dtype, context=context, batch=batch, new_tokens=new_tokens,
+                           weights=weights, seed=seed))
+    code = "import sys, labkit.vram as v; v._child_main(sys.argv[1])"
+    env = dict(os.environ, TRANSFORMERS_VERBOSITY="error")
+    done = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, env=env)
+    for line in done.stdout.splitlines():
+        if line.startswith("LABKIT_VRAM "):
+            return json.loads(line.removeprefix("LABKIT_VRAM "))
+    raise LabkitError(f"the measuring process failed:\n{done.stderr[-2000:]}")
+
+
+def _child_main(args: str) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    a = json.loads(args)
+    numbers = _measure_here(a["model"], a["dtype"], a["context"], a["batch"], a["new_tokens"], a["weights"],
+                            a["seed"], "cpu")
+    print("LABKIT_VRAM " + json.dumps(numbers), flush=True)
+
+
+# ============================================================================ tables for the notebook
+
+
+def dtype_table(model: Any, dtypes: tuple[str, ...] = ("fp32", "bf16", "int8", "nf4", "Q8_0", "Q6_K", "Q5_K_M",
+                                                          "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K")) -> list[dict]:
+    """Weights of `model` in each dtype: effective bits per parameter (scales included) and GiB."""
+    params = parameter_count(model)
+    rows = []
+    for d in dtypes:
+        w = weight_bytes(model, d)
+        total = sum(w.values())
+        rows.append({"dtype": d, "bits/param": round(total * 8 / params, 2), "weights GiB": round(total / GIB, 2),
+                     "kept in 16 bits GiB": round(w["unquantized"] / GIB, 2) if d in BNB_DTYPES else 0.0})
+    return rows
+
+
+def kv_table(models: list[str], tokens: int = 32768, kv_dtype: str = "bf16") -> list[dict]:
+    """KV cache per token and at `tokens` tokens, next to the bf16 weights, for several models."""
+    rows = []
+    for m in models:
+        a = architecture(m)
+        per = sum(kv_cache_bytes_per_token(a, kv_dtype).values())
+        kv = kv_cache_bytes(a, tokens, 1, kv_dtype)
+        w = sum(weight_bytes(a, "bf16").values())
+        rows.append({"model": m, "attention": a.kv_grouping, "sliding layers": a.layer_types.count("sliding"),
+                     "KiB/token": round(per / 1024, 1), f"KV GiB @{tokens // 1024}k": round(kv / GIB, 2),
+                     "weights GiB (bf16)": round(w / GIB, 2), "KV/weights": round(kv / w, 2)})
+    return rows
+
+
+def kv_equals_weights_tokens(model: Any, dtype: str = "bf16", kv_dtype: str | None = None) -> int:
+    """The context length at which the KV cache (one sequence) is as large as the weights."""
+    a = architecture(model)
+    kv_dtype = kv_dtype or (dtype if normalize_dtype(dtype) in FLOAT_DTYPES else "bf16")
+    weights = sum(weight_bytes(a, dtype).values())
+    per = kv_cache_bytes_per_token(a, kv_dtype)
+    if not per["sliding"]:
+        return math.ceil(weights / per["full"])
+    tokens = 1  # sliding layers stop growing at the window: search
+    while kv_cache_bytes(a, tokens, 1, kv_dtype) < weights:
+        tokens *= 2
+        if tokens > 1 << 30:
+            return tokens
+    lo, hi = tokens // 2, tokens
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if kv_cache_bytes(a, mid, 1, kv_dtype) < weights else (lo, mid)
+    return hi
+
+
+COMMON_GPUS = ("NVIDIA T4", "NVIDIA RTX 3060", "NVIDIA RTX 4090", "NVIDIA A100 40GB", "NVIDIA A100 80GB",
+               "NVIDIA H100 80GB")
+
+
+def hardware_table(models: list[str], dtypes: tuple[str, ...] = ("bf16", "int8", "Q4_K_M"), context: int = 4096,
+                   gpus: tuple[str, ...] = COMMON_GPUS) -> list[dict]:
+    """For each model and dtype: the estimate, the smallest common GPU it fits, and how many 80 GB GPUs
+    tensor parallelism needs."""
+    from .hardware import find_gpu
+
+    sizes = sorted((find_gpu(g)["vram_gb"], find_gpu(g)["name"]) for g in gpus)
+    rows = []
+    for m in models:
+        for d in dtypes:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                est = estimate_inference(m, d, context=context)
+            smallest = next((name for gb, name in sizes if fits(est, gb)), None)
+            n80 = gpus_needed(est, 80)
+            rows.append({"model": m, "dtype": d, f"GiB @{context}": round(est.total / GIB, 1),
+                         "smallest GPU": smallest or "none (split it)", "80 GB GPUs": n80 or "-"})
+    return rows
+
+
+def text_table(rows: list[dict]) -> str:
+    """Rows of dicts as an aligned text table."""
+    if not rows:
+        return ""
+    cols = list(rows[0])
+    width = {c: max(len(str(c)), *(len(str(r[c])) for r in rows)) for c in cols}
+    line = lambda r: "  ".join(str(r[c]).rjust(width[c]) if isinstance(r[c], (int, float)) else  # noqa: E731
+                               str(r[c]).ljust(width[c]) for c in cols)
+    return "\n".join([line({c: c for c in cols}), *(line(r) for r in rows)])
+
+
+def largest_that_fits(models: list[str], dtype: str, context: int, margin: float = 0.9) -> str | None:
+    """The largest of `models` whose estimate fits `margin` of this machine's free memory."""
+    from .hardware import detect_hardware
+
+    hw = detect_hardware(check_online=False)
+    free = (hw.vram_free_bytes if hw.device == "cuda" else hw.ram_available_bytes) or 0
+    device = "cuda" if hw.device == "cuda" else "cpu"
+    fitting = []
+    for m in models:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            est = estimate_inference(m, dtype, context=context, device=device)
+        if est.total <= margin * free:
+            fitting.append((est.total, m))
+    return max(fitting)[1] if fitting else None
+
+
+# ============================================================================ exercises
+
+from .check import exercise, validator  # noqa: E402  (registered next to the code they exercise)
+from .dtypes import bytes_per_weight  # noqa: E402
+
+
+@exercise("03.weights_gib", hint="parameters x bytes per parameter (bf16: 2 bytes, int8: 1, nf4: 0.5), divided "
+          "by 2**30 for GiB.", rtol=0.01)
+def _expected_weights_gib(parameters: float, dtype: str) -> float:
+    return parameters * bytes_per_weight(dtype) / GIB
+
+
+@exercise("03.kv_cache_gib", hint="2 (K and V) x layers x kv_heads x head_dim x tokens x bytes per value, divided "
+          "by 2**30. Use the KV heads, not the query heads.", rtol=0.01)
+def _expected_kv_gib(layers: int, kv_heads: int, head_dim: int, tokens: int, bytes_per_value: float) -> float:
+    return kv_cache_formula_bytes(layers, kv_heads, head_dim, tokens, bytes_per_value) / GIB
+
+
+@exercise("03.kv_equals_weights_tokens", hint="weights in bytes / KV bytes per token (all layers, K and V). "
+          "labkit.vram.kv_cache_bytes_per_token(model) gives the per-token figure.", rtol=0.01)
+def _expected_kv_equals_weights(model: str, dtype: str = "bf16") -> int:
+    return kv_equals_weights_tokens(model, dtype)
+
+
+@exercise("03.full_finetune_gib", hint="mixed-precision AdamW keeps, per parameter: bf16 weights (2 bytes), bf16 "
+          "gradients (2), an fp32 master copy (4) and Adam's two fp32 moments (8): 16 bytes.", rtol=0.01)
+def _expected_full_finetune_gib(parameters: float) -> float:
+    return parameters * 16 / GIB
+
+
+@validator("03.min_gpus", hint="try n = 1, 2, 3 ...: split_tensor_parallel(estimate, n) gives what each GPU holds; "
+           "fits(per_gpu, gb) says whether it fits (labkit.vram.gpus_needed does the loop).")
+def _validate_min_gpus(answer: Any, model: str, dtype: str, context: int, gb: float) -> str | None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = estimate_inference(model, dtype, context=context)
+    need = gpus_needed(est, gb)
+    if answer != need:
+        return f"got {answer!r}, but {need} GPUs of {gb} GB are the fewest that hold {model} ({dtype}, {context} tokens)"
+    return None

@@ -1,0 +1,220 @@
+"""The VRAM calculator: a plain function (`calculate`), its HTML and matplotlib views, and a thin
+ipywidgets front end (`calculator`).
+
+    from labkit import vram_widget
+    vram_widget.calculator()                       # in a notebook
+    calc = vram_widget.calculate("llama-3.1-8b", "nf4", context=8192)
+    print(calc)                                    # anywhere
+"""
+
+from __future__ import annotations
+
+import html
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import vram
+from .dtypes import normalize_dtype
+from .errors import unknown
+
+METHODS = ("inference", "full", "lora", "qlora")
+COLORS = {"weights": "#4C72B0", "kv_cache": "#DD8452", "gradients": "#8172B3", "optimizer_states": "#937860",
+          "activations": "#55A868", "overhead": "#8C8C8C"}
+LABELS = {"weights": "weights", "kv_cache": "KV cache", "gradients": "gradients", "optimizer_states": "optimizer",
+          "activations": "activations", "overhead": "overhead"}
+
+
+@dataclass
+class GpuRow:
+    name: str
+    vram_gib: float
+    fits: bool
+    headroom_gib: float
+
+
+@dataclass
+class Calculation:
+    """What the calculator shows: the estimate per GPU and, for each GPU, whether it fits."""
+
+    estimate: vram.MemoryEstimate
+    n_gpus: int
+    rows: list[GpuRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        per = " per GPU" if self.n_gpus > 1 else ""
+        lines = [f"{self.estimate.label}: {self.estimate.total / vram.GIB:.1f} GiB{per}"]
+        lines += [f"  {p:<17}{v / vram.GIB:8.2f} GiB" for p, v in self.estimate.parts().items()]
+        lines += [f"  {'✅' if r.fits else '❌'} {r.name:<24}{r.vram_gib:6.0f} GiB  ({r.headroom_gib:+.1f})"
+                  for r in self.rows]
+        return "\n".join(lines + [f"  note: {n}" for n in self.notes])
+
+
+def your_device() -> tuple[str, float] | None:
+    """(name, GiB) of this machine's GPU, or of its RAM when there is no GPU."""
+    from .hardware import detect_hardware
+
+    hw = detect_hardware(check_online=False)
+    if hw.device == "cuda" and hw.vram_total_bytes:
+        return f"yours: {hw.gpu_name}", hw.vram_total_bytes / vram.GIB
+    return "yours: CPU RAM", hw.ram_total_bytes / vram.GIB
+
+
+def calculate(model: str = "llama-3.1-8b", dtype: str = "bf16", context: int = 4096, batch: int = 1,
+              method: str = "inference", n_gpus: int = 1, gpus: tuple[str, ...] = vram.COMMON_GPUS,
+              include_yours: bool = True) -> Calculation:
+    """The estimate for one setting (per GPU when split over `n_gpus`), against a row of GPUs.
+
+    method: "inference" (generate `context` tokens' worth), or training one step on `batch` x
+    `context` tokens: "full" (mixed-precision AdamW), "lora", "qlora" (an NF4 base).
+    """
+    from .hardware import find_gpu
+
+    if method not in METHODS:
+        raise unknown("method", method, METHODS)
+    notes: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if method == "inference":
+            est = vram.estimate_inference(model, dtype, context=context, batch=batch)
+        else:
+            train_dtype = normalize_dtype(dtype)
+            if train_dtype not in vram.FLOAT_DTYPES:
+                notes.append(f"{method} trains with bf16 compute; the dtype {dtype} applies to inference only")
+                train_dtype = "bf16"
+            est = vram.estimate_training(model, method, dtype=train_dtype, seq_len=context, batch=batch)
+    notes += [str(w.message) for w in caught]
+    est = vram.split_tensor_parallel(est, n_gpus)
+    rows = []
+    for g in gpus:
+        info = find_gpu(g)
+        have = float(info["vram_gb"])
+        rows.append(GpuRow(info["name"].removeprefix("NVIDIA "), have, est.total <= have * vram.GIB,
+                           have - est.total / vram.GIB))
+    if include_yours:
+        mine = your_device()
+        if mine:
+            rows.append(GpuRow(mine[0], mine[1], est.total <= mine[1] * vram.GIB, mine[1] - est.total / vram.GIB))
+    return Calculation(est, n_gpus, rows, notes)
+
+
+def bars_html(calc: Calculation) -> str:
+    """A stacked bar of the estimate's parts against each GPU's memory, as HTML (fast to redraw)."""
+    parts = calc.estimate.parts()
+    need = calc.estimate.total / vram.GIB
+    scale = max([need, *(r.vram_gib for r in calc.rows)]) or 1.0
+    px = 420 / scale
+    seg = "".join(
+        f'<div title="{LABELS[p]}: {v / vram.GIB:.2f} GiB" style="width:{v / vram.GIB * px:.1f}px;'
+        f'background:{COLORS[p]};height:14px"></div>' for p, v in parts.items() if v > 0)
+    legend = " ".join(f'<span style="color:{COLORS[p]}">■</span> {LABELS[p]} {v / vram.GIB:.2f}' for p, v in parts.items())
+    per = f" per GPU (x{calc.n_gpus}, tensor parallel)" if calc.n_gpus > 1 else ""
+    head = (f"<div><b>{html.escape(calc.estimate.label)}</b>: <b>{need:.1f} GiB</b>{per}<br>"
+            f"<span style='font-size:90%'>{legend} GiB</span></div>")
+    rows = []
+    for r in calc.rows:
+        mark = "✅" if r.fits else "❌"
+        rows.append(
+            "<tr>"
+            f"<td style='text-align:left;white-space:nowrap'>{mark} {html.escape(r.name)}</td>"
+            f"<td style='text-align:right'>{r.vram_gib:.0f} GiB</td>"
+            f"<td style='text-align:left'><div style='position:relative;width:{r.vram_gib * px:.1f}px;height:14px;"
+            f"border:1px solid #555;background:#f4f4f4'><div style='display:flex;position:absolute;top:0;left:0'>"
+            f"{seg}</div></div></td>"
+            f"<td style='text-align:right'>{r.headroom_gib:+.1f}</td></tr>")
+    notes = "".join(f"<div style='color:#a60;font-size:90%'>{html.escape(n)}</div>" for n in calc.notes)
+    return (f"{head}<table style='border-collapse:collapse'><tr><th>GPU</th><th>memory</th><th></th>"
+            f"<th>headroom</th></tr>{''.join(rows)}</table>{notes}")
+
+
+def plot_breakdown(estimates: dict[str, vram.MemoryEstimate], ax=None, title: str = "Memory by part"):
+    """Stacked bars (GiB) for several estimates or measurements, one bar each."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots()
+    labels = list(estimates)
+    bottom = [0.0] * len(labels)
+    for part in vram.MemoryEstimate.PARTS:
+        values = [getattr(estimates[k], part) / vram.GIB for k in labels]
+        if any(values):
+            ax.bar(labels, values, bottom=bottom, color=COLORS[part], label=LABELS[part])
+            bottom = [b + v for b, v in zip(bottom, values)]
+    for i, total in enumerate(bottom):
+        ax.text(i, total, f"{total:.1f}", ha="center", va="bottom", fontsize=9)
+    ax.set_ylabel("GiB")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.tick_params(axis="x", labelrotation=15)
+    return ax.figure
+
+
+def plot_context_sweep(model: str, dtype: str = "bf16", contexts: tuple[int, ...] = (512, 2048, 8192, 32768, 131072),
+                       ax=None):
+    """Weights, KV cache and the whole estimate as the context grows (log scale)."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ests = [vram.estimate_inference(model, dtype, context=n) for n in contexts]
+    ax.plot(contexts, [e.weights / vram.GIB for e in ests], "o-", color=COLORS["weights"], label="weights")
+    ax.plot(contexts, [e.kv_cache / vram.GIB for e in ests], "o-", color=COLORS["kv_cache"], label="KV cache")
+    ax.plot(contexts, [e.activations / vram.GIB for e in ests], "o-", color=COLORS["activations"], label="activations")
+    ax.plot(contexts, [e.total / vram.GIB for e in ests], "k--", label="total (estimate)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("context (tokens)")
+    ax.set_ylabel("GiB")
+    ax.set_title(f"{model} ({dtype}): what grows with the context")
+    ax.legend(fontsize=8)
+    return ax.figure
+
+
+def calculator(model: str = "llama-3.1-8b", dtype: str = "bf16", context: int = 4096, batch: int = 1,
+               method: str = "inference", n_gpus: int = 1):
+    """The interactive calculator (ipywidgets): pick a model, dtype, context, batch, method and GPUs."""
+    import ipywidgets as w
+
+    from .models import list_configs
+
+    dtypes = ["fp32", "fp16", "bf16", "int8", "nf4", *vram.GGUF_DTYPES]
+    controls = {
+        "model": w.Dropdown(options=list_configs(), value=model, description="model"),
+        "dtype": w.Dropdown(options=dtypes, value=normalize_dtype(dtype), description="dtype"),
+        "context": w.SelectionSlider(options=[2**k for k in range(7, 18)], value=context, description="context"),
+        "batch": w.IntSlider(value=batch, min=1, max=64, description="batch"),
+        "method": w.ToggleButtons(options=list(METHODS), value=method, description="method"),
+        "n_gpus": w.IntSlider(value=n_gpus, min=1, max=8, description="GPUs"),
+    }
+    out = w.HTML()
+
+    def update(*_):
+        try:
+            calc = calculate(**{k: c.value for k, c in controls.items()})
+            out.value = bars_html(calc)
+        except Exception as err:  # show the message instead of a traceback in the widget
+            out.value = f"<pre style='color:#a00'>{html.escape(str(err))}</pre>"
+
+    for c in controls.values():
+        c.observe(update, names="value")
+    update()
+    box = w.VBox([w.HBox([controls["model"], controls["dtype"]]), controls["context"],
+                  w.HBox([controls["batch"], controls["n_gpus"]]), controls["method"], out])
+    box.update = update  # for tests and for a manual refresh
+    box.controls = controls
+    box.output = out
+    return box
+
+
+def time_update(**settings: Any) -> float:
+    """Seconds one calculator update takes (estimate + HTML), the best of 5 (the widget needs < 0.05)."""
+    import time
+
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        bars_html(calculate(**settings))
+        best = min(best, time.perf_counter() - start)
+    return best
