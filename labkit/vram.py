@@ -681,7 +681,8 @@ def _layer_steps(a: Architecture, kind: str, T: int, batch: int, context: int, e
         attn = {"normalized input": x, "q": q, "latent and cache entries": 2 * latent, "expanded k, v": expanded,
                 "keys with RoPE": q, "query with RoPE": q}
         if device == "cpu":  # CPU SDPA has no kernel for a value width different from the key's
-            attn["attention scores (SDPA math path)"] = batch * a.num_heads * context * context * 12
+            # (the math path: float scores, then the scores plus the additive causal mask)
+            attn["attention scores (SDPA math path)"] = batch * context * context * (8 * a.num_heads + 4)
         else:
             attn["attention output"] = out + x
         steps["attention"] = attn

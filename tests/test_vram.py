@@ -1,0 +1,444 @@
+"""labkit.vram: the formulas pinned against what transformers actually allocates (tiny configs, CPU),
+against the H100 measurements committed under benchmarks/results/, and bad input."""
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from labkit import vram
+from labkit.check import check
+from labkit.errors import LabkitError
+from labkit.models import build_random_model, list_configs
+
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+
+# One tiny config per family the estimator models. Wide enough in the sequence (N up to 512) that the
+# per-token tensors dominate, as they do at real sizes.
+TINY = {
+    "llama": dict(model_type="llama", hidden_size=64, intermediate_size=256, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, vocab_size=512, max_position_embeddings=4096,
+                  tie_word_embeddings=False),
+    "qwen2": dict(model_type="qwen2", hidden_size=64, intermediate_size=224, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=1, vocab_size=512, max_position_embeddings=4096,
+                  tie_word_embeddings=True),
+    "gemma2": dict(model_type="gemma2", hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=512, sliding_window=64,
+                   max_position_embeddings=4096, query_pre_attn_scalar=16),
+    "gemma3": dict(model_type="gemma3_text", hidden_size=64, intermediate_size=256, num_hidden_layers=3,
+                   num_attention_heads=4, num_key_value_heads=1, head_dim=32, vocab_size=512, sliding_window=64,
+                   layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                   max_position_embeddings=4096, query_pre_attn_scalar=32),
+    "phi3": dict(model_type="phi3", hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=4, vocab_size=512, sliding_window=63,
+                 max_position_embeddings=4096, original_max_position_embeddings=4096, pad_token_id=0),
+    "mixtral": dict(model_type="mixtral", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                    vocab_size=512, max_position_embeddings=4096),
+    "deepseek_v2": dict(model_type="deepseek_v2", hidden_size=64, intermediate_size=256, moe_intermediate_size=32,
+                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=32,
+                        q_lora_rank=None, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
+                        n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, first_k_dense_replace=1,
+                        vocab_size=512, max_position_embeddings=4096, rope_scaling=None),
+}
+
+
+def build(family: str, dtype: str = "fp32"):
+    return build_random_model(TINY[family], dtype=dtype, device="cpu").model
+
+
+def generate(model, context: int, new_tokens: int = 2, track: bool = False):
+    ids = torch.randint(3, 500, (1, context))
+    tracker = vram.TensorMemoryTracker()
+    with torch.no_grad():
+        if track:
+            with tracker:
+                out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                     min_new_tokens=new_tokens, do_sample=False, return_dict_in_generate=True,
+                                     pad_token_id=0)
+        else:
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                 min_new_tokens=new_tokens, do_sample=False, return_dict_in_generate=True,
+                                 pad_token_id=0)
+    return out, tracker
+
+
+# ----------------------------------------------------------------------------- parameters and weights
+
+
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_parameter_count_matches_the_built_model(family):
+    model = build(family)
+    assert vram.parameter_count(TINY[family]) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", list_configs())
+def test_parameter_count_of_every_shipped_config_is_exact(name):
+    model = build_random_model(name, device="meta").model
+    assert vram.parameter_count(name) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_linear_tensors_are_exactly_the_nn_linear_layers_bitsandbytes_replaces(family):
+    model = build(family)
+    linear = sum(m.weight.numel() for name, m in model.named_modules()
+                 if type(m) is torch.nn.Linear and name != "lm_head")
+    tensors = vram.weight_tensors(TINY[family])
+    assert sum(t.numel for t in tensors if t.kind == "linear") == linear
+    experts = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 3)
+    assert sum(t.numel for t in tensors if t.kind == "experts") == experts
+
+
+def test_quantized_weight_bytes_follow_bitsandbytes_storage():
+    tensors = vram.weight_tensors("llama-3.1-8b")
+    lin = sum(t.numel for t in tensors if t.kind == "linear")
+    rest = vram.parameter_count("llama-3.1-8b") - lin
+    rows = sum(t.shape[0] * t.count for t in tensors if t.kind == "linear")
+    nf4 = vram.weight_bytes("llama-3.1-8b", "nf4")
+    assert nf4["quantized"] == lin / 2  # two 4-bit weights per byte
+    assert nf4["scales"] == pytest.approx(lin / 64 + lin / 64 / 256 * 4)  # 8-bit absmax + fp32 per 256 of them
+    assert vram.weight_bytes("llama-3.1-8b", "nf4", double_quant=False)["scales"] == pytest.approx(lin / 64 * 4)
+    int8 = vram.weight_bytes("llama-3.1-8b", "int8")
+    assert int8 == {"quantized": lin, "unquantized": rest * 2, "scales": rows * 4}
+    q4 = vram.weight_bytes("llama-3.1-8b", "Q4_K_M")
+    assert sum(q4.values()) == pytest.approx(vram.parameter_count("llama-3.1-8b") * 4.84 / 8)
+
+
+def test_weights_match_what_the_h100_allocated():
+    """The benchmark recorded torch.cuda.memory_allocated() after loading each model: bf16, int8, nf4."""
+    raw = json.loads((RESULTS / "vram_accuracy_raw.json").read_text())
+    seen = {}
+    for cell in raw["cells"]:
+        if cell.get("weights_bytes"):
+            seen[(cell["arch"], cell["dtype"])] = cell["weights_bytes"]
+    assert len(seen) >= 20
+    for (arch, dtype), measured in seen.items():
+        estimate = sum(vram.weight_bytes(arch, dtype).values())
+        assert estimate == pytest.approx(measured, rel=0.01), (arch, dtype)
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_kv_cache_matches_the_tensors_generate_keeps(family):
+    model = build(family)
+    context, new = 200, 3
+    out, _ = generate(model, context, new)
+    kept = vram._cache_bytes(out.past_key_values)
+    # the last generated token is never fed back, so the cache holds context + new - 1 tokens
+    assert kept == vram.kv_cache_bytes(TINY[family], context + new - 1, kv_dtype="fp32")
+
+
+def test_kv_formula_gqa_mqa_mha_sliding_and_mla():
+    per = lambda name: sum(vram.kv_cache_bytes_per_token(name).values())  # noqa: E731
+    # Llama 3.1 8B: 2 x 32 layers x 8 KV heads x 128 x 2 bytes = 128 KiB per token
+    assert per("llama-3.1-8b") == 2 * 32 * 8 * 128 * 2
+    assert vram.kv_cache_bytes("llama-3.1-8b", 131072) == vram.kv_cache_formula_bytes(32, 8, 128, 131072, 2)
+    assert per("phi-3-mini") == 2 * 32 * 32 * 96 * 2  # MHA: every head has its own K and V
+    assert per("gemma-3-270m") == 2 * 18 * 1 * 256 * 2  # MQA
+    # sliding-window layers stop at the window; full layers keep growing
+    g = vram.kv_cache_bytes_per_token("gemma-3-270m")
+    assert vram.kv_cache_bytes("gemma-3-270m", 32768) == g["full"] * 32768 + g["sliding"] * 512
+    # MLA caches the 512-wide latent and the 64-wide RoPE key per layer, not K and V per head
+    assert per("deepseek-v2-lite") == 27 * (512 + 64) * 2
+    assert vram.kv_cache_bytes("llama-3.1-8b", 1000, kv_dtype="Q8_0") == pytest.approx(
+        vram.kv_cache_bytes("llama-3.1-8b", 1000) * 8.5 / 16)
+
+
+def test_kv_equals_weights_tokens():
+    n = vram.kv_equals_weights_tokens("llama-3.1-8b")
+    assert vram.kv_cache_bytes("llama-3.1-8b", n) >= sum(vram.weight_bytes("llama-3.1-8b", "bf16").values())
+    assert vram.kv_cache_bytes("llama-3.1-8b", n - 1) < sum(vram.weight_bytes("llama-3.1-8b", "bf16").values())
+    g = vram.kv_equals_weights_tokens("gemma-3-270m")  # sliding layers: found by search
+    assert vram.kv_cache_bytes("gemma-3-270m", g) >= sum(vram.weight_bytes("gemma-3-270m", "bf16").values())
+
+
+# ----------------------------------------------------------------------------- the prefill peak
+
+
+@pytest.mark.parametrize("family", sorted(TINY))
+@pytest.mark.parametrize("context", [128, 512])
+def test_peak_of_generate_matches_the_tensors_transformers_allocates(family, context):
+    """Every tensor created during generate is counted (TensorMemoryTracker); the estimate's KV cache +
+    activations must match its peak: the prefill's largest step, masks, RoPE, sliding-window spill..."""
+    model = build(family)
+    _, tracker = generate(model, context, new_tokens=2, track=True)
+    est = vram.estimate_inference(TINY[family], "fp32", context=context, new_tokens=2, device="cpu")
+    assert est.kv_cache + est.activations == pytest.approx(tracker.peak, rel=0.06), est.details
+
+
+def test_bf16_adds_the_float32_copies_of_rmsnorm_and_softmax():
+    model = build("gemma2", "bf16")
+    _, tracker = generate(model, 256, track=True)
+    est = vram.estimate_inference(TINY["gemma2"], "bf16", context=256, new_tokens=2, device="cpu")
+    assert est.kv_cache + est.activations == pytest.approx(tracker.peak, rel=0.06)
+    assert any("eager" in k for k in est.details)
+
+
+def test_phi3_reruns_the_prompt_when_generation_crosses_its_original_length():
+    cfg = dict(TINY["phi3"], original_max_position_embeddings=128)
+    model = build_random_model(cfg, dtype="fp32").model
+    _, tracker = generate(model, 128, new_tokens=3, track=True)
+    est = vram.estimate_inference(cfg, "fp32", context=128, new_tokens=3, device="cpu")
+    plain = vram.estimate_inference(cfg, "fp32", context=128, new_tokens=0, device="cpu")
+    assert est.total > plain.total
+    assert est.kv_cache + est.activations == pytest.approx(tracker.peak, rel=0.06)
+
+
+def test_tracker_counts_views_once_and_forgets_freed_tensors():
+    with vram.TensorMemoryTracker() as t:
+        a = torch.ones(1000)  # 4000 bytes
+        b = a.view(10, 100)  # a view: no new storage
+        c = a * 2
+        del c
+        d = torch.ones(10)
+    assert t.peak == 8000
+    assert t.current == 4040
+    del a, b, d
+
+
+# ----------------------------------------------------------------------------- accuracy on the H100
+
+
+def test_committed_h100_results_meet_the_goal_with_this_estimator():
+    """Recompute every measured cell with the current estimator: within 5%, bf16/fp16 within 3%."""
+    raw = json.loads((RESULTS / "vram_accuracy_raw.json").read_text())
+    cells = [c for c in raw["cells"] if c.get("status") == "ok"]
+    assert len(cells) >= 100
+    assert len({c["arch"] for c in cells}) >= 6
+    for c in cells:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            est = vram.estimate_inference(c["arch"], c["dtype"], context=c["context"], batch=c["batch"],
+                                          new_tokens=c["new_tokens"])
+        measured = c["peak_allocated_bytes"] + c["context_bytes"]
+        limit = 0.03 if c["dtype"] in ("bf16", "fp16") else 0.05
+        assert abs(est.total - measured) / measured < limit, (c["arch"], c["dtype"], c["context"], c["batch"])
+
+
+def test_weights_plus_kv_alone_underestimates_long_contexts():
+    est = vram.estimate_inference("llama-3.1-8b", context=32768)
+    naive = est.weights + est.kv_cache
+    assert naive < 0.85 * est.total
+    assert est.activations > 3 * vram.GIB  # the MLP's intermediate tensors over 32k tokens
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_full_finetune_is_16_bytes_per_parameter_with_mixed_precision_adamw():
+    p = vram.parameter_count("llama-3.1-8b")
+    est = vram.estimate_training("llama-3.1-8b", "full")
+    assert (est.weights + est.gradients + est.optimizer_states) / p == pytest.approx(16)
+    fp32_grads = vram.estimate_training("llama-3.1-8b", "full", fp32_gradients=True)
+    assert (fp32_grads.weights + fp32_grads.gradients + fp32_grads.optimizer_states) / p == pytest.approx(18)
+    assert vram.estimate_training("llama-3.1-8b", "full", optimizer="adamw8bit").optimizer_states < \
+        est.optimizer_states * 0.6  # 2 bytes of 8-bit moments + the fp32 master copy, against 8 + 4
+    assert vram.estimate_training("llama-3.1-8b", "full", optimizer="sgd").optimizer_states == p * 4
+
+
+def test_lora_trainable_parameters_match_peft():
+    from peft import LoraConfig, get_peft_model
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    model = build("llama")
+    peft_model = get_peft_model(model, LoraConfig(r=8, target_modules=targets))
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    est = vram.estimate_training(TINY["llama"], "lora", lora_rank=8, target_modules=targets)
+    assert est.inputs["trainable_parameters"] == trainable
+    # Llama 3.1 8B, r=16 on all seven projections: the figure peft prints is 41,943,040
+    big = vram.estimate_training("llama-3.1-8b", "lora", lora_rank=16, target_modules="all-linear")
+    assert big.inputs["trainable_parameters"] == 41_943_040
+
+
+def test_qlora_base_is_nf4_and_checkpointing_cuts_activations():
+    lora = vram.estimate_training("llama-3.1-8b", "lora")
+    qlora = vram.estimate_training("llama-3.1-8b", "qlora")
+    assert qlora.weights < lora.weights / 2.5
+    ckpt = vram.estimate_training("llama-3.1-8b", "lora", gradient_checkpointing=True)
+    assert ckpt.activations < lora.activations / 3
+
+
+# ----------------------------------------------------------------------------- several GPUs, fitting
+
+
+def test_tensor_parallel_split():
+    est = vram.estimate_inference("llama-3.1-70b", context=8192)
+    two = vram.split_tensor_parallel(est, 2)
+    assert two.weights == est.weights / 2
+    assert two.kv_cache == est.kv_cache / 2
+    sixteen = vram.split_tensor_parallel(est, 16)  # only 8 KV heads: each GPU keeps one of them
+    assert sixteen.kv_cache == est.kv_cache / 8
+    assert vram.split_tensor_parallel(est, 1) is est
+    mla = vram.split_tensor_parallel(vram.estimate_inference("deepseek-v2-lite"), 4)
+    assert mla.kv_cache == vram.estimate_inference("deepseek-v2-lite").kv_cache  # one shared latent
+    assert vram.gpus_needed(est, 80) == 2
+
+
+def test_fits_numbers_gpu_names_and_this_machine():
+    est = vram.estimate_inference("llama-3.1-8b", "bf16", context=4096)
+    assert vram.fits(est, 24) and not vram.fits(est, 16)
+    assert vram.fits(est, "4090").where == "NVIDIA RTX 4090"
+    assert not vram.fits(est, "T4")
+    assert "does NOT fit" in str(vram.fits(est, "RTX 3060"))
+    assert isinstance(bool(vram.fits(est)), bool)
+    with pytest.raises(LabkitError, match="unknown GPU"):
+        vram.fits(est, "Voodoo 3")
+    with pytest.raises(LabkitError):
+        vram.fits(est, -8)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.one_of(st.integers(max_value=0), st.floats(max_value=0, allow_nan=False), st.just(float("nan")),
+                 st.floats(min_value=0.1, max_value=1000).filter(lambda x: not float(x).is_integer())))
+def test_bad_sizes_are_refused_with_a_clear_message(bad):
+    for kwargs in ({"context": bad}, {"batch": bad}):
+        with pytest.raises(LabkitError, match="context|batch"):
+            vram.estimate_inference("llama-3.2-1b", **kwargs)
+    with pytest.raises(LabkitError, match="seq_len"):
+        vram.estimate_training("llama-3.2-1b", seq_len=bad)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(min_value=1, max_value=1 << 20), st.integers(min_value=1, max_value=64))
+def test_estimates_grow_with_context_and_batch(context, batch):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one = vram.estimate_inference("qwen2.5-0.5b", context=context, batch=batch)
+        more = vram.estimate_inference("qwen2.5-0.5b", context=context + 1, batch=batch)
+    assert more.total >= one.total > one.weights > 0
+    assert math.isfinite(one.total)
+
+
+def test_unknown_names_list_what_is_accepted():
+    with pytest.raises(LabkitError, match="unknown dtype 'int3'.*Q4_K_M"):
+        vram.estimate_inference("llama-3.2-1b", "int3")
+    with pytest.raises(LabkitError, match="unknown runtime"):
+        vram.estimate_inference("llama-3.2-1b", runtime="vllm-ish")
+    with pytest.raises(LabkitError, match="unknown training method 'dpo'.*qlora"):
+        vram.estimate_training("llama-3.2-1b", "dpo")
+    with pytest.raises(LabkitError, match="unknown optimizer"):
+        vram.estimate_training("llama-3.2-1b", optimizer="lion")
+    with pytest.raises(LabkitError, match="unknown LoRA target module 'qkv'"):
+        vram.estimate_training("llama-3.2-1b", "lora", target_modules=["qkv"])
+    with pytest.raises(LabkitError, match="unknown KV-cache dtype"):
+        vram.estimate_inference("llama-3.2-1b", kv_dtype="int3")
+    with pytest.raises(LabkitError, match="unknown model config"):
+        vram.estimate_inference("llama-9-1t")
+    with pytest.raises(LabkitError, match="model_type"):
+        vram.estimate_inference({"hidden_size": 8})
+
+
+def test_gguf_types_belong_to_llama_cpp():
+    est = vram.estimate_inference("llama-3.1-8b", "Q4_K_M")  # the runtime follows the dtype
+    assert est.inputs["runtime"] == "llama.cpp"
+    with pytest.raises(LabkitError, match="GGUF"):
+        vram.estimate_inference("llama-3.1-8b", "Q4_K_M", runtime="transformers")
+    with pytest.raises(LabkitError, match="bitsandbytes"):
+        vram.estimate_inference("llama-3.1-8b", "nf4", runtime="llama.cpp")
+
+
+def test_context_beyond_the_model_maximum_warns_and_still_computes():
+    with pytest.warns(UserWarning, match="beyond the model's maximum context of 4,096"):
+        est = vram.estimate_inference("phi-3-mini", context=16384)
+    assert est.total > vram.estimate_inference("phi-3-mini", context=4000).total
+    assert est.notes
+
+
+def test_measure_refuses_up_front_when_the_estimate_does_not_fit():
+    with pytest.raises(LabkitError, match="does not fit the free memory"):
+        vram.measure_inference("llama-3.1-70b", "fp32", context=4096, device="cpu")
+    with pytest.raises(LabkitError, match="GGUF"):
+        vram.measure_inference("llama-3.2-1b", "Q4_K_M", device="cpu")
+
+
+@pytest.mark.slow
+def test_measure_inference_on_cpu_agrees_with_the_estimate():
+    measured = vram.measure_inference("smollm2-135m", "fp32", context=512, new_tokens=4, device="cpu")
+    est = vram.estimate_inference("smollm2-135m", "fp32", context=512, new_tokens=4, device="cpu")
+    assert measured.kind == "measured"
+    tensors = measured.weights + measured.kv_cache + measured.activations
+    assert tensors == pytest.approx(est.weights + est.kv_cache + est.activations, rel=0.05)
+    assert measured.total == pytest.approx(est.total, rel=0.3)  # the RSS overhead varies by machine
+    assert "measured" in est.table(measured)
+
+
+def test_repr_is_in_gib():
+    text = repr(vram.estimate_inference("llama-3.1-8b"))
+    assert "GiB" in text and "weights=14.96" in text
+
+
+# ----------------------------------------------------------------------------- widget and exercises
+
+
+def test_calculator_function_rows_and_html():
+    from labkit import vram_widget
+
+    calc = vram_widget.calculate("llama-3.1-8b", "bf16", context=4096)
+    names = [r.name for r in calc.rows]
+    assert names[:6] == ["T4", "RTX 3060", "RTX 4090", "A100 40GB", "A100 80GB", "H100 80GB"]
+    assert names[-1].startswith("yours")
+    assert [r.fits for r in calc.rows[:6]] == [False, False, True, True, True, True]
+    page = vram_widget.bars_html(calc)
+    assert "RTX 4090" in page and "❌" in page and "KV cache" in page
+    split = vram_widget.calculate("llama-3.1-70b", "bf16", context=4096, n_gpus=4)
+    assert "per GPU" in vram_widget.bars_html(split)
+    train = vram_widget.calculate("llama-3.1-8b", "Q4_K_M", method="qlora")
+    assert train.notes and train.estimate.optimizer_states > 0
+    with pytest.raises(LabkitError, match="unknown method"):
+        vram_widget.calculate(method="rlhf")
+
+
+def test_calculator_widget_updates_when_a_control_moves():
+    pytest.importorskip("ipywidgets")
+    from labkit import vram_widget
+
+    box = vram_widget.calculator()
+    before = box.output.value
+    box.controls["context"].value = 131072
+    assert box.output.value != before and "131072" not in before
+    box.controls["dtype"].value = "Q2_K"
+    assert "Q2_K" in box.output.value
+
+
+def test_plots_draw(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from labkit import vram_widget
+
+    fig = vram_widget.plot_breakdown({"a": vram.estimate_inference("llama-3.2-1b"),
+                                      "b": vram.estimate_training("llama-3.2-1b", "qlora")})
+    fig.savefig(tmp_path / "a.png")
+    fig = vram_widget.plot_context_sweep("qwen2.5-0.5b")
+    assert len(fig.axes[0].lines) == 4
+
+
+def test_exercises_pass_with_the_right_answer_and_fail_with_a_wrong_one():
+    p = 8_030_261_248
+    check("03.weights_gib", p * 2 / 2**30, parameters=p, dtype="bf16")
+    with pytest.raises(AssertionError, match="bytes per parameter"):
+        check("03.weights_gib", p * 2 / 1e9, parameters=p, dtype="bf16")
+    kv = 2 * 32 * 8 * 128 * 131072 * 2 / 2**30
+    check("03.kv_cache_gib", kv, layers=32, kv_heads=8, head_dim=128, tokens=131072, bytes_per_value=2)
+    with pytest.raises(AssertionError, match="KV heads"):
+        check("03.kv_cache_gib", kv * 4, layers=32, kv_heads=8, head_dim=128, tokens=131072, bytes_per_value=2)
+    n = vram.kv_equals_weights_tokens("qwen2.5-0.5b")
+    check("03.kv_equals_weights_tokens", n, model="qwen2.5-0.5b")
+    with pytest.raises(AssertionError):
+        check("03.kv_equals_weights_tokens", n * 2, model="qwen2.5-0.5b")
+    check("03.full_finetune_gib", p * 16 / 2**30, parameters=p)
+    with pytest.raises(AssertionError, match="16 bytes"):
+        check("03.full_finetune_gib", p * 2 / 2**30, parameters=p)
+    check("03.min_gpus", 2, model="llama-3.1-70b", dtype="bf16", context=8192, gb=80)
+    with pytest.raises(AssertionError, match="fewest"):
+        check("03.min_gpus", 1, model="llama-3.1-70b", dtype="bf16", context=8192, gb=80)
