@@ -672,7 +672,8 @@ def _layer_steps(a: Architecture, kind: str, T: int, batch: int, context: int, e
     kv = T * a.num_kv_heads * (a.head_dim + a.v_head_dim) * e
     deq = 0.0
     if dtype in ("nf4", "int4"):  # bitsandbytes de-quantizes each weight for a prefill matmul
-        deq = max(t.shape[0] * t.shape[1] for t in weight_tensors(a) if t.kind == "linear" and "mlp" in t.name) * e
+        deq = max((t.shape[0] * t.shape[1] for t in weight_tensors(a) if t.kind == "linear" and "mlp" in t.name),
+                  default=0) * e
     steps: dict[str, dict[str, float]] = {"input norm": {"float32 copies": _norm_transient(T, h, e)}}
 
     if a.is_mla:
@@ -743,7 +744,7 @@ def _layer_steps(a: Architecture, kind: str, T: int, batch: int, context: int, e
         if int8_outliers:
             # LLM.int8() multiplies the input columns holding an |x| >= 6 in 16 bits: it gathers
             # those columns of the int8 weight and de-quantizes them through two float32 temporaries
-            largest = max(t.shape[0] * t.shape[1] for t in weight_tensors(a) if t.kind == "linear")
+            largest = max((t.shape[0] * t.shape[1] for t in weight_tensors(a) if t.kind == "linear"), default=0)
             mlp["outlier columns de-quantized (LLM.int8())"] = int8_outliers * largest * 9
     else:
         # act(gate), up and their product (Phi-3: the fused gate_up output, act, product)
@@ -1253,6 +1254,12 @@ def _measure_cpu_in_child(model: Any, dtype: str, context: int, batch: int, new_
                            weights=weights, seed=seed))
     code = "import sys, labkit.vram as v; v._child_main(sys.argv[1])"
     env = dict(os.environ, TRANSFORMERS_VERBOSITY="error")
+    if weights == "bundled":
+        from .models import dense_cache_path
+
+        if not (dense_cache_path() / "model.safetensors").exists():  # convert the GGUF once, not while measuring
+            prepare = "from labkit.models import load_bundled_transformers as f; f()"
+            subprocess.run([sys.executable, "-c", prepare], check=True, env=env)
     done = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, env=env)
     for line in done.stdout.splitlines():
         if line.startswith("LABKIT_VRAM "):
