@@ -444,6 +444,15 @@ def markdown(raw: dict, rows: list[dict], skipped: list[dict], summary: dict) ->
     return "\n".join(lines) + "\n"
 
 
+def widget_timing(args) -> None:
+    from labkit import vram_widget
+
+    for settings in ({"model": "llama-3.1-8b"}, {"model": "mixtral-8x7b", "dtype": "Q4_K_M", "context": 131072},
+                     {"model": "llama-3.1-70b", "method": "qlora", "n_gpus": 4},
+                     {"model": "deepseek-v2-lite", "dtype": "nf4", "batch": 16}):
+        print(f"{vram_widget.time_update(**settings) * 1000:7.2f} ms  {settings}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -468,10 +477,12 @@ def main() -> None:
     pr.add_argument("--out", default=str(RESULTS))
     pr.add_argument("--budget-s", type=float, default=90)
     pr.add_argument("--cells", nargs="+", default=PROFILE_CELLS)
+    sub.add_parser("widget-timing", help="how long one update of the calculator widget takes (goal: < 50 ms)")
     r = sub.add_parser("report", help="compare the estimator with measurements")
     r.add_argument("--raw", default=str(RESULTS / "vram_accuracy_raw.json"))
     args = parser.parse_args()
-    {"measure": measure_cells, "sweep": sweep, "profile": profile, "report": report}[args.command](args)
+    {"measure": measure_cells, "sweep": sweep, "profile": profile, "report": report,
+     "widget-timing": widget_timing}[args.command](args)
 
 
 if __name__ == "__main__":

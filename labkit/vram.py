@@ -70,7 +70,8 @@ CUDA_CONTEXT_BYTES = 690 * MIB
 CUBLAS_WORKSPACE_BYTES = 32 * MIB  # allocated through PyTorch's allocator at the first matmul
 # LLM.int8() loads cuBLASLt's int8 kernels into the context; bitsandbytes 4-bit adds nothing measurable
 BNB_INT8_EXTRA_BYTES = 66 * MIB
-LLAMA_CPP_CUDA_CONTEXT_BYTES = 300 * MIB
+LLAMA_CPP_CUDA_CONTEXT_BYTES = 300 * MIB  # a CUDA context without PyTorch's kernels (not measured here)
+LLAMA_CPP_CPU_OVERHEAD_BYTES = 48 * MIB  # the process's growth beyond tensors with llama-cpp-python (2 cores)
 # A CPU process pays no CUDA context; what the resident set grows by beyond the tensors is the
 # allocator's and the thread pools' working memory: 0.17-0.28 GiB measured on a 2-core CPU machine
 # (torch 2.13) for models of 0.3-1.2 B parameters.
@@ -357,14 +358,21 @@ def weight_bytes(model: Any, dtype: str = "bf16", double_quant: bool = True, com
     - int4 / nf4 (bitsandbytes 4-bit): each nn.Linear at 4 bits + its block scales (see
       BNB_4BIT_BLOCK; double quantization stores them in 8 bits); the rest as for int8.
     - GGUF types (Q8_0 ... Q2_K): every tensor at the type's effective bits per weight (a K-quant
-      file mixes types per tensor; the effective figure is the whole file's average).
+      file mixes types per tensor; the effective figure is the whole file's average), except the
+      output matrix, which llama.cpp's quantizer keeps at Q6_K (Q8_0 when it is the tied embedding).
     """
     dtype = normalize_dtype(dtype)
     tensors = weight_tensors(model)
     total = sum(t.numel for t in tensors)
-    if dtype in FLOAT_DTYPES or dtype in GGUF_DTYPES:
-        return {"quantized": 0.0 if dtype in FLOAT_DTYPES else total * BITS_PER_WEIGHT[dtype] / 8,
-                "unquantized": total * BITS_PER_WEIGHT[dtype] / 8 if dtype in FLOAT_DTYPES else 0.0,
+    if dtype in FLOAT_DTYPES:
+        return {"quantized": 0.0, "unquantized": total * BITS_PER_WEIGHT[dtype] / 8, "scales": 0.0}
+    if dtype in GGUF_DTYPES:
+        out = next((t for t in tensors if t.kind == "lm_head"), None)
+        tied = out is None
+        out = out or next(t for t in tensors if t.kind == "embedding")
+        out_bits = max(BITS_PER_WEIGHT[dtype], BITS_PER_WEIGHT["Q8_0" if tied else "Q6_K"])
+        rest = total - out.numel
+        return {"quantized": (rest * BITS_PER_WEIGHT[dtype] + out.numel * out_bits) / 8, "unquantized": 0.0,
                 "scales": 0.0}
     keep = BITS_PER_WEIGHT[normalize_dtype(compute_dtype)] / 8
     linear = [t for t in tensors if t.kind == "linear"]
@@ -521,9 +529,9 @@ def estimate_inference(model: Any, dtype: str = "bf16", context: int = 4096, bat
     details = {f"weights: {k}": v for k, v in w.items() if v}
     if runtime == "llama.cpp":
         kv = kv_cache_bytes(a, tokens, batch, kv_dtype)
-        act = _llama_cpp_compute_buffer(a, tokens, batch)
+        act = _llama_cpp_compute_buffer(a, tokens, batch, device)
         details["activations: compute buffer"] = act
-        overhead = LLAMA_CPP_CUDA_CONTEXT_BYTES if device == "cuda" else CPU_OVERHEAD_BYTES
+        overhead = LLAMA_CPP_CUDA_CONTEXT_BYTES if device == "cuda" else LLAMA_CPP_CPU_OVERHEAD_BYTES
     else:
         attention = attention or a.attention
         kv = kv_cache_bytes(a, tokens, batch, kv_dtype)
@@ -761,12 +769,15 @@ def _layer_steps(a: Architecture, kind: str, T: int, batch: int, context: int, e
     return steps
 
 
-def _llama_cpp_compute_buffer(a: Architecture, tokens: int, batch: int) -> float:
-    """llama.cpp's compute buffer: sized for one micro-batch (512 tokens) of the graph, float32,
-    with flash attention (its default on GPU and CPU builds that support it)."""
+def _llama_cpp_compute_buffer(a: Architecture, tokens: int, batch: int, device: str) -> float:
+    """llama.cpp's compute buffer (approximate: llama.cpp sizes it from its graph): one micro-batch
+    of 512 tokens through a layer in float32, the attention scores of that micro-batch against the
+    whole context (a few float32 copies; on a GPU flash attention, llama.cpp's default there,
+    avoids them), and the logits it keeps. Checked on CPU only (tests/test_vram.py)."""
     ubatch = min(512, tokens) * batch
-    width = a.vocab_size + 4 * a.hidden_size + 3 * max(a.intermediate_size, a.expert_intermediate)
-    return ubatch * width * 4
+    width = 4 * a.hidden_size + 3 * max(a.intermediate_size, a.expert_intermediate * a.experts_per_token)
+    scores = ubatch * tokens * a.num_heads * 4 * 4 if device == "cpu" else 0
+    return ubatch * width * 4 + scores + batch * a.vocab_size * 4 * 2
 
 
 # ============================================================================ training

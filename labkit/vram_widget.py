@@ -179,6 +179,8 @@ def calculator(model: str = "llama-3.1-8b", dtype: str = "bf16", context: int = 
 
     from .models import list_configs
 
+    for name in list_configs():  # read every config once now, so that each update stays well under 50 ms
+        vram.architecture(name)
     dtypes = ["fp32", "fp16", "bf16", "int8", "nf4", *vram.GGUF_DTYPES]
     controls = {
         "model": w.Dropdown(options=list_configs(), value=model, description="model"),

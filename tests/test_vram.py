@@ -105,8 +105,13 @@ def test_quantized_weight_bytes_follow_bitsandbytes_storage():
     assert vram.weight_bytes("llama-3.1-8b", "nf4", double_quant=False)["scales"] == pytest.approx(lin / 64 * 4)
     int8 = vram.weight_bytes("llama-3.1-8b", "int8")
     assert int8 == {"quantized": lin, "unquantized": rest * 2, "scales": rows * 4}
+    # GGUF: the effective bits per weight, the output matrix at Q6_K (Q8_0 when tied to the embedding);
+    # the published Q4_K_M files of Llama 3.1 8B and Mistral 7B v0.3 are 4.92 GB and 4.37 GB
     q4 = vram.weight_bytes("llama-3.1-8b", "Q4_K_M")
-    assert sum(q4.values()) == pytest.approx(vram.parameter_count("llama-3.1-8b") * 4.84 / 8)
+    out = 128256 * 4096
+    assert sum(q4.values()) == pytest.approx(((vram.parameter_count("llama-3.1-8b") - out) * 4.84 + out * 6.56) / 8)
+    assert sum(q4.values()) == pytest.approx(4.92e9, rel=0.02)
+    assert sum(vram.weight_bytes("mistral-7b-v0.3", "Q4_K_M").values()) == pytest.approx(4.37e9, rel=0.02)
 
 
 def test_weights_match_what_the_h100_allocated():
@@ -359,6 +364,34 @@ def test_measure_refuses_up_front_when_the_estimate_does_not_fit():
         vram.measure_inference("llama-3.1-70b", "fp32", context=4096, device="cpu")
     with pytest.raises(LabkitError, match="GGUF"):
         vram.measure_inference("llama-3.2-1b", "Q4_K_M", device="cpu")
+
+
+LLAMA_CPP_RSS = """
+import re, sys
+rss = lambda k: int(re.search(k + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1)) * 1024
+import llama_cpp
+from labkit.models import bundled_gguf_path
+path = str(bundled_gguf_path())
+before = rss("VmRSS")
+llm = llama_cpp.Llama(model_path=path, n_ctx=int(sys.argv[1]), n_threads=2, verbose=False)
+llm.eval(list(range(3, int(sys.argv[1]) - 13)))
+print(rss("VmHWM") - before)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.llama
+def test_llama_cpp_estimate_matches_the_process_growth_on_cpu():
+    import subprocess
+    import sys
+
+    pytest.importorskip("llama_cpp")
+    for context in (1024, 4096):
+        done = subprocess.run([sys.executable, "-c", LLAMA_CPP_RSS, str(context)], capture_output=True, text=True,
+                              check=True)
+        grown = int(done.stdout.split()[-1])
+        est = vram.estimate_inference("gemma-3-270m", "Q4_K_M", context=context, device="cpu")
+        assert est.total == pytest.approx(grown, rel=0.1), (context, est)
 
 
 @pytest.mark.slow
