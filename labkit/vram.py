@@ -15,9 +15,9 @@ layer type; `measure_inference` runs the real thing and reports the same five nu
 print side by side. `estimate_training` does the same for full fine-tuning, LoRA and QLoRA;
 `split_tensor_parallel` and `fits` answer "which GPUs, and how many".
 
-The benchmark `benchmarks/vram_accuracy.py` measures the estimate's error on an H100 for real
-architectures (random weights) in bf16, int8 and nf4 from 512 to 32k tokens; its table is in
-notebook 03.
+The benchmark `benchmarks/vram_accuracy.py` measures the estimate's error on an H100 for ten real
+architectures (random weights) in bf16, fp16, int8 and nf4 from 512 to 32k tokens: within 0.7% for
+bf16/fp16 and 3.6% for the quantized formats (benchmarks/results/vram_accuracy.md, and notebook 03).
 """
 
 from __future__ import annotations
@@ -252,7 +252,7 @@ def _default_attention(model_type: str) -> str:
 
 
 @dataclass(frozen=True)
-class Tensor:
+class WeightTensor:
     """One weight tensor of the model, as the estimator sees it."""
 
     name: str  # e.g. "layers.mlp.gate_proj" (one entry stands for `count` identical tensors)
@@ -265,69 +265,70 @@ class Tensor:
         return math.prod(self.shape) * self.count
 
 
-def weight_tensors(model: Any) -> list[Tensor]:
+def weight_tensors(model: Any) -> list[WeightTensor]:
     """Every weight of the model grouped by kind, from the config alone (no model is built).
 
     The unit tests check these against the parameters transformers actually creates.
     """
     a = architecture(model)
+    W = WeightTensor
     h, inter, L = a.hidden_size, a.intermediate_size, a.num_layers
-    out: list[Tensor] = [Tensor("embed_tokens", (a.vocab_size, h), "embedding"), Tensor("norm", (h,), "norm")]
+    out: list[WeightTensor] = [W("embed_tokens", (a.vocab_size, h), "embedding"), W("norm", (h,), "norm")]
     if not a.tied_embeddings:
-        out.append(Tensor("lm_head", (a.vocab_size, h), "lm_head"))
+        out.append(W("lm_head", (a.vocab_size, h), "lm_head"))
     q_out, kv_out = a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
     if a.is_mla:
         q_width = a.num_heads * a.head_dim
         if a.q_lora_rank:
-            out += [Tensor("layers.self_attn.q_a_proj", (a.q_lora_rank, h), "linear", L),
-                    Tensor("layers.self_attn.q_a_layernorm", (a.q_lora_rank,), "norm", L),
-                    Tensor("layers.self_attn.q_b_proj", (q_width, a.q_lora_rank), "linear", L)]
+            out += [W("layers.self_attn.q_a_proj", (a.q_lora_rank, h), "linear", L),
+                    W("layers.self_attn.q_a_layernorm", (a.q_lora_rank,), "norm", L),
+                    W("layers.self_attn.q_b_proj", (q_width, a.q_lora_rank), "linear", L)]
         else:
-            out.append(Tensor("layers.self_attn.q_proj", (q_width, h), "linear", L))
+            out.append(W("layers.self_attn.q_proj", (q_width, h), "linear", L))
         out += [
-            Tensor("layers.self_attn.kv_a_proj_with_mqa", (a.kv_lora_rank + a.qk_rope_dim, h), "linear", L),
-            Tensor("layers.self_attn.kv_a_layernorm", (a.kv_lora_rank,), "norm", L),
-            Tensor("layers.self_attn.kv_b_proj", (a.num_heads * (a.qk_nope_dim + a.v_head_dim), a.kv_lora_rank), "linear", L),
-            Tensor("layers.self_attn.o_proj", (h, a.num_heads * a.v_head_dim), "linear", L),
+            W("layers.self_attn.kv_a_proj_with_mqa", (a.kv_lora_rank + a.qk_rope_dim, h), "linear", L),
+            W("layers.self_attn.kv_a_layernorm", (a.kv_lora_rank,), "norm", L),
+            W("layers.self_attn.kv_b_proj", (a.num_heads * (a.qk_nope_dim + a.v_head_dim), a.kv_lora_rank), "linear", L),
+            W("layers.self_attn.o_proj", (h, a.num_heads * a.v_head_dim), "linear", L),
         ]
     elif a.fused_projections:
-        out += [Tensor("layers.self_attn.qkv_proj", (q_out + 2 * kv_out, h), "linear", L),
-                Tensor("layers.self_attn.o_proj", (h, q_out), "linear", L)]
+        out += [W("layers.self_attn.qkv_proj", (q_out + 2 * kv_out, h), "linear", L),
+                W("layers.self_attn.o_proj", (h, q_out), "linear", L)]
     else:
-        out += [Tensor("layers.self_attn.q_proj", (q_out, h), "linear", L),
-                Tensor("layers.self_attn.k_proj", (kv_out, h), "linear", L),
-                Tensor("layers.self_attn.v_proj", (kv_out, h), "linear", L),
-                Tensor("layers.self_attn.o_proj", (h, q_out), "linear", L)]
+        out += [W("layers.self_attn.q_proj", (q_out, h), "linear", L),
+                W("layers.self_attn.k_proj", (kv_out, h), "linear", L),
+                W("layers.self_attn.v_proj", (kv_out, h), "linear", L),
+                W("layers.self_attn.o_proj", (h, q_out), "linear", L)]
     if a.qkv_bias or a.attention_bias:
-        out.append(Tensor("layers.self_attn.qkv_bias", (q_out + 2 * kv_out,), "bias", L))
+        out.append(W("layers.self_attn.qkv_bias", (q_out + 2 * kv_out,), "bias", L))
     if a.attention_bias:
-        out.append(Tensor("layers.self_attn.o_proj.bias", (h,), "bias", L))
+        out.append(W("layers.self_attn.o_proj.bias", (h,), "bias", L))
     if a.qk_norm:
-        out.append(Tensor("layers.self_attn.qk_norm", (2, a.head_dim), "norm", L))
-    out.append(Tensor("layers.norms", (a.norms_per_layer, h), "norm", L))
+        out.append(W("layers.self_attn.qk_norm", (2, a.head_dim), "norm", L))
+    out.append(W("layers.norms", (a.norms_per_layer, h), "norm", L))
 
     kinds = a.layer_kinds()
     dense, moe = kinds.count("dense"), kinds.count("moe")
     if dense:
         if a.fused_projections:
-            out += [Tensor("layers.mlp.gate_up_proj", (2 * inter, h), "linear", dense),
-                    Tensor("layers.mlp.down_proj", (h, inter), "linear", dense)]
+            out += [W("layers.mlp.gate_up_proj", (2 * inter, h), "linear", dense),
+                    W("layers.mlp.down_proj", (h, inter), "linear", dense)]
         else:
-            out += [Tensor("layers.mlp.gate_proj", (inter, h), "linear", dense),
-                    Tensor("layers.mlp.up_proj", (inter, h), "linear", dense),
-                    Tensor("layers.mlp.down_proj", (h, inter), "linear", dense)]
+            out += [W("layers.mlp.gate_proj", (inter, h), "linear", dense),
+                    W("layers.mlp.up_proj", (inter, h), "linear", dense),
+                    W("layers.mlp.down_proj", (h, inter), "linear", dense)]
         if a.mlp_bias:
-            out.append(Tensor("layers.mlp.bias", (2 * inter + h,), "bias", dense))
+            out.append(W("layers.mlp.bias", (2 * inter + h,), "bias", dense))
     if moe:
         e, ei = a.num_experts, a.expert_intermediate
-        out += [Tensor("layers.mlp.gate", (e, h), "router", moe),
-                Tensor("layers.mlp.experts.gate_up_proj", (e, 2 * ei, h), "experts", moe),
-                Tensor("layers.mlp.experts.down_proj", (e, h, ei), "experts", moe)]
+        out += [W("layers.mlp.gate", (e, h), "router", moe),
+                W("layers.mlp.experts.gate_up_proj", (e, 2 * ei, h), "experts", moe),
+                W("layers.mlp.experts.down_proj", (e, h, ei), "experts", moe)]
         if a.shared_expert_intermediate:
             si = a.shared_expert_intermediate
-            out += [Tensor("layers.mlp.shared_experts.gate_proj", (si, h), "linear", moe),
-                    Tensor("layers.mlp.shared_experts.up_proj", (si, h), "linear", moe),
-                    Tensor("layers.mlp.shared_experts.down_proj", (h, si), "linear", moe)]
+            out += [W("layers.mlp.shared_experts.gate_proj", (si, h), "linear", moe),
+                    W("layers.mlp.shared_experts.up_proj", (si, h), "linear", moe),
+                    W("layers.mlp.shared_experts.down_proj", (h, si), "linear", moe)]
     return out
 
 
@@ -852,7 +853,7 @@ ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj")
 MLP_MODULES = ("gate_proj", "up_proj", "down_proj", "gate_up_proj")
 
 
-def _lora_targets(a: Architecture, target_modules: str | tuple[str, ...] | list[str]) -> list[Tensor]:
+def _lora_targets(a: Architecture, target_modules: str | tuple[str, ...] | list[str]) -> list[WeightTensor]:
     linear = [t for t in weight_tensors(a) if t.kind == "linear"]
     names = {t.name.split(".")[-1] for t in linear}
     if target_modules == "all-linear":
@@ -1218,12 +1219,12 @@ def _measure_here(model: Any, dtype: str, context: int, batch: int, new_tokens: 
     if device == "cuda":
         torch.cuda.empty_cache()
         base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
     else:
         base = _rss_bytes()
     net = load_for_measurement(model, dtype, device, weights)
     if device == "cuda":
         weights_bytes = float(torch.cuda.memory_allocated() - base)
+        torch.cuda.reset_peak_memory_stats()  # the peak of generating, not of loading
     else:
         weights_bytes = float(sum(t.numel() * t.element_size() for t in [*net.parameters(), *net.buffers()]))
         loaded = _rss_bytes()
