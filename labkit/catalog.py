@@ -293,74 +293,32 @@ def count_parameters(config: str | dict | Any) -> ParameterCount:
     """Exact parameter count of a decoder-only model from its config, without building it.
 
     Supported architectures: llama, mistral, qwen2, gemma2, gemma3_text, phi3, mixtral, deepseek_v2.
+    The tensors come from `labkit.vram.weight_tensors` (the same list the memory estimate prices);
+    this groups them the way model cards talk about them.
     """
-    raw, cfg = _resolve(config)
-    mt = cfg.model_type
-    V, H, L = cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers
-    n_heads, n_kv, hd = cfg.num_attention_heads, _kv_heads(cfg), _head_dim(cfg)
-    tied = bool(getattr(cfg, "tie_word_embeddings", False))
+    from .vram import architecture, weight_tensors
 
-    embedding = V * H
-    lm_head = 0 if tied else V * H
-
-    # --- attention, per layer
-    if mt == "deepseek_v2":
-        qk_head = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim
-        bias = bool(getattr(cfg, "attention_bias", False))
-        if cfg.q_lora_rank is None:
-            q = H * n_heads * qk_head
-        else:  # low-rank query: down-projection, norm, up-projection
-            q = H * cfg.q_lora_rank + bias * cfg.q_lora_rank + cfg.q_lora_rank + cfg.q_lora_rank * n_heads * qk_head
-        kv_down = H * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) + bias * (cfg.kv_lora_rank + cfg.qk_rope_head_dim)
-        kv_norm = cfg.kv_lora_rank
-        kv_up = cfg.kv_lora_rank * n_heads * (cfg.qk_nope_head_dim + cfg.v_head_dim)
-        out = n_heads * cfg.v_head_dim * H + bias * H
-        attention_layer = q + kv_down + kv_norm + kv_up + out
-    else:
-        q_dim, kv_dim = n_heads * hd, n_kv * hd
-        attention_layer = H * (q_dim + 2 * kv_dim) + q_dim * H  # q, k, v, o (phi3 fuses q, k, v: same count)
-        if mt == "qwen2":  # q, k and v have biases; o does not
-            attention_layer += q_dim + 2 * kv_dim
-        elif getattr(cfg, "attention_bias", False) and mt in ("llama", "gemma2", "gemma3_text"):
-            attention_layer += q_dim + 2 * kv_dim + H
-        if mt == "gemma3_text":  # RMS norms on queries and keys
-            attention_layer += 2 * hd
-
-    # --- norms, per layer (+ the final one)
-    norms_layer = 4 * H if mt in ("gemma2", "gemma3_text") else 2 * H
-
-    # --- feed-forward
-    def glu(hidden: int, inner: int, bias: bool = False) -> int:  # gate, up, down
-        return 3 * hidden * inner + (2 * inner + hidden if bias else 0)
-
-    mlp = experts = shared = router = 0
+    _, cfg = _resolve(config)  # validates the fields and names what is missing
+    arch = architecture(cfg)
+    parts = dict.fromkeys(("embedding", "lm_head", "attention", "mlp", "experts", "shared_experts", "router",
+                           "norms"), 0)
     inactive = 0
-    if mt == "mixtral":
-        E, k = cfg.num_local_experts, cfg.num_experts_per_tok
-        expert = glu(H, cfg.intermediate_size)
-        experts = L * E * expert
-        router = L * E * H
-        inactive = L * (E - k) * expert
-    elif mt == "deepseek_v2":
-        E, k = cfg.n_routed_experts, cfg.num_experts_per_tok
-        dense_layers = min(getattr(cfg, "first_k_dense_replace", 0) or 0, L)
-        moe_layers = L - dense_layers
-        expert = glu(H, cfg.moe_intermediate_size)
-        mlp = dense_layers * glu(H, cfg.intermediate_size)
-        experts = moe_layers * E * expert
-        n_shared = getattr(cfg, "n_shared_experts", 0) or 0
-        shared = moe_layers * (glu(H, cfg.moe_intermediate_size * n_shared) if n_shared else 0)
-        router = moe_layers * E * H
-        inactive = moe_layers * (E - k) * expert
-    else:
-        mlp = L * glu(H, cfg.intermediate_size, bias=bool(getattr(cfg, "mlp_bias", False)) and mt == "llama")
-
-    attention = L * attention_layer
-    norms = L * norms_layer + H
-    total = embedding + lm_head + attention + mlp + experts + shared + router + norms
-    return ParameterCount(total=total, active=total - inactive, embedding=embedding, lm_head=lm_head,
-                          attention=attention, mlp=mlp, experts=experts, shared_experts=shared,
-                          router=router, norms=norms)
+    for t in weight_tensors(arch):
+        if t.kind in ("embedding", "lm_head", "experts", "router"):
+            part = t.kind
+        elif t.name.startswith("layers.self_attn."):  # incl. the norms inside attention (Gemma 3, DeepSeek)
+            part = "attention"
+        elif t.name.startswith("layers.mlp.shared_experts."):
+            part = "shared_experts"
+        elif t.name.startswith("layers.mlp."):
+            part = "mlp"
+        else:
+            part = "norms"
+        parts[part] += t.numel
+        if t.kind == "experts":  # the router picks experts_per_token of num_experts in each layer
+            inactive += t.numel * (arch.num_experts - arch.experts_per_token) // arch.num_experts
+    total = sum(parts.values())
+    return ParameterCount(total=total, active=total - inactive, **parts)
 
 
 def count_built_parameters(config: str | dict | Any) -> int:
@@ -383,31 +341,21 @@ def kv_cache_bytes_per_token(config: str | dict | Any, dtype: str = "bf16") -> i
     `2 × layers × kv_heads × head_dim × bytes`. DeepSeek's latent attention (MLA) stores one
     compressed vector per layer instead: `layers × (kv_lora_rank + qk_rope_head_dim) × bytes`.
     Sliding-window layers stop growing at their window; `kv_cache_bytes` accounts for that.
+    (The arithmetic lives in `labkit.vram.kv_cache_bytes_per_token`, which splits it by layer type.)
     """
+    from . import vram
+
     _, cfg = _resolve(config)
-    size = bytes_per_weight(dtype)
-    if cfg.model_type == "deepseek_v2":
-        return int(cfg.num_hidden_layers * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * size)
-    return int(2 * cfg.num_hidden_layers * _kv_heads(cfg) * _head_dim(cfg) * size)
-
-
-def _layer_windows(cfg) -> list[int | None]:
-    """The attention window of each layer (None: the layer sees the whole context)."""
-    L, window = cfg.num_hidden_layers, getattr(cfg, "sliding_window", None)
-    types = getattr(cfg, "layer_types", None)
-    if types:
-        return [window if t == "sliding_attention" else None for t in types]
-    if window and getattr(cfg, "use_sliding_window", True) is not False:
-        return [window] * L
-    return [None] * L
+    return int(sum(vram.kv_cache_bytes_per_token(cfg, normalize_dtype(dtype)).values()))
 
 
 def kv_cache_bytes(config: str | dict | Any, tokens: int, dtype: str = "bf16") -> int:
     """KV cache bytes for one sequence of `tokens` tokens, with sliding-window layers capped at their window."""
+    from . import vram
+
     require_positive("tokens", tokens)
     _, cfg = _resolve(config)
-    per_layer = kv_cache_bytes_per_token(cfg, dtype) / cfg.num_hidden_layers
-    return int(sum(per_layer * (min(tokens, w) if w else tokens) for w in _layer_windows(cfg)))
+    return int(vram.kv_cache_bytes(cfg, tokens, 1, normalize_dtype(dtype)))
 
 
 def _rope(raw: dict | None, cfg) -> tuple[float | None, str | None]:
@@ -427,6 +375,8 @@ def _rope(raw: dict | None, cfg) -> tuple[float | None, str | None]:
 def architecture_summary(config: str | dict | Any) -> dict:
     """What sets an architecture apart, read off its config: attention kind and GQA ratio, head size,
     RoPE base and scaling, sliding window, experts, vocabulary, context, exact parameter counts."""
+    from . import vram
+
     raw, cfg = _resolve(config)
     n_heads, n_kv = cfg.num_attention_heads, _kv_heads(cfg)
     if cfg.model_type == "deepseek_v2":
@@ -437,8 +387,7 @@ def architecture_summary(config: str | dict | Any) -> dict:
         attention = "MQA"
     else:
         attention = "GQA"
-    windows = _layer_windows(cfg)
-    sliding = [w for w in windows if w]
+    arch = vram.architecture(cfg)
     theta, scaling = _rope(raw, cfg)
     counts = count_parameters(cfg)
     experts = getattr(cfg, "num_local_experts", None) or getattr(cfg, "n_routed_experts", None)
@@ -456,8 +405,8 @@ def architecture_summary(config: str | dict | Any) -> dict:
         "context": cfg.max_position_embeddings,
         "rope_theta": theta,
         "rope_scaling": scaling,
-        "sliding_window": sliding[0] if sliding else None,
-        "sliding_layers": len(sliding),
+        "sliding_window": arch.sliding_window,
+        "sliding_layers": arch.layer_types.count("sliding") if arch.sliding_window else 0,
         "experts": experts,
         "experts_per_token": getattr(cfg, "num_experts_per_tok", None) if experts else None,
         "shared_experts": getattr(cfg, "n_shared_experts", None) if experts else None,

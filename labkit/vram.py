@@ -299,7 +299,9 @@ def weight_tensors(model: Any) -> list[WeightTensor]:
                 W("layers.self_attn.k_proj", (kv_out, h), "linear", L),
                 W("layers.self_attn.v_proj", (kv_out, h), "linear", L),
                 W("layers.self_attn.o_proj", (h, q_out), "linear", L)]
-    if a.qkv_bias or a.attention_bias:
+    if a.is_mla and a.attention_bias:  # biases on the down-projections (q_a only when the query is low-rank)
+        out.append(W("layers.self_attn.a_proj_bias", (a.q_lora_rank + a.kv_lora_rank + a.qk_rope_dim,), "bias", L))
+    elif a.qkv_bias or a.attention_bias:
         out.append(W("layers.self_attn.qkv_bias", (q_out + 2 * kv_out,), "bias", L))
     if a.attention_bias:
         out.append(W("layers.self_attn.o_proj.bias", (h,), "bias", L))
