@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from importlib.resources import files
 from pathlib import Path
 
 from platformdirs import user_cache_dir
@@ -17,7 +16,8 @@ def datasets_dir() -> Path:
     checkout = Path(__file__).resolve().parent.parent / "datasets"
     if checkout.is_dir():
         return checkout
-    return Path(str(files("labkit.datasets")))
+    # installed from a wheel: pyproject maps the checkout's datasets/ to the package labkit.datasets
+    return Path(__file__).resolve().parent / "datasets"
 
 
 def cache_dir() -> Path:

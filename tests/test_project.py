@@ -1,7 +1,10 @@
 """The project's own files stay honest: set-up files agree, notebooks follow the convention."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -78,3 +81,22 @@ def test_notebook_is_stripped_and_follows_the_convention(path):
 def test_readme_has_a_colab_badge_per_notebook(path):
     readme = (ROOT / "README.md").read_text()
     assert f"notebooks/{path.name}" in readme and "colab-badge.svg" in readme
+
+
+def test_an_installed_wheel_finds_its_datasets(tmp_path):
+    """`pip install` from the repo (not editable) must ship the configs and the catalog."""
+    wheel_dir, site = tmp_path / "wheel", tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheel_dir), str(ROOT)],
+                   check=True, cwd=tmp_path)
+    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site),
+                    *map(str, wheel_dir.glob("labkit-*.whl"))], check=True)
+    code = ("import labkit, labkit.catalog as c; from labkit.models import list_configs; "
+            f"assert labkit.__file__.startswith({str(site)!r}), labkit.__file__; "
+            "print(len(list_configs()), len(c.load_catalog()))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(site)},
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    configs, entries = map(int, out.stdout.split())
+    assert configs == len(list((ROOT / "datasets" / "configs").glob("*.json"))) - 1  # all but index.json
+    assert entries == len(yaml.safe_load((ROOT / "datasets" / "catalog.yaml").read_text())["models"])
