@@ -43,11 +43,13 @@ class ModelReport:
     random_weights: bool
     location: str | None = None
     load_seconds: float = 0.0
+    device: str | None = None  # where it runs, when the loader decides it (llama.cpp: CPU or offloaded layers)
 
     def __str__(self) -> str:
         weights = "RANDOM weights (memory/speed only, not quality)" if self.random_weights else "real weights"
+        where = f" on {self.device}" if self.device else ""
         return (
-            f"{self.name} via {self.runtime} [{self.source}] | {self.parameters / 1e6:,.1f} M parameters | "
+            f"{self.name} via {self.runtime}{where} [{self.source}] | {self.parameters / 1e6:,.1f} M parameters | "
             f"{self.dtype} | {self.bytes / 2**20:,.1f} MiB | {weights} | licence: {self.licence} | "
             f"loaded in {self.load_seconds:.1f} s"
         )
@@ -105,9 +107,27 @@ def bundled_gguf_path() -> Path:
     return path
 
 
+def llama_cpp_gpu_offload() -> bool:
+    """Whether the installed llama-cpp-python was built with a GPU backend (CUDA, Metal, ...).
+
+    The wheel `pip` compiles by default is CPU-only; on an NVIDIA GPU rebuild it with
+    `CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python`.
+    """
+    try:
+        import llama_cpp
+    except ImportError:
+        return False
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
 def load_llama_cpp(path: str | Path | None = None, n_ctx: int = 2048, n_threads: int | None = None,
-                   seed: int = 0, verbose: bool = False) -> LoadedModel:
-    """Load a GGUF (the bundled model by default) into llama.cpp through llama-cpp-python."""
+                   seed: int = 0, verbose: bool = False, n_gpu_layers: int | None = None,
+                   flash_attn: bool = False) -> LoadedModel:
+    """Load a GGUF (the bundled model by default) into llama.cpp through llama-cpp-python.
+
+    `n_gpu_layers`: how many layers to offload to the GPU (-1: all). By default all of them when this
+    llama-cpp-python build has a GPU backend (`llama_cpp_gpu_offload()`), else none.
+    """
     try:
         from llama_cpp import Llama
     except ImportError as err:
@@ -115,9 +135,19 @@ def load_llama_cpp(path: str | Path | None = None, n_ctx: int = 2048, n_threads:
     import os
 
     gguf = validate_gguf(path) if path is not None else bundled_gguf_path()
+    offload = llama_cpp_gpu_offload()
+    if n_gpu_layers is None:
+        n_gpu_layers = -1 if offload else 0
+    if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int) or n_gpu_layers < -1:
+        raise LabkitError(f"n_gpu_layers must be -1 (all layers), 0 (CPU only) or a positive layer count, "
+                          f"got {n_gpu_layers!r}")
+    if n_gpu_layers and not offload:
+        warnings.warn("this llama-cpp-python build has no GPU backend, so n_gpu_layers is ignored and the model "
+                      "runs on the CPU. Rebuild it for an NVIDIA GPU with: CMAKE_ARGS=\"-DGGML_CUDA=on\" "
+                      "pip install --force-reinstall --no-cache-dir llama-cpp-python", stacklevel=2)
     start = time.perf_counter()
     llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(), seed=seed,
-                verbose=verbose)
+                verbose=verbose, n_gpu_layers=n_gpu_layers if offload else 0, flash_attn=flash_attn)
     elapsed = time.perf_counter() - start
     name = BUNDLED if path is None else gguf.stem
     report = ModelReport(
@@ -126,6 +156,8 @@ def load_llama_cpp(path: str | Path | None = None, n_ctx: int = 2048, n_threads:
         dtype=_gguf_type_name(gguf), bytes=gguf.stat().st_size,
         licence=BUNDLED_LICENCE if path is None else "see the model card", random_weights=False,
         location=str(gguf), load_seconds=elapsed,
+        device=("GPU (all layers)" if n_gpu_layers == -1 else f"GPU ({n_gpu_layers} layers)") if offload and n_gpu_layers
+        else "cpu",
     )
     return LoadedModel(llm, None, report)
 

@@ -444,7 +444,7 @@ class LlamaServer:
     def __init__(self, model_path: str | Path | None = None, port: int | None = None, host: str = "127.0.0.1",
                  api_key: str | None = None, n_ctx: int = 2048, n_threads: int | None = None,
                  model_alias: str | None = None, chat_format: str | None = "gemma",
-                 startup_timeout_s: float = 60.0, extra_args: Iterable[str] = ()):
+                 startup_timeout_s: float = 60.0, extra_args: Iterable[str] = (), n_gpu_layers: int | None = None):
         if host not in LOOPBACK_HOSTS:
             raise LabkitError(f"host {host!r} would expose the server to the network. Accepted: "
                               f"{', '.join(LOOPBACK_HOSTS)}.")
@@ -459,6 +459,7 @@ class LlamaServer:
         self.chat_format = chat_format
         self.startup_timeout_s = startup_timeout_s
         self.extra_args = list(extra_args)
+        self.n_gpu_layers = n_gpu_layers  # None: all layers when llama-cpp-python has a GPU backend, else 0
         self.process: subprocess.Popen | None = None
         self.log_path: Path | None = None
         self.startup_s = 0.0
@@ -488,7 +489,7 @@ class LlamaServer:
         except ImportError as err:
             raise MissingPackageError("llama-cpp-python[server]", "The local OpenAI-compatible server",
                                       extra="llama") from err
-        from .models import BUNDLED, bundled_gguf_path, validate_gguf
+        from .models import BUNDLED, bundled_gguf_path, llama_cpp_gpu_offload, validate_gguf
 
         path = bundled_gguf_path() if self.model_path is None else validate_gguf(self.model_path)
         self.model = self.model or (BUNDLED if self.model_path is None else path.stem)
@@ -499,7 +500,9 @@ class LlamaServer:
                               "server you started earlier). Pick another port, or pass port=None for a free one.")
         cmd = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), "--model", str(path), "--host", self.host,
                "--port", str(self.port), "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads),
-               "--model_alias", self.model, *self.extra_args]
+               "--model_alias", self.model, "--n_gpu_layers",
+               str(self.n_gpu_layers if self.n_gpu_layers is not None else -1 if llama_cpp_gpu_offload() else 0),
+               *self.extra_args]
         if self.chat_format:
             cmd += ["--chat_format", self.chat_format]
         env = dict(os.environ, HOST=self.host, PORT=str(self.port))  # the server reads these over its flags

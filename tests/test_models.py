@@ -111,3 +111,18 @@ def test_bundled_model_in_llama_cpp_agrees_on_size(bundled_llama, bundled_dense)
     assert bundled_llama.report.parameters == bundled_dense.report.parameters
     out = bundled_llama.model("The capital of France is", max_tokens=8, temperature=0)
     assert out["usage"]["completion_tokens"] > 0 and out["choices"][0]["text"].strip()
+
+
+def test_llama_cpp_offload_follows_the_build(bundled_llama):
+    from labkit.models import llama_cpp_gpu_offload, load_llama_cpp
+
+    offload = llama_cpp_gpu_offload()
+    assert (bundled_llama.report.device == "cpu") == (not offload)
+    assert ("on cpu" in str(bundled_llama.report)) == (not offload)
+    for bad in (-2, 1.5, True, "all"):
+        with pytest.raises(LabkitError, match="n_gpu_layers"):
+            load_llama_cpp(n_ctx=256, n_gpu_layers=bad)
+    if not offload:  # asking a CPU-only build for the GPU says how to rebuild, and still runs
+        with pytest.warns(UserWarning, match="GGML_CUDA=on"):
+            loaded = load_llama_cpp(n_ctx=256, n_gpu_layers=-1)
+        assert loaded.report.device == "cpu"
