@@ -374,7 +374,7 @@ def plot_runtimes(results: Sequence[BenchResult], title: str = "One model, sever
     if not results:
         raise LabkitError("plot_runtimes needs at least one BenchResult")
     names = [r.runtime for r in results]
-    fig, (ax_ttft, ax_tps) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_ttft, ax_tps) = plt.subplots(1, 2, figsize=(max(11, 1.7 * len(results)), 4.6))
     ax_ttft.bar(names, [r.ttft_s * 1000 for r in results], color="#8da0cb")
     ax_ttft.set_ylabel("time to first token (ms)")
     ax_ttft.set_title("Latency: time to first token")
@@ -392,9 +392,11 @@ def plot_runtimes(results: Sequence[BenchResult], title: str = "One model, sever
                         va="bottom", fontsize=9)
     ax_tps.set_ylabel("decode tokens / s")
     ax_tps.set_title("Throughput vs the memory-bandwidth roofline")
-    ax_tps.legend(loc="upper right", fontsize=8)
+    top = max([r.decode_tokens_per_s for r in results] + [r.roofline_tokens_per_s or 0 for r in results])
+    ax_tps.set_ylim(0, top * 1.25)  # room for the legend above the highest roofline
+    ax_tps.legend(loc="upper left", fontsize=8)
     for ax in (ax_ttft, ax_tps):
-        ax.tick_params(axis="x", labelrotation=15)
+        plt.setp(ax.get_xticklabels(), rotation=30 if len(results) > 3 else 15, ha="right", rotation_mode="anchor")
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -436,6 +438,22 @@ def committed_gpu_results(results: dict | None = None) -> list[BenchResult]:
             bytes_per_token=bpt, bandwidth_bytes_per_s=roof * bpt,
             note=f"{results.get('gpu', 'GPU')}, {results['model']} (random weights, {results['dtype']})"))
     return rows
+
+
+def committed_llama_cpp_gpu_results(results: dict | None = None, flash_attn: bool = True) -> list[BenchResult]:
+    """The committed llama.cpp-on-CUDA benchmark (benchmarks/results/llama_cpp_cuda.json): the same
+    Llama 3.1 8B architecture as `committed_gpu_results`, as GGUF F16 / Q8_0 / Q4_K_M files, or []."""
+    results = results if results is not None else load_benchmark_results("llama_cpp_cuda")
+    if not results:
+        return []
+    bandwidth = results["bandwidth_gbps"] * 1e9
+    return [BenchResult(runtime=f"llama.cpp CUDA {r['gguf_type']}", runs=results["runs"],
+                        prompt_tokens=r["prompt_tokens"], new_tokens=results["new_tokens"], ttft_s=r["ttft_ms"] / 1000,
+                        decode_tokens_per_s=r["decode_tokens_per_s"], prompt_tokens_per_s=r["prompt_tokens_per_s"],
+                        bytes_per_token=r["bytes_per_token"], bandwidth_bytes_per_s=bandwidth,
+                        note=f"{results.get('gpu', 'GPU')}, llama-3.1-8b architecture (random weights) as GGUF "
+                             f"{r['gguf_type']}, flash attention {'on' if r['flash_attn'] else 'off'}")
+            for r in results.get("results", []) if r["flash_attn"] == flash_attn]
 
 
 def roofline_explorer(devices: dict[str, float] | None = None):

@@ -309,3 +309,20 @@ def test_committed_gpu_results_are_complete():
         assert v["ttft_s"] > 0 and len(v["runs"]) >= 3
     faster = max(v["percent_of_roofline_measured_bw"] for name, v in variants.items() if name != "plain")
     assert faster >= 50 > variants["plain"]["percent_of_roofline_measured_bw"]
+
+
+def test_committed_llama_cpp_gpu_results():
+    fake = {"bandwidth_gbps": 1000.0, "runs": 5, "new_tokens": 128, "gpu": "G",
+            "results": [{"gguf_type": t, "flash_attn": fa, "prompt_tokens": 90, "ttft_ms": 20.0,
+                         "decode_tokens_per_s": tps, "prompt_tokens_per_s": 5000.0, "bytes_per_token": b}
+                        for t, b, tps in (("F16", 10e9, 70.0), ("Q4_K_M", 2.5e9, 200.0)) for fa in (False, True)]}
+    rows = bench.committed_llama_cpp_gpu_results(fake)
+    assert [r.runtime for r in rows] == ["llama.cpp CUDA F16", "llama.cpp CUDA Q4_K_M"]
+    assert [r.percent_of_roofline for r in rows] == pytest.approx([70, 50])
+    assert all("flash attention on" in r.note for r in rows)
+    assert len(bench.committed_llama_cpp_gpu_results(fake, flash_attn=False)) == 2
+    assert bench.committed_llama_cpp_gpu_results({}) == []
+    committed = bench.committed_llama_cpp_gpu_results()  # the real file, when this checkout has it
+    if committed:
+        f16 = next(r for r in committed if r.runtime.endswith("F16"))
+        assert f16.bytes_per_token > 14e9 and 0 < f16.percent_of_roofline < 100
