@@ -120,6 +120,30 @@ def llama_cpp_gpu_offload() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
+def check_n_gpu_layers(n_gpu_layers: int | None) -> int | None:
+    """Validate a layer count for llama.cpp: None (decide from the build), -1 (all), 0 (CPU) or a count."""
+    if n_gpu_layers is not None and (isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int)
+                                     or n_gpu_layers < -1):
+        raise LabkitError(f"n_gpu_layers must be -1 (all layers), 0 (CPU only), a positive layer count or None "
+                          f"(all when llama-cpp-python has a GPU backend), got {n_gpu_layers!r}")
+    return n_gpu_layers
+
+
+def resolve_n_gpu_layers(n_gpu_layers: int | None) -> int:
+    """What llama.cpp will actually offload: None means all layers when the build has a GPU backend;
+    a GPU request on a CPU-only build warns (with the rebuild command) and gives 0."""
+    check_n_gpu_layers(n_gpu_layers)
+    offload = llama_cpp_gpu_offload()
+    if n_gpu_layers is None:
+        return -1 if offload else 0
+    if n_gpu_layers and not offload:
+        warnings.warn("this llama-cpp-python build has no GPU backend, so n_gpu_layers is ignored and the model "
+                      "runs on the CPU. Rebuild it for an NVIDIA GPU with: CMAKE_ARGS=\"-DGGML_CUDA=on\" "
+                      "pip install --force-reinstall --no-cache-dir llama-cpp-python", stacklevel=3)
+        return 0
+    return n_gpu_layers
+
+
 def load_llama_cpp(path: str | Path | None = None, n_ctx: int = 2048, n_threads: int | None = None,
                    seed: int = 0, verbose: bool = False, n_gpu_layers: int | None = None,
                    flash_attn: bool = False) -> LoadedModel:
@@ -135,19 +159,10 @@ def load_llama_cpp(path: str | Path | None = None, n_ctx: int = 2048, n_threads:
     import os
 
     gguf = validate_gguf(path) if path is not None else bundled_gguf_path()
-    offload = llama_cpp_gpu_offload()
-    if n_gpu_layers is None:
-        n_gpu_layers = -1 if offload else 0
-    if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int) or n_gpu_layers < -1:
-        raise LabkitError(f"n_gpu_layers must be -1 (all layers), 0 (CPU only) or a positive layer count, "
-                          f"got {n_gpu_layers!r}")
-    if n_gpu_layers and not offload:
-        warnings.warn("this llama-cpp-python build has no GPU backend, so n_gpu_layers is ignored and the model "
-                      "runs on the CPU. Rebuild it for an NVIDIA GPU with: CMAKE_ARGS=\"-DGGML_CUDA=on\" "
-                      "pip install --force-reinstall --no-cache-dir llama-cpp-python", stacklevel=2)
+    n_gpu_layers = resolve_n_gpu_layers(n_gpu_layers)
     start = time.perf_counter()
     llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(), seed=seed,
-                verbose=verbose, n_gpu_layers=n_gpu_layers if offload else 0, flash_attn=flash_attn)
+                verbose=verbose, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn)
     elapsed = time.perf_counter() - start
     name = BUNDLED if path is None else gguf.stem
     report = ModelReport(
@@ -156,8 +171,7 @@ def load_llama_cpp(path: str | Path | None = None, n_ctx: int = 2048, n_threads:
         dtype=_gguf_type_name(gguf), bytes=gguf.stat().st_size,
         licence=BUNDLED_LICENCE if path is None else "see the model card", random_weights=False,
         location=str(gguf), load_seconds=elapsed,
-        device=("GPU (all layers)" if n_gpu_layers == -1 else f"GPU ({n_gpu_layers} layers)") if offload and n_gpu_layers
-        else "cpu",
+        device="cpu" if n_gpu_layers == 0 else "GPU (all layers)" if n_gpu_layers == -1 else f"GPU ({n_gpu_layers} layers)",
     )
     return LoadedModel(llm, None, report)
 

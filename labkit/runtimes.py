@@ -459,7 +459,9 @@ class LlamaServer:
         self.chat_format = chat_format
         self.startup_timeout_s = startup_timeout_s
         self.extra_args = list(extra_args)
-        self.n_gpu_layers = n_gpu_layers  # None: all layers when llama-cpp-python has a GPU backend, else 0
+        from .models import check_n_gpu_layers
+
+        self.n_gpu_layers = check_n_gpu_layers(n_gpu_layers)  # None: all layers when the build can offload
         self.process: subprocess.Popen | None = None
         self.log_path: Path | None = None
         self.startup_s = 0.0
@@ -489,7 +491,7 @@ class LlamaServer:
         except ImportError as err:
             raise MissingPackageError("llama-cpp-python[server]", "The local OpenAI-compatible server",
                                       extra="llama") from err
-        from .models import BUNDLED, bundled_gguf_path, llama_cpp_gpu_offload, validate_gguf
+        from .models import BUNDLED, bundled_gguf_path, resolve_n_gpu_layers, validate_gguf
 
         path = bundled_gguf_path() if self.model_path is None else validate_gguf(self.model_path)
         self.model = self.model or (BUNDLED if self.model_path is None else path.stem)
@@ -500,8 +502,7 @@ class LlamaServer:
                               "server you started earlier). Pick another port, or pass port=None for a free one.")
         cmd = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), "--model", str(path), "--host", self.host,
                "--port", str(self.port), "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads),
-               "--model_alias", self.model, "--n_gpu_layers",
-               str(self.n_gpu_layers if self.n_gpu_layers is not None else -1 if llama_cpp_gpu_offload() else 0),
+               "--model_alias", self.model, "--n_gpu_layers", str(resolve_n_gpu_layers(self.n_gpu_layers)),
                *self.extra_args]
         if self.chat_format:
             cmd += ["--chat_format", self.chat_format]

@@ -226,7 +226,8 @@ def test_port_in_use_is_a_clear_error():
         assert time.perf_counter() - start < 3
 
 
-@pytest.mark.parametrize("kwargs", [{"host": "0.0.0.0"}, {"port": 70000}, {"port": "8080"}, {"startup_timeout_s": 0}])
+@pytest.mark.parametrize("kwargs", [{"host": "0.0.0.0"}, {"port": 70000}, {"port": "8080"}, {"startup_timeout_s": 0},
+                                    {"n_gpu_layers": -5}, {"n_gpu_layers": "all"}])
 def test_bad_server_arguments(kwargs):
     with pytest.raises(LabkitError):
         rt.LlamaServer(**kwargs)
