@@ -12,6 +12,8 @@ KERNEL_NAME := python3
 PORT ?= 8888
 # Notebooks run offline, in the cpu profile, with a per-cell and a per-notebook time limit.
 NB_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 LABKIT_PROFILE=cpu MPLBACKEND=Agg
+# JupyterLab refuses to run as root unless told; containers and GPU clouds often run as root.
+LAB_ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 CELL_TIMEOUT ?= 600
 NOTEBOOK_TIMEOUT ?= 1200
 
@@ -51,7 +53,7 @@ setup: $(VENV)/.lab-installed
 setup-dev: $(VENV)/.dev-installed
 
 lab: setup
-	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --port=$(PORT) --notebook-dir=notebooks --ServerApp.open_browser=False
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --port=$(PORT) --notebook-dir=notebooks --ServerApp.open_browser=False $(LAB_ROOT_FLAG)
 
 lint: setup-dev
 	$(VENV)/bin/ruff check labkit tests benchmarks notebooks
