@@ -1,5 +1,6 @@
 """`make lab` itself (not a look-alike command) starts JupyterLab on loopback, with a token, serving notebooks/."""
 
+import contextlib
 import os
 import re
 import shutil
@@ -53,7 +54,8 @@ def test_make_lab_serves_the_course_on_loopback_with_a_token(tmp_path):
         assert _status(f"{base}/api/contents/00_basecamp.ipynb?token={token}") == 200  # serves notebooks/
         assert _status(f"{base}/api/contents/00_basecamp.ipynb") in (401, 403)  # and nothing without the token
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # make may already have exited
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:

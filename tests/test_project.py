@@ -94,7 +94,7 @@ def test_an_installed_wheel_finds_its_datasets(tmp_path):
     code = ("import labkit, labkit.catalog as c; from labkit.models import list_configs; "
             f"assert labkit.__file__.startswith({str(site)!r}), labkit.__file__; "
             "print(len(list_configs()), len(c.load_catalog()))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(site)},
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))},
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     configs, entries = map(int, out.stdout.split())
