@@ -252,14 +252,6 @@ def _resolve(config: str | dict | Any) -> tuple[dict | None, Any]:
         raise LabkitError(f"transformers refused this {model_type} config: {err}") from err
 
 
-def _head_dim(cfg) -> int:
-    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-
-
-def _kv_heads(cfg) -> int:
-    return getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-
-
 # =============================================================================== parameter counts
 
 
@@ -378,19 +370,12 @@ def architecture_summary(config: str | dict | Any) -> dict:
     from . import vram
 
     raw, cfg = _resolve(config)
-    n_heads, n_kv = cfg.num_attention_heads, _kv_heads(cfg)
-    if cfg.model_type == "deepseek_v2":
-        attention = "MLA"
-    elif n_kv == n_heads:
-        attention = "MHA"
-    elif n_kv == 1:
-        attention = "MQA"
-    else:
-        attention = "GQA"
     arch = vram.architecture(cfg)
+    n_heads, n_kv = arch.num_heads, arch.num_kv_heads
+    attention = arch.kv_grouping.split(" ")[0]  # "MLA", "MHA", "MQA" or "GQA"
     theta, scaling = _rope(raw, cfg)
     counts = count_parameters(cfg)
-    experts = getattr(cfg, "num_local_experts", None) or getattr(cfg, "n_routed_experts", None)
+    experts = arch.num_experts or None
     return {
         "name": config if isinstance(config, str) else getattr(cfg, "_name_or_path", "") or cfg.model_type,
         "model_type": cfg.model_type,
@@ -400,7 +385,7 @@ def architecture_summary(config: str | dict | Any) -> dict:
         "heads": n_heads,
         "kv_heads": n_kv,
         "gqa_ratio": n_heads / n_kv,
-        "head_dim": (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim) if attention == "MLA" else _head_dim(cfg),
+        "head_dim": arch.head_dim,  # MLA: the query/key width, nope + rope
         "vocab_size": cfg.vocab_size,
         "context": cfg.max_position_embeddings,
         "rope_theta": theta,
@@ -408,7 +393,7 @@ def architecture_summary(config: str | dict | Any) -> dict:
         "sliding_window": arch.sliding_window,
         "sliding_layers": arch.layer_types.count("sliding") if arch.sliding_window else 0,
         "experts": experts,
-        "experts_per_token": getattr(cfg, "num_experts_per_tok", None) if experts else None,
+        "experts_per_token": arch.experts_per_token if experts else None,
         "shared_experts": getattr(cfg, "n_shared_experts", None) if experts else None,
         "tied_embeddings": bool(getattr(cfg, "tie_word_embeddings", False)),
         "params_total": counts.total,
