@@ -445,6 +445,8 @@ class LlamaServer:
                  api_key: str | None = None, n_ctx: int = 2048, n_threads: int | None = None,
                  model_alias: str | None = None, chat_format: str | None = "gemma",
                  startup_timeout_s: float = 60.0, extra_args: Iterable[str] = (), n_gpu_layers: int | None = None):
+        from .models import check_n_gpu_layers
+
         if host not in LOOPBACK_HOSTS:
             raise LabkitError(f"host {host!r} would expose the server to the network. Accepted: "
                               f"{', '.join(LOOPBACK_HOSTS)}.")
@@ -459,8 +461,6 @@ class LlamaServer:
         self.chat_format = chat_format
         self.startup_timeout_s = startup_timeout_s
         self.extra_args = list(extra_args)
-        from .models import check_n_gpu_layers
-
         self.n_gpu_layers = check_n_gpu_layers(n_gpu_layers)  # None: all layers when the build can offload
         self.process: subprocess.Popen | None = None
         self.log_path: Path | None = None

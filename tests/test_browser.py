@@ -12,17 +12,13 @@ import time
 import nbformat
 import pytest
 
+from labkit.runtimes import free_port
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (apt install chromium)"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()
@@ -31,7 +27,7 @@ def jupyter_lab(tmp_path):
     nb.cells = [nbformat.v4.new_code_cell("from labkit import basecamp\nbasecamp.fit_widget(default_gib=8)")]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, tmp_path / "widget.ipynb")
-    port, token = _free_port(), "labkit-browser-test"
+    port, token = free_port(), "labkit-browser-test"
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"), JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
