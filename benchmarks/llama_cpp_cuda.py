@@ -47,7 +47,8 @@ def write_random_gguf(vocab_path: Path, out_path: Path, layers: int | None = Non
 
     writer = GGUFWriter(out_path, arch)
     for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or key in ("general.architecture", "general.file_type", f"{arch}.block_count"):
+        if key.startswith("GGUF.") or key in ("general.architecture", "general.name", "general.file_type",
+                                              f"{arch}.block_count"):
             continue
         vtype = field.types[0]
         sub = field.types[-1] if vtype == GGUFValueType.ARRAY else None
@@ -67,13 +68,10 @@ def write_random_gguf(vocab_path: Path, out_path: Path, layers: int | None = Non
     largest = max(int(np.prod(s)) for s in shapes.values())
     buf = (rng.standard_normal(largest, dtype=np.float32) * 0.02).astype(np.float16)
     ones = np.ones(hidden, dtype=np.float32)  # norms stay F32 in llama.cpp
-    writer.add_tensor("output_norm.weight", ones)
+    for name in ["output_norm.weight"] + [f"blk.{i}.{n}_norm.weight" for i in range(n_layers) for n in ("attn", "ffn")]:
+        writer.add_tensor(name, ones)
     for name, shape in shapes.items():
         writer.add_tensor(name, buf[: int(np.prod(shape))].reshape(shape))
-        if name.endswith("attn_q.weight"):
-            i = name.split(".")[1]
-            writer.add_tensor(f"blk.{i}.attn_norm.weight", ones)
-            writer.add_tensor(f"blk.{i}.ffn_norm.weight", ones)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file(progress=False)
