@@ -1,0 +1,120 @@
+"""Shared by the browser tests (layer 5): start JupyterLab on a one-cell notebook, open it in Debian's
+Chromium through Playwright, run the cell until its widget shows, and hand the page to the test.
+
+    from browser_lab import CHROMIUM, widget_page
+    pytestmark = browser_marks()
+
+    def test_my_widget(tmp_path):
+        with widget_page(tmp_path, "from labkit import x\\nx.widget()", ready=".widget-html pre") as page:
+            ...   # move a slider, read the output
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from labkit.runtimes import free_port
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def browser_marks() -> list:
+    return [pytest.mark.browser,
+            pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (apt install chromium)")]
+
+
+@contextlib.contextmanager
+def jupyter_lab(tmp_path: Path, code: str) -> Iterator[str]:
+    """JupyterLab serving a notebook whose single cell is `code`; yields the notebook's URL."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(code)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "widget.ipynb")
+    port, token = free_port(), "labkit-browser-test"
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"), JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         f"--IdentityProvider.token={token}", f"--notebook-dir={tmp_path}", "--ServerApp.allow_root=True",
+         "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.fail(f"jupyter lab exited: {proc.stderr.read().decode()[-2000:]}")
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/lab/tree/widget.ipynb?token={token}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _accept_dialogs(page) -> None:
+    """Accept any modal JupyterLab shows on a slow start (e.g. the kernel picker): it blocks clicks."""
+    accept = page.locator(".jp-Dialog .jp-mod-accept")
+    if accept.count():
+        accept.first.click()
+
+
+@contextlib.contextmanager
+def widget_page(tmp_path: Path, code: str, ready: str, timeout_s: float = 120):
+    """A Playwright page with `code` run in JupyterLab, once `ready` (a CSS selector) is visible.
+
+    The page's screenshot is saved on exit to $LABKIT_SCREENSHOT_DIR (or tmp_path) as widget.png.
+    """
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    with jupyter_lab(tmp_path, code) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(url)
+            page.wait_for_selector(".jp-Notebook", timeout=60_000)
+            _accept_dialogs(page)
+            page.locator(".jp-Cell").first.click()
+            # Run the cell once the kernel is ready: retry Shift+Enter until the widget appears.
+            target = page.locator(ready)
+            deadline = time.monotonic() + timeout_s
+            while True:
+                if target.count() == 0:
+                    page.keyboard.press("Shift+Enter")
+                try:
+                    target.first.wait_for(timeout=3000)
+                    break
+                except sync_api.TimeoutError:
+                    if time.monotonic() > deadline:
+                        raise
+                    _accept_dialogs(page)
+                    page.locator(".jp-Cell").first.click()
+            yield page
+            shot_dir = Path(os.environ.get("LABKIT_SCREENSHOT_DIR", tmp_path))
+            page.screenshot(path=str(shot_dir / f"{Path(str(tmp_path)).name}-widget.png"))
+        finally:
+            browser.close()
+
+
+def press_slider(page, nth: int = 0, key: str = "ArrowRight", times: int = 10) -> None:
+    """Move the nth ipywidgets slider on the page with the keyboard."""
+    handle = page.locator(".widget-slider .noUi-handle, .widget-slider .ui-slider-handle").nth(nth)
+    handle.click()
+    for _ in range(times):
+        page.keyboard.press(key)
