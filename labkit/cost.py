@@ -1,0 +1,1106 @@
+"""Local vs cloud: what a token costs each way, where the two cost lines cross, and a router that
+sends every request where it belongs.
+
+Three ways to pay for tokens:
+
+- an **API** charges per token: a price per 1M input tokens and one per 1M output tokens, so the bill
+  grows in a straight line with volume;
+- a **rented GPU** charges per hour, busy or idle. One GPU that generates `tokens_per_s` while it is
+  busy, and is busy a fraction `utilization` of the time, makes its tokens cost
+
+      $ per 1M tokens = $ per hour / (tokens_per_s x 3600 x utilization) x 1e6
+
+- **your own GPU** costs its purchase price up front, then electricity: watts x hours x $ per kWh.
+
+Self-hosting wins only when the GPU is kept busy (at 10% utilisation every token carries ten times the
+rent it carries at 100%) and when a batch of requests shares each read of the weights (batching
+multiplies tokens/s, so it divides the cost per token).
+
+Prices live in datasets/prices/*.csv. Every row names its source (a URL) and the date it was read;
+`load_prices` refuses a table in which a row lacks either.
+
+The router (`route`, `HybridRouter`) applies rules in order: privacy (personal data or a
+confidential flag stays local; `detect_pii` finds e-mail addresses, phone numbers, card numbers
+(Luhn-checked), IBANs (mod-97-checked) and US social security numbers), modality, volume, task and
+complexity. `HybridRouter` sends each request to an OpenAI-compatible endpoint, records latency,
+tokens and cost, and falls back to the local endpoint, saying so, when the cloud is down or answers
+garbage.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import html
+import math
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from .check import exercise
+from .errors import LabkitError, MissingPackageError, require_positive, unknown
+
+HOURS_PER_MONTH = 730.0  # 365 x 24 / 12
+PRICE_TABLES = {"api": "api_prices.csv", "gpu_rental": "gpu_rental.csv", "consumer_gpus": "consumer_gpus.csv",
+                "electricity": "electricity.csv"}
+_NUMBERS = ("usd_per_1m_input", "usd_per_1m_output", "usd_per_gpu_hour", "vram_gb", "launch_price_usd",
+            "board_power_w", "usd_per_kwh")
+
+# ----------------------------------------------------------------------------- price tables
+
+
+def prices_dir() -> Path:
+    from .paths import datasets_dir
+
+    return datasets_dir() / "prices"
+
+
+def load_prices(table: str | Path) -> list[dict]:
+    """The rows of a price table: a name in PRICE_TABLES ('api', 'gpu_rental', 'consumer_gpus') or a CSV path.
+
+    Numbers come back as floats. Raises LabkitError, naming the file and row, when a row has no source
+    (an http(s) URL), no `read_on` date (YYYY-MM-DD) or a missing or negative number.
+    """
+    if isinstance(table, str) and table in PRICE_TABLES:
+        path = prices_dir() / PRICE_TABLES[table]
+    elif isinstance(table, (str, Path)) and str(table).endswith(".csv"):
+        path = Path(table)
+    else:
+        raise unknown("price table", table, [*PRICE_TABLES, "<path to a .csv>"])
+    if not path.is_file():
+        raise LabkitError(f"no price table at {path}")
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise LabkitError(f"{path.name} has no rows")
+    for n, row in enumerate(rows, start=2):  # line 1 is the header
+        where = f"{path.name}, line {n}"
+        sources = [s.strip() for s in (row.get("source") or "").split(";") if s.strip()]
+        if not sources or not all(urlparse(s).scheme in ("http", "https") and urlparse(s).netloc for s in sources):
+            raise LabkitError(f"{where}: every price needs its source, an http(s) URL (several joined by ';'); "
+                              f"got {row.get('source')!r}")
+        try:
+            dt.date.fromisoformat((row.get("read_on") or "").strip())
+        except ValueError:
+            raise LabkitError(f"{where}: every price needs the date it was read, as read_on=YYYY-MM-DD; "
+                              f"got {row.get('read_on')!r}") from None
+        for key in _NUMBERS:
+            if key in row:
+                try:
+                    row[key] = float(row[key])
+                except (TypeError, ValueError):
+                    raise LabkitError(f"{where}: {key} must be a number, got {row[key]!r}") from None
+                if not row[key] >= 0:
+                    raise LabkitError(f"{where}: {key} must be zero or more, got {row[key]!r}")
+    return rows
+
+
+@dataclass(frozen=True)
+class ApiPrice:
+    """One hosted model's price per 1M input and output tokens, with where and when it was read."""
+
+    provider: str
+    model: str
+    open_weights: bool
+    usd_per_1m_input: float
+    usd_per_1m_output: float
+    source: str
+    read_on: str
+    source_date: str = ""
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.provider} · {self.model}"
+
+    def cost(self, input_tokens: float, output_tokens: float) -> float:
+        return api_cost(input_tokens, output_tokens, self.usd_per_1m_input, self.usd_per_1m_output)
+
+    def blended(self, output_share: float = 0.25) -> float:
+        """$ per 1M tokens of a mix in which `output_share` of the tokens are generated."""
+        return blended_price_per_1m(self.usd_per_1m_input, self.usd_per_1m_output, output_share)
+
+    def cited(self) -> str:
+        return (f"{self.label}: ${self.usd_per_1m_input:g} in / ${self.usd_per_1m_output:g} out per 1M tokens "
+                f"(read {self.read_on}; {self.source})")
+
+
+@dataclass(frozen=True)
+class GpuOffer:
+    """One GPU rental offer: $ per GPU-hour, with where and when it was read."""
+
+    provider: str
+    gpu: str
+    offer: str
+    usd_per_gpu_hour: float
+    source: str
+    read_on: str
+    source_date: str = ""
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.gpu.removeprefix('NVIDIA ')} · {self.provider} (${self.usd_per_gpu_hour:.2f}/h)"
+
+    def cited(self) -> str:
+        return f"{self.provider} {self.offer}: ${self.usd_per_gpu_hour:.2f}/GPU-hour (read {self.read_on}; {self.source})"
+
+
+@dataclass(frozen=True)
+class ConsumerGpu:
+    """A GPU you buy: launch price and board power, with where and when they were read."""
+
+    gpu: str
+    vram_gb: float
+    launch_price_usd: float
+    board_power_w: float
+    source: str
+    read_on: str
+    source_date: str = ""
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ElectricityPrice:
+    """What a kWh costs somewhere, with where and when it was read."""
+
+    region: str
+    usd_per_kwh: float
+    source: str
+    read_on: str
+    source_date: str = ""
+    note: str = ""
+
+
+def _build(cls: type, rows: list[dict]) -> list:
+    names = cls.__dataclass_fields__
+    out = []
+    for row in rows:
+        values = {k: (v or "").strip() if isinstance(v, str) else v for k, v in row.items() if k in names}
+        if "open_weights" in values:
+            values["open_weights"] = str(values["open_weights"]).lower() in ("yes", "true", "1")
+        out.append(cls(**values))
+    return out
+
+
+def api_prices(table: str | Path = "api") -> list[ApiPrice]:
+    return _build(ApiPrice, load_prices(table))
+
+
+def gpu_offers(table: str | Path = "gpu_rental") -> list[GpuOffer]:
+    return _build(GpuOffer, load_prices(table))
+
+
+def consumer_gpus(table: str | Path = "consumer_gpus") -> list[ConsumerGpu]:
+    return _build(ConsumerGpu, load_prices(table))
+
+
+def electricity_prices(table: str | Path = "electricity") -> list[ElectricityPrice]:
+    return _build(ElectricityPrice, load_prices(table))
+
+
+def find_electricity_price(region: str) -> ElectricityPrice:
+    return _pick(electricity_prices(), region, lambda e: e.region, "region")
+
+
+def _pick(items: list, text: str, key: Callable[[Any], str], kind: str) -> Any:
+    """The one item whose key equals `text`, else the one that contains it (case-insensitive)."""
+    if not isinstance(text, str) or not text.strip():
+        raise unknown(kind, text, sorted({key(i) for i in items}))
+    wanted = text.strip().lower()
+    exact = [i for i in items if key(i).lower() == wanted]
+    matches = exact or [i for i in items if wanted in key(i).lower()]
+    if len(matches) != 1:
+        raise unknown(kind, text, sorted({key(i) for i in items}))
+    return matches[0]
+
+
+def find_api_price(provider: str, model: str) -> ApiPrice:
+    """The price row of `model` at `provider`, e.g. find_api_price('OpenAI', 'GPT-4o')."""
+    rows = api_prices()
+    at = [r for r in rows if r.provider.lower() == str(provider).strip().lower()]
+    if not at:
+        raise unknown("provider", provider, sorted({r.provider for r in rows}))
+    return _pick(at, model, lambda r: r.model, f"model at {at[0].provider}")
+
+
+def cheapest_gpu_offer(gpu: str) -> GpuOffer:
+    """The cheapest rental offer for a GPU, e.g. cheapest_gpu_offer('H100') (names as in gpu_rental.csv)."""
+    offers = gpu_offers()
+    name = _pick(sorted({o.gpu for o in offers}), gpu, lambda g: g, "GPU")
+    return min((o for o in offers if o.gpu == name), key=lambda o: o.usd_per_gpu_hour)
+
+
+def find_consumer_gpu(gpu: str) -> ConsumerGpu:
+    return _pick(consumer_gpus(), gpu, lambda g: g.gpu, "consumer GPU")
+
+
+def prices_markdown(rows: Sequence[ApiPrice | GpuOffer | ConsumerGpu | ElectricityPrice]) -> str:
+    """A Markdown table of price rows, each with its source link and the date it was read."""
+    if not rows:
+        raise LabkitError("prices_markdown needs at least one row")
+    first = rows[0]
+    if isinstance(first, ApiPrice):
+        head = "| provider | model | open weights | $ / 1M input | $ / 1M output |"
+        body = [f"| {r.provider} | {r.model} | {'yes' if r.open_weights else 'no'} | {r.usd_per_1m_input:g} | "
+                f"{r.usd_per_1m_output:g} |" for r in rows]
+    elif isinstance(first, GpuOffer):
+        head = "| GPU | provider | offer | $ / GPU-hour |"
+        body = [f"| {r.gpu} | {r.provider} | {r.offer} | {r.usd_per_gpu_hour:.2f} |" for r in rows]
+    elif isinstance(first, ConsumerGpu):
+        head = "| GPU | VRAM (GB) | launch price ($) | board power (W) |"
+        body = [f"| {r.gpu} | {r.vram_gb:g} | {r.launch_price_usd:,.0f} | {r.board_power_w:g} |" for r in rows]
+    else:
+        head = "| region | $ / kWh |"
+        body = [f"| {r.region} | {r.usd_per_kwh:.4f} |" for r in rows]
+    head += " read on | source |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r, line in zip(rows, body):
+        links = " ".join(f"[{urlparse(s.strip()).netloc}]({s.strip()})" for s in r.source.split(";"))
+        stated = f" (source's date: {r.source_date})" if r.source_date else ""
+        lines.append(f"{line} {r.read_on}{stated} | {links} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- cost formulas
+
+
+def api_cost(input_tokens: float, output_tokens: float, usd_per_1m_input: float, usd_per_1m_output: float) -> float:
+    """$ for a token mix at an API's prices: tokens / 1e6 x $ per 1M, input and output separately."""
+    for name, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens),
+                        ("usd_per_1m_input", usd_per_1m_input), ("usd_per_1m_output", usd_per_1m_output)):
+        require_positive(name, value, allow_zero=True)
+    return input_tokens / 1e6 * usd_per_1m_input + output_tokens / 1e6 * usd_per_1m_output
+
+
+def blended_price_per_1m(usd_per_1m_input: float, usd_per_1m_output: float, output_share: float) -> float:
+    """$ per 1M tokens of a mix whose generated share is `output_share` (0-1)."""
+    _require_fraction("output_share", output_share, allow_zero=True)
+    return api_cost(1e6 * (1 - output_share), 1e6 * output_share, usd_per_1m_input, usd_per_1m_output)
+
+
+def self_hosted_cost_per_1m(usd_per_hour: float, tokens_per_s: float, utilization: float = 1.0,
+                            power_w: float = 0.0, usd_per_kwh: float = 0.0) -> float:
+    """$ per 1M tokens from a GPU that costs `usd_per_hour` (rent, or amortised purchase) every hour,
+    generates `tokens_per_s` while busy and is busy a fraction `utilization` of the time; plus the
+    electricity of the busy seconds (`power_w` watts at `usd_per_kwh`).
+
+    >>> round(self_hosted_cost_per_1m(2.0, 1000, utilization=0.5), 4)   # 2 / (1000 x 3600 x 0.5) x 1e6
+    1.1111
+    """
+    require_positive("usd_per_hour", usd_per_hour, allow_zero=True)
+    require_positive("tokens_per_s", tokens_per_s)
+    _require_fraction("utilization", utilization)
+    require_positive("power_w", power_w, allow_zero=True)
+    require_positive("usd_per_kwh", usd_per_kwh, allow_zero=True)
+    rent = usd_per_hour / (tokens_per_s * 3600 * utilization) * 1e6
+    energy_kwh_per_1m = power_w / 1000 * (1e6 / tokens_per_s) / 3600
+    return rent + energy_kwh_per_1m * usd_per_kwh
+
+
+def capacity_tokens_per_month(tokens_per_s: float, utilization: float = 1.0, hours: float = HOURS_PER_MONTH) -> float:
+    """Tokens one GPU produces in a month at this speed and utilisation."""
+    require_positive("tokens_per_s", tokens_per_s)
+    _require_fraction("utilization", utilization)
+    require_positive("hours", hours)
+    return tokens_per_s * 3600 * hours * utilization
+
+
+def break_even_tokens_per_month(fixed_usd_per_month: float, api_usd_per_1m: float,
+                                variable_usd_per_1m: float = 0.0) -> float:
+    """Monthly tokens at which self-hosting (a fixed monthly cost plus a variable cost per 1M tokens,
+    e.g. electricity) costs the same as an API at `api_usd_per_1m`: fixed / (api - variable) x 1e6.
+    Infinite when the API is cheaper per token than the variable cost alone."""
+    require_positive("fixed_usd_per_month", fixed_usd_per_month, allow_zero=True)
+    require_positive("api_usd_per_1m", api_usd_per_1m)
+    require_positive("variable_usd_per_1m", variable_usd_per_1m, allow_zero=True)
+    margin = api_usd_per_1m - variable_usd_per_1m
+    return math.inf if margin <= 0 else fixed_usd_per_month / margin * 1e6
+
+
+def payback_months(purchase_usd: float, monthly_api_usd: float, monthly_running_usd: float = 0.0) -> float:
+    """Months until hardware you buy has paid for itself: purchase / (API bill avoided - running costs).
+    Infinite when running it costs as much as the API bill it replaces."""
+    require_positive("purchase_usd", purchase_usd, allow_zero=True)
+    require_positive("monthly_api_usd", monthly_api_usd, allow_zero=True)
+    require_positive("monthly_running_usd", monthly_running_usd, allow_zero=True)
+    saving = monthly_api_usd - monthly_running_usd
+    return math.inf if saving <= 0 else purchase_usd / saving
+
+
+def electricity_usd_per_month(power_w: float, busy_hours: float, usd_per_kwh: float) -> float:
+    require_positive("power_w", power_w, allow_zero=True)
+    require_positive("busy_hours", busy_hours, allow_zero=True)
+    require_positive("usd_per_kwh", usd_per_kwh, allow_zero=True)
+    return power_w / 1000 * busy_hours * usd_per_kwh
+
+
+def _require_fraction(name: str, value: float, allow_zero: bool = False) -> None:
+    require_positive(name, value, allow_zero=allow_zero)
+    if value > 1:
+        raise LabkitError(f"{name} is a fraction between 0 and 1 (0.5 = half the time), got {value!r}")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A described workload: requests per day, tokens in and out per request."""
+
+    name: str
+    requests_per_day: float
+    input_tokens: float
+    output_tokens: float
+    days: float = 30.4  # 365 / 12
+
+    def __post_init__(self) -> None:
+        for key in ("requests_per_day", "input_tokens", "output_tokens", "days"):
+            require_positive(key, getattr(self, key), allow_zero=key != "days")
+
+    @property
+    def monthly_input_tokens(self) -> float:
+        return self.requests_per_day * self.days * self.input_tokens
+
+    @property
+    def monthly_output_tokens(self) -> float:
+        return self.requests_per_day * self.days * self.output_tokens
+
+    @property
+    def monthly_tokens(self) -> float:
+        return self.monthly_input_tokens + self.monthly_output_tokens
+
+    @property
+    def output_share(self) -> float:
+        return self.monthly_output_tokens / self.monthly_tokens if self.monthly_tokens else 0.0
+
+
+def monthly_bill(workload: Workload, api: ApiPrice, gpu: GpuOffer, tokens_per_s: float,
+                 max_utilization: float = 0.6) -> dict:
+    """One month of `workload` both ways: the API bill, and always-on rented GPUs (as many as the volume
+    needs when each may be busy at most `max_utilization` of the time; `tokens_per_s` counts input and
+    output tokens the GPU serves per second).
+
+    Returns {"api_usd", "gpus", "self_hosted_usd", "utilization", "self_hosted_usd_per_1m", "api_usd_per_1m"}.
+    """
+    require_positive("tokens_per_s", tokens_per_s)
+    _require_fraction("max_utilization", max_utilization)
+    api_usd = api.cost(workload.monthly_input_tokens, workload.monthly_output_tokens)
+    capacity = capacity_tokens_per_month(tokens_per_s, max_utilization)
+    gpus = max(1, math.ceil(workload.monthly_tokens / capacity))
+    self_usd = gpus * gpu.usd_per_gpu_hour * HOURS_PER_MONTH
+    busy = workload.monthly_tokens / (gpus * capacity_tokens_per_month(tokens_per_s))
+    per_1m = (lambda usd: usd / workload.monthly_tokens * 1e6) if workload.monthly_tokens else (lambda usd: math.nan)
+    return {"api_usd": api_usd, "gpus": gpus, "self_hosted_usd": self_usd, "utilization": busy,
+            "api_usd_per_1m": per_1m(api_usd), "self_hosted_usd_per_1m": per_1m(self_usd)}
+
+
+def plot_cost_vs_utilization(setups: dict[str, tuple[float, float]], apis: Sequence[ApiPrice],
+                             output_share: float = 0.25, ax=None):
+    """$ per 1M tokens vs utilisation for self-hosted setups {label: ($ per hour, tokens/s)}, with each
+    API's blended price as a flat line: where a curve dips under a line, that setup is cheaper."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 4.4))
+    utils = np.linspace(0.02, 1.0, 100)
+    for label, (usd_per_hour, tps) in setups.items():
+        ax.plot(utils * 100, [self_hosted_cost_per_1m(usd_per_hour, tps, u) for u in utils], lw=2, label=label)
+    for api, style in zip(apis, ["--", ":", "-.", (0, (5, 1))]):
+        ax.axhline(api.blended(output_share), color="#555", ls=style, lw=1.2,
+                   label=f"API {api.label}: ${api.blended(output_share):.3g}/1M")
+    ax.set_yscale("log")
+    ax.set_xlabel("utilisation (% of the hours the GPU is generating)")
+    ax.set_ylabel("$ per 1M tokens")
+    ax.set_title("Idle hours are paid too: cost per token vs utilisation")
+    ax.legend(fontsize=7.5, loc="upper right")
+    return ax.figure
+
+
+# ----------------------------------------------------------------------------- break-even
+
+
+@dataclass(frozen=True)
+class BreakEven:
+    """Always-on rented GPUs vs an API, for a monthly volume. The GPUs are busy `utilization` of the
+    time, so one GPU serves `capacity` tokens a month; the API bill is a straight line."""
+
+    monthly_tokens: float
+    gpu: GpuOffer
+    api: ApiPrice
+    tokens_per_s: float
+    utilization: float
+    output_share: float = 0.25
+    throughput_note: str = ""
+
+    @property
+    def api_usd_per_1m(self) -> float:
+        return self.api.blended(self.output_share)
+
+    @property
+    def gpu_usd_per_month(self) -> float:
+        return self.gpu.usd_per_gpu_hour * HOURS_PER_MONTH
+
+    @property
+    def capacity(self) -> float:
+        return capacity_tokens_per_month(self.tokens_per_s, self.utilization)
+
+    @property
+    def self_hosted_usd_per_1m(self) -> float:
+        """At full load of every GPU (the cheapest a self-hosted token gets at this utilisation)."""
+        return self_hosted_cost_per_1m(self.gpu.usd_per_gpu_hour, self.tokens_per_s, self.utilization)
+
+    @property
+    def break_even_tokens(self) -> float:
+        """Monthly tokens at which one GPU's rent equals the API bill (infinite when the API is cheaper
+        per token even for a fully used GPU)."""
+        if self.self_hosted_usd_per_1m >= self.api_usd_per_1m:
+            return math.inf
+        return break_even_tokens_per_month(self.gpu_usd_per_month, self.api_usd_per_1m)
+
+    def gpus_needed(self, tokens: float) -> int:
+        return max(1, math.ceil(tokens / self.capacity))
+
+    def self_hosted_usd(self, tokens: float) -> float:
+        return self.gpus_needed(tokens) * self.gpu_usd_per_month
+
+    def api_usd(self, tokens: float) -> float:
+        return tokens / 1e6 * self.api_usd_per_1m
+
+    @property
+    def cheaper(self) -> str:
+        return "self-hosted" if self.self_hosted_usd(self.monthly_tokens) < self.api_usd(self.monthly_tokens) else "API"
+
+    def summary(self) -> str:
+        v = self.monthly_tokens
+        be = self.break_even_tokens
+        crossing = ("never: even a fully used GPU costs more per token than the API"
+                    if math.isinf(be) else f"{_tokens(be)} tokens a month")
+        return (f"{_tokens(v)} tokens/month · API {self.api.label}: ${self.api_usd(v):,.0f}/month "
+                f"(${self.api_usd_per_1m:.3g} per 1M) · self-hosted {self.gpus_needed(v)} x {self.gpu.gpu} "
+                f"at ${self.gpu.usd_per_gpu_hour:.2f}/h: ${self.self_hosted_usd(v):,.0f}/month "
+                f"(${self.self_hosted_usd_per_1m:.3g} per 1M when busy {self.utilization:.0%} of the time) · "
+                f"break-even: {crossing} · cheaper here: {self.cheaper}")
+
+    def html(self) -> str:
+        v, be = self.monthly_tokens, self.break_even_tokens
+        crossing = ("<b>never</b>: even a fully used GPU costs more per token than the API"
+                    if math.isinf(be) else f"<b>{_tokens(be)}</b> tokens a month")
+        winner = "#1a7f37" if self.cheaper == "self-hosted" else "#0969da"
+        return (
+            "<div class='labkit-break-even' style='line-height:1.5'>"
+            f"<div>{_tokens(v)} tokens a month ({self.output_share:.0%} of them generated)</div>"
+            f"<div>API · {html.escape(self.api.label)}: <b class='api-bill'>${self.api_usd(v):,.0f}</b> a month "
+            f"(${self.api_usd_per_1m:.3g} per 1M tokens)</div>"
+            f"<div>Self-hosted · {self.gpus_needed(v)} x {html.escape(self.gpu.gpu)} at "
+            f"${self.gpu.usd_per_gpu_hour:.2f}/h ({html.escape(self.gpu.provider)}): "
+            f"<b class='self-bill'>${self.self_hosted_usd(v):,.0f}</b> a month "
+            f"(${self.self_hosted_usd_per_1m:.3g} per 1M at {self.tokens_per_s:,.0f} tokens/s, busy "
+            f"{self.utilization:.0%} of the time)</div>"
+            f"<div>Break-even: {crossing} · cheaper at this volume: "
+            f"<b style='color:{winner}'>{self.cheaper}</b></div>"
+            f"<div style='font-size:85%;color:#555'>{html.escape(self.throughput_note)} Prices read "
+            f"{self.api.read_on} ({html.escape(urlparse(self.api.source).netloc)}) and {self.gpu.read_on} "
+            f"({html.escape(urlparse(self.gpu.source.split(';')[0]).netloc)}).</div></div>")
+
+
+def _tokens(n: float) -> str:
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:,.3g}{unit}"
+    return f"{n:,.0f}"
+
+
+def plot_cost_vs_volume(be: BreakEven, volumes: Sequence[float] | None = None, ax=None):
+    """Monthly cost vs monthly tokens for both sides (log-log), with the crossing point and `be`'s volume."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 4.4))
+    cap = be.capacity
+    top = max(be.monthly_tokens, be.break_even_tokens if math.isfinite(be.break_even_tokens) else 0, cap) * 20
+    vols = np.geomspace(1e5, top, 400) if volumes is None else np.asarray(volumes, dtype=float)
+    ax.plot(vols, [be.api_usd(v) for v in vols], color="#0969da", lw=2, label=f"API: {be.api.label}")
+    ax.step(vols, [be.self_hosted_usd(v) for v in vols], where="post", color="#1a7f37", lw=2,
+            label=f"rented {be.gpu.gpu.removeprefix('NVIDIA ')} (${be.gpu.usd_per_gpu_hour:.2f}/h), "
+                  f"busy {be.utilization:.0%}")
+    if math.isfinite(be.break_even_tokens):
+        x = be.break_even_tokens
+        ax.plot([x], [be.api_usd(x)], "o", color="#d62728", ms=9, zorder=5,
+                label=f"break-even: {_tokens(x)} tokens/month")
+    ax.axvline(be.monthly_tokens, color="#555", ls=":", label=f"your volume: {_tokens(be.monthly_tokens)}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("tokens per month")
+    ax.set_ylabel("$ per month")
+    ax.set_title("Monthly cost: pay per token vs rent a GPU")
+    ax.legend(fontsize=8, loc="upper left")
+    return ax.figure
+
+
+# ----------------------------------------------------------------------------- throughput and batching
+
+
+def reference_gpu_result(gguf_type: str = "Q4_K_M"):
+    """The committed llama.cpp-on-CUDA measurement (Llama 3.1 8B architecture, batch 1) of one GGUF type."""
+    from .bench import committed_llama_cpp_gpu_results
+
+    rows = [r for r in committed_llama_cpp_gpu_results() if r.runtime.endswith(gguf_type)]
+    if not rows:
+        raise LabkitError(f"no committed llama.cpp GPU result for {gguf_type!r} in benchmarks/results/llama_cpp_cuda.json")
+    return rows[0]
+
+
+def projected_batch_tokens_per_s(batch1_tokens_per_s: float, batch: int, weight_bytes: float,
+                                 kv_bytes_per_sequence: float, compute_tokens_per_s: float | None = None) -> float:
+    """Decode tokens/s of `batch` sequences at once, projected from a measured batch-1 speed.
+
+    A decode step reads the weights once for the whole batch, plus each sequence's own KV cache. The
+    batch-1 measurement gives the bandwidth the runtime really achieves,
+    bw = tokens/s x (weights + one KV cache), so a step of `batch` sequences takes
+    (weights + batch x KV) / bw and yields `batch` tokens. Past some batch the arithmetic, not the
+    memory, is the limit: `compute_tokens_per_s` (peak FLOP/s / (2 x parameters)) caps the result.
+    """
+    require_positive("batch1_tokens_per_s", batch1_tokens_per_s)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise LabkitError(f"batch must be a whole number of sequences (1 or more), got {batch!r}")
+    require_positive("weight_bytes", weight_bytes)
+    require_positive("kv_bytes_per_sequence", kv_bytes_per_sequence, allow_zero=True)
+    bandwidth = batch1_tokens_per_s * (weight_bytes + kv_bytes_per_sequence)
+    memory_bound = batch * bandwidth / (weight_bytes + batch * kv_bytes_per_sequence)
+    if compute_tokens_per_s is not None:
+        require_positive("compute_tokens_per_s", compute_tokens_per_s)
+        return min(memory_bound, compute_tokens_per_s)
+    return memory_bound
+
+
+def gpu_tokens_per_s(gpu: str, batch: int = 1, context: int = 2048, reference=None) -> tuple[float, str]:
+    """Decode tokens/s of Llama 3.1 8B (Q4_K_M, llama.cpp) on `gpu` at `batch` concurrent sequences,
+    and a note saying where the number comes from.
+
+    Batch 1 on the H100 is the committed measurement; another GPU gets the same share of its own
+    bandwidth (gpus.json datasheets); batches are projected with `projected_batch_tokens_per_s`,
+    capped by the GPU's datasheet fp16 FLOP/s.
+    """
+    from .hardware import find_gpu
+    from .vram import kv_cache_bytes, parameter_count
+
+    ref = reference or reference_gpu_result()
+    target, h100 = find_gpu(gpu), find_gpu("H100")
+    kv = kv_cache_bytes("llama-3.1-8b", context, kv_dtype="fp16")
+    weights = ref.bytes_per_token
+    batch1 = ref.decode_tokens_per_s * target["bandwidth_gbps"] / h100["bandwidth_gbps"]
+    compute = target["fp16_tflops"] * 1e12 / (2 * parameter_count("llama-3.1-8b"))
+    tps = projected_batch_tokens_per_s(batch1, batch, weights, kv, compute)
+    measured = "measured" if target["name"] == h100["name"] and batch == 1 else "projected"
+    note = (f"{tps:,.0f} tokens/s: Llama 3.1 8B Q4_K_M in llama.cpp, batch {batch}, {measured} from the committed "
+            f"H100 batch-1 measurement ({ref.decode_tokens_per_s:.0f} tokens/s)"
+            + ("" if target["name"] == h100["name"] else f" scaled by memory bandwidth to the {target['name']}") + ".")
+    return tps, note
+
+
+def measure_matmul_flops(device: str = "cpu", size: int = 1024, dtype: str = "fp32", repeats: int = 5) -> float:
+    """FLOP/s of a square matrix product on `device` (best of `repeats`): the compute ceiling of batching."""
+    import torch
+
+    from .dtypes import torch_dtype
+    from .hardware import _sync
+
+    require_positive("size", size)
+    a = torch.randn(size, size, dtype=torch_dtype(dtype), device=device)
+    b = torch.randn(size, size, dtype=torch_dtype(dtype), device=device)
+    best = math.inf
+    for i in range(repeats + 1):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        if i:
+            best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+@dataclass(frozen=True)
+class BatchPoint:
+    batch: int
+    new_tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Generated tokens (all sequences) per second of wall time, prefill included."""
+        return self.batch * self.new_tokens / self.seconds
+
+
+def measure_batch_throughput(model: Any, tokenizer: Any, prompt: str, batch_sizes: Sequence[int] = (1, 2, 4, 8),
+                             new_tokens: int = 16) -> list[BatchPoint]:
+    """Time `model.generate` on `batch` copies of the prompt for each batch size (greedy, exactly
+    `new_tokens` new tokens each), after one untimed warm-up. Progress shows with tqdm."""
+    import torch
+    from tqdm.auto import tqdm
+
+    require_positive("new_tokens", new_tokens)
+    if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
+        raise LabkitError(f"batch_sizes must be whole numbers of 1 or more, got {batch_sizes!r}")
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(model.device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def run(batch: int, n: int) -> float:
+        inputs = ids.repeat(batch, 1)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=n,
+                           min_new_tokens=n, do_sample=False, pad_token_id=pad)
+        return time.perf_counter() - start
+
+    run(1, 2)  # warm-up: allocators, thread pools
+    return [BatchPoint(b, new_tokens, run(b, new_tokens)) for b in tqdm(list(batch_sizes), desc="batch sizes")]
+
+
+def plot_batching(measured: Sequence[BatchPoint], projected: dict[int, float] | None = None,
+                  gpu: dict[int, float] | None = None, usd_per_hour: float | None = None, title: str = ""):
+    """Tokens/s vs batch size: measured here (and the projection for here), plus a GPU's projection;
+    with `usd_per_hour`, a second panel of the GPU's $ per 1M tokens vs batch."""
+    import matplotlib.pyplot as plt
+
+    panels = 2 if gpu and usd_per_hour else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.2))
+    axes = [axes] if panels == 1 else list(axes)
+    ax = axes[0]
+    ax.plot([p.batch for p in measured], [p.tokens_per_s for p in measured], "o-", color="#1a7f37",
+            label="measured on this machine")
+    if projected:
+        ax.plot(list(projected), list(projected.values()), "s--", color="#8da0cb", label="projected for this machine")
+    if gpu:
+        ax.plot(list(gpu), list(gpu.values()), "^-", color="#d62728", label="projected: H100, 8B Q4_K_M")
+        ax.set_yscale("log")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch (sequences decoded together)")
+    ax.set_ylabel("generated tokens / s")
+    ax.set_title(title or "Batching: one read of the weights, many tokens")
+    ax.legend(fontsize=8)
+    if panels == 2:
+        ax2 = axes[1]
+        ax2.plot(list(gpu), [self_hosted_cost_per_1m(usd_per_hour, t) for t in gpu.values()], "^-", color="#d62728")
+        ax2.set_xscale("log", base=2)
+        ax2.set_yscale("log")
+        ax2.set_xlabel("batch")
+        ax2.set_ylabel("$ per 1M tokens (fully used)")
+        ax2.set_title(f"H100 at ${usd_per_hour:.2f}/h: cost per token vs batch")
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- personal data
+
+
+@dataclass(frozen=True)
+class PiiMatch:
+    kind: str  # "email", "phone", "card", "iban", "us_ssn"
+    text: str
+    start: int
+    end: int
+
+
+PII_LABELS = {"email": "an e-mail address", "phone": "a phone number", "card": "a payment card number",
+              "iban": "a bank account number (IBAN)", "us_ssn": "a US social security number"}
+
+_EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
+_SSN = re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])")
+_PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){1,4}(?![\w-])")
+
+
+def luhn_valid(number: str) -> bool:
+    """The Luhn checksum that every payment card number carries: from the right, double every second
+    digit (minus 9 when the result is above 9); the sum must end in 0. Spaces and dashes are ignored."""
+    digits = re.sub(r"[ -]", "", str(number))
+    if not digits.isdigit() or len(digits) < 2:
+        return False
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2 == 1:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def iban_valid(text: str) -> bool:
+    """ISO 13616 check: move the first four characters to the end, letters to numbers (A=10 ... Z=35),
+    and the whole number mod 97 must be 1."""
+    s = re.sub(r"\s", "", str(text)).upper()
+    if not re.fullmatch(r"[A-Z]{2}\d{2}[A-Z0-9]{11,30}", s):
+        return False
+    return int("".join(str(int(c, 36)) for c in s[4:] + s[:4])) % 97 == 1
+
+
+def detect_pii(text: str) -> list[PiiMatch]:
+    """Personal data in `text`: e-mail addresses, IBANs (checksum-valid only), payment card numbers
+    (Luhn-valid only), US social security numbers and phone numbers (10-15 digits), in text order.
+    A span claimed by one kind is not reported again as another (a card number is not also a phone)."""
+    if not isinstance(text, str):
+        raise LabkitError(f"detect_pii reads text (a str), got {type(text).__name__}")
+    found: list[PiiMatch] = []
+
+    def free(start: int, end: int) -> bool:
+        return all(end <= m.start or start >= m.end for m in found)
+
+    checks: list[tuple[str, re.Pattern, Callable[[str], bool]]] = [
+        ("email", _EMAIL, lambda s: True),
+        ("iban", _IBAN, iban_valid),
+        ("card", _CARD, luhn_valid),
+        ("us_ssn", _SSN, lambda s: True),
+        ("phone", _PHONE, lambda s: 10 <= sum(c.isdigit() for c in s) <= 15),
+    ]
+    for kind, pattern, valid in checks:
+        for m in pattern.finditer(text):
+            if valid(m.group()) and free(m.start(), m.end()):
+                found.append(PiiMatch(kind, m.group(), m.start(), m.end()))
+    return sorted(found, key=lambda m: m.start)
+
+
+def redact(text: str) -> str:
+    """`text` with every detected item replaced by [KIND] (for logs you may keep)."""
+    out = text
+    for m in sorted(detect_pii(text), key=lambda m: -m.start):
+        out = out[:m.start] + f"[{m.kind.upper()}]" + out[m.end:]
+    return out
+
+
+# ----------------------------------------------------------------------------- the router
+
+TASKS = ("chat", "classification", "extraction", "summarization", "translation", "code", "reasoning")
+BULK_TASKS = ("classification", "extraction", "summarization")  # simple, repetitive, high volume
+LEVELS = ("low", "medium", "high")
+VOLUMES = ("normal", "high")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request to route. `confidential` is the sender's own flag (a contract, a health record)."""
+
+    prompt: str
+    task: str = "chat"
+    complexity: str = "low"
+    volume: str = "normal"
+    needs_vision: bool = False
+    confidential: bool = False
+    max_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise LabkitError("a Request needs a prompt (non-empty text)")
+        for key, allowed in (("task", TASKS), ("complexity", LEVELS), ("volume", VOLUMES)):
+            if getattr(self, key) not in allowed:
+                raise unknown(key, getattr(self, key), allowed)
+        require_positive("max_tokens", self.max_tokens)
+
+
+@dataclass(frozen=True)
+class Route:
+    target: str  # "local" or "cloud"
+    rule: str  # which rule decided: privacy, modality, volume, complexity, default
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.target:5} ← {self.rule}: {self.reason}"
+
+
+RULES = ("privacy", "modality", "volume", "complexity", "default")
+
+
+def route(request: Request) -> Route:
+    """Where a request goes, and why. Rules, first match wins:
+
+    1. privacy    personal data found by `detect_pii`, or flagged confidential -> local (never leaves)
+    2. modality   needs image input -> cloud (the local model reads text only)
+    3. volume     a high-volume bulk task (classification, extraction, summarization) -> local (cheapest)
+    4. complexity high complexity, or a reasoning task -> cloud (the stronger model is worth its price)
+    5. default    -> local (cost control)
+    """
+    if not isinstance(request, Request):
+        raise LabkitError(f"route takes a labkit.cost.Request, got {type(request).__name__}")
+    pii = detect_pii(request.prompt)
+    if pii or request.confidential:
+        kinds = sorted({PII_LABELS[m.kind] for m in pii})
+        what = " and ".join(kinds) if kinds else "the sender marked it confidential"
+        extra = " (it needs image input, which the local model cannot read: say so to the user)" \
+            if request.needs_vision else ""
+        return Route("local", "privacy", f"contains {what}: stays on our hardware{extra}" if kinds
+                     else f"{what}: stays on our hardware{extra}")
+    if request.needs_vision:
+        return Route("cloud", "modality", "needs image input; the local model reads text only")
+    if request.volume == "high" and request.task in BULK_TASKS:
+        return Route("local", "volume", f"high-volume {request.task}: cheapest per token on our own GPU")
+    if request.complexity == "high" or request.task == "reasoning":
+        return Route("cloud", "complexity", f"{request.complexity}-complexity {request.task}: worth the "
+                                            "stronger (and dearer) model")
+    return Route("local", "default", "nothing requires the cloud: local for cost control")
+
+
+class EndpointError(LabkitError):
+    """An endpoint that is down, too slow, or answered something that is not a completion."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An OpenAI-compatible endpoint, priced per 1M tokens. `label` says what it is (shown everywhere).
+
+    The course talks to servers on this machine only (`labkit.runtimes.openai_client`); pass
+    `allow_remote=True` to reach a real provider's base URL with your key.
+    """
+
+    name: str
+    base_url: str
+    model: str
+    api_key: str | None = None
+    usd_per_1m_input: float = 0.0
+    usd_per_1m_output: float = 0.0
+    label: str = ""
+    timeout_s: float = 30.0
+    allow_remote: bool = False
+
+    def __post_init__(self) -> None:
+        require_positive("usd_per_1m_input", self.usd_per_1m_input, allow_zero=True)
+        require_positive("usd_per_1m_output", self.usd_per_1m_output, allow_zero=True)
+        require_positive("timeout_s", self.timeout_s)
+
+    def client(self):
+        from .runtimes import openai_client
+
+        if not self.allow_remote:
+            return openai_client(self.base_url, self.api_key, timeout_s=self.timeout_s)
+        try:
+            from openai import OpenAI
+        except ImportError as err:
+            raise MissingPackageError("openai", "Talking to an OpenAI-compatible server") from err
+        return OpenAI(base_url=self.base_url, api_key=self.api_key or "not-needed", timeout=self.timeout_s,
+                      max_retries=0)
+
+    def complete(self, prompt: str, max_tokens: int) -> tuple[str, int, int, float]:
+        """(text, prompt tokens, completion tokens, seconds) of one greedy completion; EndpointError when
+        the endpoint is down, times out, or answers something that is not a completion with usage."""
+        start = time.perf_counter()
+        try:
+            reply = self.client().completions.create(model=self.model, prompt=prompt, max_tokens=max_tokens,
+                                                      temperature=0.0)
+        except LabkitError:
+            raise
+        except Exception as err:  # connection refused, timeout, HTTP error, unparsable body: all mean "down"
+            raise EndpointError(f"{self.name} at {self.base_url} failed: {type(err).__name__}: "
+                                f"{str(err)[:160]}") from err
+        seconds = time.perf_counter() - start
+        choices = getattr(reply, "choices", None)
+        usage = getattr(reply, "usage", None)
+        text = getattr(choices[0], "text", None) if isinstance(choices, list) and choices else None
+        p_tok, c_tok = getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
+        if not isinstance(text, str) or not all(isinstance(n, int) and n >= 0 for n in (p_tok, c_tok)):
+            raise EndpointError(f"{self.name} at {self.base_url} answered garbage (no completion text with "
+                                f"token usage): {str(reply)[:160]!r}")
+        return text, p_tok, c_tok, seconds
+
+
+@dataclass
+class RouteResult:
+    request: Request
+    decision: Route
+    served_by: str  # "local" or "cloud": where the answer actually came from
+    endpoint: str
+    text: str
+    latency_s: float
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    fell_back: bool = False
+    note: str = ""
+
+    def __str__(self) -> str:
+        tail = f" | ⚠ {self.note}" if self.note else ""
+        return (f"{self.served_by:5} ({self.decision.rule:10}) {self.latency_s * 1000:6.0f} ms "
+                f"{self.prompt_tokens:4d}+{self.completion_tokens:<3d} tok ${self.cost_usd:.7f}{tail}")
+
+
+@dataclass
+class HybridRouter:
+    """Route each request with `rules` (default `route`) and send it to the local or the cloud endpoint.
+
+    When the cloud endpoint is down or answers garbage, the request is served locally and the result says
+    so (`fell_back`, `note`). A request the rules keep local is never sent to the cloud, even when the
+    local endpoint fails: that error is raised.
+    """
+
+    local: Endpoint
+    cloud: Endpoint
+    rules: Callable[[Request], Route] = route
+    log: list[RouteResult] = field(default_factory=list)
+
+    def send(self, request: Request) -> RouteResult:
+        decision = self.rules(request)
+        if decision.target not in ("local", "cloud"):
+            raise LabkitError(f"a routing rule returned target {decision.target!r}. Accepted: 'local', 'cloud'")
+        endpoint, fell_back, note = (self.cloud if decision.target == "cloud" else self.local), False, ""
+        try:
+            text, p_tok, c_tok, seconds = endpoint.complete(request.prompt, request.max_tokens)
+        except EndpointError as err:
+            if endpoint is self.local:
+                raise
+            endpoint, fell_back, note = self.local, True, f"cloud unavailable, served locally instead ({err})"
+            text, p_tok, c_tok, seconds = endpoint.complete(request.prompt, request.max_tokens)
+        result = RouteResult(request, decision, "cloud" if endpoint is self.cloud else "local", endpoint.name, text,
+                             seconds, p_tok, c_tok,
+                             api_cost(p_tok, c_tok, endpoint.usd_per_1m_input, endpoint.usd_per_1m_output),
+                             fell_back, note)
+        self.log.append(result)
+        return result
+
+    def run(self, requests: Iterable[Request]) -> list[RouteResult]:
+        from tqdm.auto import tqdm
+
+        requests = list(requests)
+        return [self.send(r) for r in tqdm(requests, desc="requests")]
+
+
+def summarize_routes(results: Sequence[RouteResult]) -> list[dict]:
+    """Per place served (local, cloud): requests, share, tokens, median latency, total and per-request cost."""
+    import statistics
+
+    if not results:
+        raise LabkitError("summarize_routes needs at least one RouteResult")
+    rows = []
+    for where in ("local", "cloud"):
+        mine = [r for r in results if r.served_by == where]
+        if not mine:
+            continue
+        rows.append({
+            "served by": where, "requests": len(mine), "share": len(mine) / len(results),
+            "tokens": sum(r.prompt_tokens + r.completion_tokens for r in mine),
+            "median latency (ms)": 1000 * statistics.median(r.latency_s for r in mine),
+            "cost ($)": sum(r.cost_usd for r in mine),
+            "$ per 1,000 requests": 1000 * sum(r.cost_usd for r in mine) / len(mine),
+            "fell back": sum(r.fell_back for r in mine),
+        })
+    return rows
+
+
+def rows_markdown(rows: Sequence[dict]) -> str:
+    """A list of dicts as a Markdown table (floats rounded sensibly)."""
+    if not rows:
+        raise LabkitError("rows_markdown needs at least one row")
+    cols = list(rows[0])
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:,.6f}" if abs(v) < 0.01 else f"{v:,.4g}"
+        return str(v).replace("|", "\\|")
+
+    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+                     + ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows])
+
+
+# ----------------------------------------------------------------------------- the break-even widget
+
+
+def widget_gpu_offers() -> list[GpuOffer]:
+    """Rental offers whose GPU has a datasheet entry (gpus.json), so its throughput can be projected."""
+    from .hardware import find_gpu
+
+    usable = []
+    for offer in gpu_offers():
+        try:
+            find_gpu(offer.gpu)
+        except LabkitError:
+            continue
+        usable.append(offer)
+    return usable
+
+
+def break_even_for(monthly_tokens: float, offer: GpuOffer, api: ApiPrice, utilization: float, batch: int,
+                   output_share: float = 0.25) -> BreakEven:
+    """The widget's one computation: project the GPU's tokens/s at `batch`, then compare with the API."""
+    require_positive("monthly_tokens", monthly_tokens)
+    tps, note = gpu_tokens_per_s(offer.gpu, batch)
+    return BreakEven(monthly_tokens, offer, api, tps, utilization, output_share, note)
+
+
+def break_even_widget(monthly_tokens: float = 100e6, gpu: str = "H100", api: str = "GPT-4o",
+                      utilization: float = 0.5, batch: int = 8):
+    """Sliders for monthly tokens, GPU offer, utilisation, API price and batch; shows both monthly bills,
+    the break-even volume, and the cost-vs-volume plot."""
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    offers = {o.label: o for o in widget_gpu_offers()}
+    apis = {a.label: a for a in api_prices()}
+    first = lambda labels, text: next((k for k in labels if text.lower() in k.lower()), next(iter(labels)))  # noqa: E731
+    controls = {
+        "monthly_tokens": w.FloatLogSlider(value=monthly_tokens, base=10, min=5, max=11, step=0.1,
+                                           description="tokens/month", readout_format=".2e",
+                                           style={"description_width": "initial"}),
+        "offer": w.Dropdown(options=list(offers), value=first(offers, gpu), description="GPU",
+                            layout=w.Layout(width="460px")),
+        "utilization": w.FloatSlider(value=utilization, min=0.05, max=1.0, step=0.05, description="utilisation",
+                                     readout_format=".0%"),
+        "api": w.Dropdown(options=list(apis), value=first(apis, api), description="API",
+                          layout=w.Layout(width="460px")),
+        "batch": w.SelectionSlider(options=[1, 2, 4, 8, 16, 32, 64], value=batch, description="batch"),
+    }
+    summary, plot = w.HTML(), w.Output()
+
+    def update(*_: Any) -> None:
+        try:
+            be = break_even_for(controls["monthly_tokens"].value, offers[controls["offer"].value],
+                                apis[controls["api"].value], controls["utilization"].value, controls["batch"].value)
+        except LabkitError as err:
+            summary.value = f"<pre style='color:#a00'>{html.escape(str(err))}</pre>"
+            return
+        summary.value = be.html()
+        with plot:
+            plot.clear_output(wait=True)
+            fig = plot_cost_vs_volume(be)
+            display(fig)
+            plt.close(fig)
+
+    for c in controls.values():
+        c.observe(update, names="value")
+    update()
+    box = w.VBox([controls["monthly_tokens"], controls["offer"], controls["utilization"], controls["batch"],
+                  controls["api"], summary, plot])
+    box.controls, box.summary, box.update = controls, summary, update
+    return box
+
+
+# ----------------------------------------------------------------------------- exercises
+
+
+@exercise("08.cost_per_1m_tokens",
+          hint="Tokens in one hour = tokens/s × 3600 × utilisation. Divide the hourly price by that, then "
+               "multiply by 1,000,000.", rtol=0.01)
+def _expected_cost_per_1m(usd_per_hour: float, tokens_per_s: float, utilization: float) -> float:
+    return self_hosted_cost_per_1m(usd_per_hour, tokens_per_s, utilization)
+
+
+@exercise("08.break_even_tokens",
+          hint="A month of rent is $/h × 730 hours. The API charges (price per 1M) / 1e6 per token, so the "
+               "volumes are equal at rent ÷ price × 1,000,000 tokens.", rtol=0.01)
+def _expected_break_even(usd_per_hour: float, api_usd_per_1m: float) -> float:
+    return break_even_tokens_per_month(usd_per_hour * HOURS_PER_MONTH, api_usd_per_1m)
+
+
+@exercise("08.payback_months",
+          hint="Each month the card saves the API bill minus its electricity (kW × hours × $/kWh). "
+               "Divide the purchase price by that monthly saving.", rtol=0.01)
+def _expected_payback(purchase_usd: float, monthly_api_usd: float, power_w: float, busy_hours: float,
+                      usd_per_kwh: float) -> float:
+    return payback_months(purchase_usd, monthly_api_usd, electricity_usd_per_month(power_w, busy_hours, usd_per_kwh))
+
+
+@exercise("08.luhn", hint="From the rightmost digit, double every second digit and subtract 9 from any result "
+                          "above 9; add everything up. The number passes when the sum is divisible by 10.")
+def _expected_luhn(numbers: Sequence[str]) -> list[bool]:
+    return [luhn_valid(n) for n in numbers]

@@ -1,0 +1,421 @@
+"""labkit.cost: price tables (every row sourced and dated), the cost formulas against hand-worked
+examples, the PII detector on real-looking samples, the router rule by rule, and real routing through
+llama.cpp servers with a cloud endpoint that is down or answers garbage."""
+
+import csv
+import http.server
+import math
+import threading
+
+import pytest
+
+from labkit import check, cost
+from labkit.errors import LabkitError
+from labkit.runtimes import free_port
+
+# ----------------------------------------------------------------------------- price tables
+
+
+@pytest.mark.parametrize("table", list(cost.PRICE_TABLES))
+def test_every_shipped_price_has_a_source_url_and_the_date_it_was_read(table):
+    rows = cost.load_prices(table)
+    assert len(rows) >= 3
+    for row in rows:
+        assert all(s.strip().startswith("https://") for s in row["source"].split(";")), row
+        assert len(row["read_on"]) == 10 and row["read_on"][4] == "-", row
+
+
+def test_api_table_covers_open_models_on_several_providers_and_the_proprietary_models_the_seeds_name():
+    prices = cost.api_prices()
+    for model in ("8B", "70B"):
+        providers = {p.provider for p in prices if p.open_weights and model in p.model}
+        assert len(providers) >= 3, (model, providers)
+    closed = {p.model for p in prices if not p.open_weights}
+    assert {"GPT-4o", "Claude 3.5 Sonnet", "Gemini 1.5 Pro"} <= closed
+    assert all(p.usd_per_1m_output >= p.usd_per_1m_input for p in prices)  # generating costs at least as much
+
+
+def test_rental_table_covers_the_gpus_the_course_compares():
+    gpus = {o.gpu for o in cost.gpu_offers()}
+    for wanted in ("T4", "L4", "A10", "A100 40GB", "A100 80GB", "H100", "H200"):
+        assert any(wanted in g for g in gpus), wanted
+
+
+def _write(tmp_path, rows, name="prices.csv"):
+    path = tmp_path / name
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+GOOD = {"provider": "X", "model": "m", "open_weights": "yes", "usd_per_1m_input": "1", "usd_per_1m_output": "2",
+        "source": "https://example.com/pricing", "source_date": "", "read_on": "2026-12-01", "note": ""}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"source": ""}, "source"),
+    ({"source": "the vendor's website"}, "source"),
+    ({"read_on": ""}, "read_on"),
+    ({"read_on": "last week"}, "read_on"),
+    ({"usd_per_1m_input": "-1"}, "zero or more"),
+    ({"usd_per_1m_output": "free"}, "must be a number"),
+])
+def test_a_price_row_without_source_or_date_or_with_a_bad_number_is_refused(tmp_path, change, message):
+    assert cost.api_prices(_write(tmp_path, [GOOD]))[0].usd_per_1m_output == 2.0  # the good row loads
+    path = _write(tmp_path, [GOOD, {**GOOD, **change}], "bad.csv")
+    with pytest.raises(LabkitError, match=message) as err:
+        cost.load_prices(path)
+    assert "line 3" in str(err.value)
+
+
+def test_unknown_tables_providers_models_and_gpus_name_what_is_accepted():
+    with pytest.raises(LabkitError, match="Accepted"):
+        cost.load_prices("hotels")
+    with pytest.raises(LabkitError, match="Accepted.*OpenAI"):
+        cost.find_api_price("OpenAl", "GPT-4o")
+    with pytest.raises(LabkitError, match="Accepted"):
+        cost.find_api_price("OpenAI", "GPT-9")
+    with pytest.raises(LabkitError, match="Accepted"):
+        cost.cheapest_gpu_offer("TPU v5")
+
+
+def test_lookups_pick_exact_names_before_substrings_and_the_cheapest_offer():
+    assert cost.find_api_price("openai", "GPT-4o").model == "GPT-4o"  # not "GPT-4o mini"
+    assert cost.find_api_price("OpenAI", "mini").model == "GPT-4o mini"
+    h100 = [o for o in cost.gpu_offers() if o.gpu == "NVIDIA H100 80GB"]
+    assert cost.cheapest_gpu_offer("H100").usd_per_gpu_hour == min(o.usd_per_gpu_hour for o in h100)
+    table = cost.prices_markdown(cost.api_prices())
+    assert table.count("\n") == len(cost.api_prices()) + 1 and "2026-12-01" in table and "](https://" in table
+
+
+# ----------------------------------------------------------------------------- formulas, worked by hand
+
+
+def test_api_cost_and_blended_price():
+    # 2,000 input tokens at $0.20/1M = $0.0004; 500 output at $0.60/1M = $0.0003
+    assert cost.api_cost(2000, 500, 0.20, 0.60) == pytest.approx(0.0007)
+    # a quarter of the tokens generated: 0.75 x 2.50 + 0.25 x 10 = 4.375
+    assert cost.blended_price_per_1m(2.50, 10.0, 0.25) == pytest.approx(4.375)
+    assert cost.find_api_price("OpenAI", "GPT-4o").blended(0.25) == pytest.approx(4.375)
+
+
+def test_self_hosted_cost_per_million_tokens():
+    # $2/h, 1,000 tokens/s, busy half the time: 1.8M tokens an hour -> 2 / 1.8 = $1.111 per 1M
+    assert cost.self_hosted_cost_per_1m(2.0, 1000, 0.5) == pytest.approx(1.1111, rel=1e-4)
+    # utilisation divides: 10x less busy, 10x dearer per token
+    assert cost.self_hosted_cost_per_1m(2.0, 1000, 0.05) == pytest.approx(10 * cost.self_hosted_cost_per_1m(2.0, 1000, 0.5))
+    # electricity only: 1M tokens at 1,000/s = 1,000 s = 0.2778 h x 0.45 kW = 0.125 kWh x $0.30 = $0.0375
+    assert cost.self_hosted_cost_per_1m(0.0, 1000, 1.0, power_w=450, usd_per_kwh=0.30) == pytest.approx(0.0375)
+
+
+def test_break_even_payback_and_capacity():
+    # H100 at $4.29/h for 730 h = $3,131.70 a month; GPT-4o blended $4.375/1M -> 715.8M tokens
+    assert cost.break_even_tokens_per_month(4.29 * 730, 4.375) == pytest.approx(3131.7 / 4.375 * 1e6)
+    assert cost.break_even_tokens_per_month(100, 1.0, variable_usd_per_1m=0.5) == pytest.approx(200e6)
+    assert math.isinf(cost.break_even_tokens_per_month(100, 0.5, variable_usd_per_1m=0.5))
+    # an RTX 4090 ($1,599) replacing a $300 API bill, $30 of electricity: 1599 / 270 = 5.92 months
+    assert cost.payback_months(1599, 300, 30) == pytest.approx(5.9222, rel=1e-4)
+    assert math.isinf(cost.payback_months(1599, 30, 30))
+    assert cost.capacity_tokens_per_month(100, 0.5) == pytest.approx(100 * 3600 * 730 * 0.5)
+    assert cost.electricity_usd_per_month(450, 200, 0.30) == pytest.approx(27.0)
+
+
+def test_monthly_bill_of_a_described_workload():
+    support = cost.Workload("support bot", requests_per_day=10_000, input_tokens=500, output_tokens=200, days=30)
+    assert support.monthly_input_tokens == 150e6 and support.monthly_output_tokens == 60e6
+    gpt4o = cost.find_api_price("OpenAI", "GPT-4o")
+    h100 = cost.GpuOffer("test", "NVIDIA H100 80GB", "1x", 2.69, "https://example.com", "2026-12-01")
+    bill = cost.monthly_bill(support, gpt4o, h100, tokens_per_s=1000, max_utilization=0.5)
+    assert bill["api_usd"] == pytest.approx(150 * 2.50 + 60 * 10.0)  # $975
+    assert bill["gpus"] == 1 and bill["self_hosted_usd"] == pytest.approx(2.69 * 730)
+    assert bill["utilization"] == pytest.approx(210e6 / (1000 * 3600 * 730))
+    busy = cost.Workload("batch job", 1_000_000, 500, 200, 30)  # 21B tokens: needs several GPUs
+    assert cost.monthly_bill(busy, gpt4o, h100, 1000, 0.5)["gpus"] == math.ceil(21e9 / (1000 * 3600 * 730 * 0.5))
+
+
+def test_break_even_object_steps_and_crossing():
+    gpu = cost.GpuOffer("test", "NVIDIA H100 80GB", "1x", 2.0, "https://example.com", "2026-12-01")
+    api = cost.ApiPrice("test", "m", False, 4.0, 4.0, "https://example.com", "2026-12-01")
+    be = cost.BreakEven(100e6, gpu, api, tokens_per_s=1000, utilization=0.5)
+    assert be.gpu_usd_per_month == pytest.approx(1460)
+    assert be.break_even_tokens == pytest.approx(1460 / 4.0 * 1e6)  # 365M tokens
+    assert be.cheaper == "API" and be.api_usd(100e6) == pytest.approx(400)
+    cap = be.capacity  # 1.314B tokens per GPU
+    assert be.gpus_needed(cap) == 1 and be.gpus_needed(cap + 1) == 2
+    assert be.self_hosted_usd(cap + 1) == pytest.approx(2 * 1460)
+    assert "break-even" in be.summary() and "labkit-break-even" in be.html()
+    slow = cost.BreakEven(1e9, gpu, api, tokens_per_s=10, utilization=0.5)  # $111 per 1M > $4 API
+    assert math.isinf(slow.break_even_tokens) and "never" in slow.summary()
+
+
+def test_batching_projection():
+    # 100 tokens/s at batch 1 reading 1 GB of weights + 0.1 GB of KV: 110 GB/s achieved.
+    # batch 4 reads 1 + 4 x 0.1 = 1.4 GB per step -> 4 x 110 / 1.4 = 314.3 tokens/s
+    assert cost.projected_batch_tokens_per_s(100, 4, 1e9, 1e8) == pytest.approx(4 * 110 / 1.4)
+    assert cost.projected_batch_tokens_per_s(100, 1, 1e9, 1e8) == pytest.approx(100)
+    assert cost.projected_batch_tokens_per_s(100, 8, 1e9, 0) == pytest.approx(800)  # no KV: linear
+    assert cost.projected_batch_tokens_per_s(100, 64, 1e9, 1e8, compute_tokens_per_s=500) == 500
+
+
+def test_gpu_throughput_starts_from_the_committed_h100_measurement():
+    ref = cost.reference_gpu_result("Q4_K_M")
+    tps, note = cost.gpu_tokens_per_s("H100", batch=1)
+    assert tps == pytest.approx(ref.decode_tokens_per_s) and "measured" in note
+    h200, _ = cost.gpu_tokens_per_s("H200", batch=1)
+    assert h200 == pytest.approx(ref.decode_tokens_per_s * 4800 / 3350)  # same share of a bigger bandwidth
+    speeds = [cost.gpu_tokens_per_s("H100", batch=b)[0] for b in (1, 4, 16, 64)]
+    assert speeds == sorted(speeds) and speeds[-1] < 64 * speeds[0]  # KV reads grow with the batch
+
+
+@pytest.mark.parametrize("call", [
+    lambda: cost.api_cost(-1, 0, 1, 1),
+    lambda: cost.api_cost(1, 1, -0.5, 1),
+    lambda: cost.self_hosted_cost_per_1m(2.0, 0, 0.5),
+    lambda: cost.self_hosted_cost_per_1m(-2.0, 100, 0.5),
+    lambda: cost.self_hosted_cost_per_1m(2.0, 100, 0),
+    lambda: cost.self_hosted_cost_per_1m(2.0, 100, 1.5),
+    lambda: cost.break_even_tokens_per_month(100, 0),
+    lambda: cost.payback_months(-5, 10),
+    lambda: cost.Workload("w", -10, 100, 100),
+    lambda: cost.projected_batch_tokens_per_s(100, 0, 1e9, 0),
+    lambda: cost.break_even_for(-1, cost.cheapest_gpu_offer("H100"), cost.find_api_price("OpenAI", "GPT-4o"), 0.5, 1),
+    lambda: cost.gpu_tokens_per_s("Voodoo 2"),
+    lambda: cost.find_consumer_gpu("RTX 9999"),
+])
+def test_bad_input_is_a_labkit_error(call):
+    with pytest.raises(LabkitError):
+        call()
+
+
+# ----------------------------------------------------------------------------- personal data
+
+
+@pytest.mark.parametrize("text, kind", [
+    ("Please email jane.doe@example.co.uk about the refund", "email"),
+    ("Card: 4111 1111 1111 1111, exp 09/28", "card"),  # Visa's published test number
+    ("charge 5500-0000-0000-0004 again", "card"),
+    ("amex 378282246310005 on file", "card"),
+    ("IBAN GB82 WEST 1234 5698 7654 32 for the transfer", "iban"),
+    ("pay DE89370400440532013000 today", "iban"),
+    ("my SSN is 123-45-6789", "us_ssn"),
+    ("call me on +44 20 7946 0958 tomorrow", "phone"),
+    ("office: (415) 555-0132", "phone"),
+    ("mobile 415.555.0132", "phone"),
+])
+def test_pii_detector_finds_real_looking_personal_data(text, kind):
+    found = cost.detect_pii(text)
+    assert [m.kind for m in found] == [kind], found
+    assert text[found[0].start:found[0].end] == found[0].text
+
+
+@pytest.mark.parametrize("text", [
+    "Card: 4111 1111 1111 1112",  # fails the Luhn check
+    "SSN 000-12-3456 is not a valid number",
+    "Order 12345 shipped on 2026-12-01 at 13:45 for $1,599.00",
+    "Upgrade to Python 3.11.2 and torch 2.13.0; see section 4.2.1",
+    "Summarise: the quarterly report shows revenue up 12% to 4.5 million",
+])
+def test_pii_detector_ignores_numbers_that_are_not_personal_data(text):
+    assert cost.detect_pii(text) == []
+
+
+def test_an_iban_with_a_wrong_checksum_is_not_reported_as_one():
+    assert "iban" not in {m.kind for m in cost.detect_pii("IBAN GB82 WEST 1234 5698 7654 33")}
+
+
+def test_luhn_iban_and_redaction():
+    assert cost.luhn_valid("79927398713") and not cost.luhn_valid("79927398710")
+    assert cost.luhn_valid("4111-1111-1111-1111") and not cost.luhn_valid("abcd")
+    assert cost.iban_valid("GB82WEST12345698765432") and not cost.iban_valid("GB00WEST12345698765432")
+    text = "Mail bob@example.com or call +1 415 555 0132, card 4111111111111111."
+    assert [m.kind for m in cost.detect_pii(text)] == ["email", "phone", "card"]
+    assert cost.redact(text) == "Mail [EMAIL] or call [PHONE], card [CARD]."
+    with pytest.raises(LabkitError):
+        cost.detect_pii(None)
+
+
+# ----------------------------------------------------------------------------- the router, rule by rule
+
+
+def test_rule_privacy_keeps_personal_or_confidential_requests_local():
+    r = cost.route(cost.Request("Draft a reply to anna@example.org", complexity="high"))
+    assert (r.target, r.rule) == ("local", "privacy") and "e-mail" in r.reason
+    r = cost.route(cost.Request("Summarise this contract", confidential=True, task="reasoning"))
+    assert (r.target, r.rule) == ("local", "privacy")
+    r = cost.route(cost.Request("What is on this receipt? Card 4111 1111 1111 1111", needs_vision=True))
+    assert (r.target, r.rule) == ("local", "privacy") and "image" in r.reason
+
+
+def test_rule_modality_sends_image_requests_to_the_cloud():
+    r = cost.route(cost.Request("Describe the attached photo", needs_vision=True, complexity="high"))
+    assert (r.target, r.rule) == ("cloud", "modality")
+
+
+def test_rule_volume_keeps_high_volume_bulk_tasks_local_before_complexity():
+    r = cost.route(cost.Request("Label: positive or negative?", task="classification", volume="high",
+                                complexity="high"))
+    assert (r.target, r.rule) == ("local", "volume")
+    r = cost.route(cost.Request("Write a parser", task="code", volume="high", complexity="high"))
+    assert r.rule == "complexity"  # code is not a bulk task
+
+
+def test_rule_complexity_sends_hard_requests_to_the_cloud():
+    assert cost.route(cost.Request("Prove it", complexity="high")).target == "cloud"
+    assert cost.route(cost.Request("Plan the migration", task="reasoning")).rule == "complexity"
+
+
+def test_rule_default_is_local():
+    r = cost.route(cost.Request("Say hello", task="chat", complexity="medium"))
+    assert (r.target, r.rule) == ("local", "default")
+
+
+def test_bad_requests_are_refused():
+    with pytest.raises(LabkitError, match="Accepted"):
+        cost.Request("x", task="poetry")
+    with pytest.raises(LabkitError, match="Accepted"):
+        cost.Request("x", complexity="extreme")
+    with pytest.raises(LabkitError, match="prompt"):
+        cost.Request("   ")
+    with pytest.raises(LabkitError):
+        cost.route({"prompt": "x"})
+
+
+# ----------------------------------------------------------------------------- routing for real
+
+
+class _Garbage(http.server.BaseHTTPRequestHandler):
+    hits = 0
+    body = b"<html>upstream overloaded</html>"
+
+    def do_POST(self):  # noqa: N802
+        type(self).hits += 1
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def garbage_server():
+    _Garbage.hits = 0
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Garbage)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", _Garbage
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def llama_server():
+    pytest.importorskip("llama_cpp")
+    from labkit.runtimes import LlamaServer
+
+    with LlamaServer(n_ctx=512, api_key="local-key") as server:
+        yield server
+
+
+def _local(server, **kw):
+    return cost.Endpoint("local", server.base_url, server.model, server.api_key, **kw)
+
+
+HARD = cost.Request("The capital of France is", complexity="high", max_tokens=4)
+EASY = cost.Request("The capital of France is", max_tokens=4)
+
+
+@pytest.mark.llama
+def test_router_serves_each_route_from_a_real_server_and_prices_it(llama_server):
+    local = _local(llama_server, usd_per_1m_input=0.1, usd_per_1m_output=0.2)
+    cloud = cost.Endpoint("cloud stand-in", llama_server.base_url, llama_server.model, llama_server.api_key,
+                          usd_per_1m_input=2.5, usd_per_1m_output=10.0)
+    router = cost.HybridRouter(local, cloud)
+    easy, hard = router.send(EASY), router.send(HARD)
+    assert (easy.served_by, hard.served_by) == ("local", "cloud") and not hard.fell_back
+    for res, ep in ((easy, local), (hard, cloud)):
+        assert res.prompt_tokens > 0 and 0 < res.completion_tokens <= 4 and res.latency_s > 0
+        assert res.cost_usd == pytest.approx(cost.api_cost(res.prompt_tokens, res.completion_tokens,
+                                                           ep.usd_per_1m_input, ep.usd_per_1m_output))
+    rows = cost.summarize_routes(router.log)
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0) and {r["served by"] for r in rows} == {"local", "cloud"}
+    assert "served by" in cost.rows_markdown(rows)
+
+
+@pytest.mark.llama
+def test_router_falls_back_and_says_so_when_the_cloud_is_down(llama_server):
+    dead = cost.Endpoint("cloud", f"http://127.0.0.1:{free_port()}/v1", "gpt-4o", "sk-test", timeout_s=2)
+    res = cost.HybridRouter(_local(llama_server), dead).send(HARD)
+    assert res.decision.target == "cloud" and res.served_by == "local" and res.fell_back
+    assert "cloud unavailable" in res.note and "failed" in res.note and res.text
+
+
+@pytest.mark.llama
+@pytest.mark.parametrize("body", [b"<html>upstream overloaded</html>", b'{"id": "x", "object": "text_completion"}'])
+def test_router_falls_back_when_the_cloud_answers_garbage(llama_server, garbage_server, body):
+    url, handler = garbage_server
+    handler.body = body
+    res = cost.HybridRouter(_local(llama_server), cost.Endpoint("cloud", url, "gpt-4o", "sk-test")).send(HARD)
+    assert handler.hits == 1 and res.fell_back and res.served_by == "local"
+
+
+def test_a_private_request_is_never_sent_to_the_cloud_even_when_local_is_down(garbage_server):
+    url, handler = garbage_server
+    down = cost.Endpoint("local", f"http://127.0.0.1:{free_port()}/v1", "m", timeout_s=2)
+    router = cost.HybridRouter(down, cost.Endpoint("cloud", url, "gpt-4o"))
+    with pytest.raises(cost.EndpointError, match="failed"):
+        router.send(cost.Request("Reply to anna@example.org", max_tokens=4))
+    assert handler.hits == 0
+
+
+def test_endpoints_stay_on_this_machine_unless_allowed():
+    with pytest.raises(LabkitError, match="not on this machine"):
+        cost.Endpoint("cloud", "https://api.openai.com/v1", "gpt-4o", "sk-x").client()
+    with pytest.raises(LabkitError):
+        cost.Endpoint("cloud", "http://127.0.0.1:1/v1", "m", usd_per_1m_input=-1)
+
+
+# ----------------------------------------------------------------------------- measurement, widget, exercises
+
+
+@pytest.mark.slow
+def test_batched_generation_is_measured_per_batch_size(bundled_dense):
+    points = cost.measure_batch_throughput(bundled_dense.model, bundled_dense.tokenizer, "The sky is",
+                                           batch_sizes=(1, 2), new_tokens=3)
+    assert [p.batch for p in points] == [1, 2] and all(p.seconds > 0 and p.tokens_per_s > 0 for p in points)
+    assert points[1].tokens_per_s == pytest.approx(2 * 3 / points[1].seconds)
+    with pytest.raises(LabkitError):
+        cost.measure_batch_throughput(bundled_dense.model, bundled_dense.tokenizer, "x", batch_sizes=(0,))
+
+
+def test_matmul_flops_is_plausible():
+    assert 1e8 < cost.measure_matmul_flops("cpu", size=256, repeats=2) < 1e15
+
+
+def test_break_even_widget_reacts_to_its_controls():
+    pytest.importorskip("ipywidgets")
+    box = cost.break_even_widget(monthly_tokens=1e8, gpu="H100", api="GPT-4o", utilization=0.5, batch=8)
+    before = box.summary.value
+    assert "labkit-break-even" in before and "GPT-4o" in before
+    box.controls["monthly_tokens"].value = 1e10
+    assert box.summary.value != before
+    box.controls["utilization"].value = 0.05
+    assert "Self-hosted" in box.summary.value
+    offers = cost.widget_gpu_offers()
+    assert offers and all(o.gpu != "NVIDIA A10G" for o in offers)  # no datasheet entry to project from
+
+
+def test_exercise_checks_pass_on_the_right_answer_and_fail_with_a_hint():
+    check("08.cost_per_1m_tokens", 2.0 / (1000 * 3600 * 0.5) * 1e6, usd_per_hour=2.0, tokens_per_s=1000,
+          utilization=0.5)
+    check("08.break_even_tokens", 2.0 * 730 / 4.0 * 1e6, usd_per_hour=2.0, api_usd_per_1m=4.0)
+    check("08.payback_months", 1599 / (300 - 0.45 * 200 * 0.3), purchase_usd=1599, monthly_api_usd=300,
+          power_w=450, busy_hours=200, usd_per_kwh=0.3)
+    check("08.luhn", [True, False], numbers=["4111 1111 1111 1111", "4111 1111 1111 1112"])
+    with pytest.raises(AssertionError, match="Hint"):
+        check("08.cost_per_1m_tokens", 2.0 / 1000, usd_per_hour=2.0, tokens_per_s=1000, utilization=0.5)
+    with pytest.raises(AssertionError, match="Hint"):
+        check("08.luhn", [True, True], numbers=["4111 1111 1111 1111", "4111 1111 1111 1112"])
