@@ -17,11 +17,12 @@ LAB_ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 CELL_TIMEOUT ?= 600
 NOTEBOOK_TIMEOUT ?= 1200
 
-.PHONY: lab test setup setup-dev unit notebooks lint clean strip help browser
+.PHONY: lab test setup setup-dev unit notebooks lint clean strip help browser gpu-check
 
 help:
 	@echo "make lab    - set up and open the course (JupyterLab on 127.0.0.1:$(PORT))"
 	@echo "make test   - set up and run all tests (lint, unit tests, notebooks)"
+	@echo "make gpu-check - on a CUDA machine: every notebook in the gpu profile + the GPU benchmarks (outputs/gpu-check/)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +73,10 @@ test: lint unit notebooks
 
 strip: setup-dev
 	$(VENV)/bin/nbstripout --keep-id notebooks/*.ipynb
+
+# On a CUDA machine: every notebook in the gpu profile, one at a time, then benchmarks/*; summary printed last.
+gpu-check: setup-dev
+	$(PY) benchmarks/gpu_check.py --out outputs/gpu-check
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

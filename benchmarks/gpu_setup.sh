@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Set up a GPU machine that reaches no package index, from the wheels benchmarks/gpu_wheels.py made.
+#   bash benchmarks/gpu_setup.sh            # in the checkout, with .gpu-wheels/c*/ carried there
+# Joins split files, installs the wheels into /tmp/labkit-site (the image's torch/transformers stay), builds
+# llama-cpp-python with CUDA once (about 5 minutes on 16 cores; the wheel is kept in .gpu-wheels/built/),
+# registers the notebook kernel and prints what it has. Then: PYTHONPATH=/tmp/labkit-site python3 benchmarks/gpu_check.py
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SITE=/tmp/labkit-site
+W=.gpu-wheels
+mkdir -p "$W/all" "$W/built"
+# Join parts (name.partNN, possibly carried in different folders) back into whole files.
+python3 - "$W" <<'PY'
+import shutil, sys
+from pathlib import Path
+w = Path(sys.argv[1])
+files = [f for f in w.glob("c*/*") if f.is_file()]
+whole = {}
+for f in files:
+    name, _, part = f.name.rpartition(".part")
+    if part.isdigit() and len(part) == 2:
+        whole.setdefault(name, []).append(f)
+    else:
+        shutil.copy(f, w / "all" / f.name)
+for name, parts in whole.items():
+    with open(w / "all" / name, "wb") as out:
+        for p in sorted(parts, key=lambda p: p.name):
+            out.write(p.read_bytes())
+print(f"{len(list((w / 'all').iterdir()))} files ready ({len(whole)} joined from parts)")
+PY
+python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" $W/all/*.whl
+export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if ! python3 -c "import llama_cpp" 2>/dev/null; then
+  if ! ls $W/built/llama_cpp_python-*.whl >/dev/null 2>&1; then
+    sdist=$(ls $W/all/llama_cpp_python-*.tar.gz)
+    echo "building llama-cpp-python with CUDA from $sdist (about 5 minutes)"
+    CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+      python3 -m pip wheel -q --no-deps --no-build-isolation -w $W/built "$sdist"
+  fi
+  python3 -m pip install -q --no-index --no-deps --target "$SITE" $W/built/llama_cpp_python-*.whl
+fi
+python3 -m ipykernel install --prefix /tmp/labkit-kernel --name python3 >/dev/null
+echo "JUPYTER_PATH=/tmp/labkit-kernel/share/jupyter PYTHONPATH=$PYTHONPATH"
+python3 -m labkit doctor || true
