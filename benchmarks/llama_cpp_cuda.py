@@ -33,29 +33,18 @@ PROMPT = ("The history of computing is a story of machines that grew smaller, fa
 
 
 def write_random_gguf(vocab_path: Path, out_path: Path, layers: int | None = None, seed: int = 0) -> Path:
-    """A GGUF with the vocab file's metadata and tokenizer and random F16 weights of its shapes."""
+    """A GGUF with the vocab file's metadata and tokenizer and random F16 weights of its shapes
+    (written by labkit.gguf_files.write_gguf_like, the course's one GGUF writer)."""
     import numpy as np
-    from gguf import GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType
 
-    reader = GGUFReader(vocab_path)
-    arch = reader.fields["general.architecture"].contents()
-    meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    from labkit.gguf_files import read_gguf, write_gguf_like
+
+    meta = read_gguf(vocab_path).metadata
+    arch = meta["general.architecture"]
     n_layers = layers or meta[f"{arch}.block_count"]
     hidden, ffn = meta[f"{arch}.embedding_length"], meta[f"{arch}.feed_forward_length"]
     heads, kv_heads = meta[f"{arch}.attention.head_count"], meta[f"{arch}.attention.head_count_kv"]
     vocab, head_dim = meta[f"{arch}.vocab_size"], hidden // heads
-
-    writer = GGUFWriter(out_path, arch)
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or key in ("general.architecture", "general.name", "general.file_type",
-                                              f"{arch}.block_count"):
-            continue
-        vtype = field.types[0]
-        sub = field.types[-1] if vtype == GGUFValueType.ARRAY else None
-        writer.add_key_value(key, field.contents(), vtype, sub_type=sub)
-    writer.add_block_count(n_layers)
-    writer.add_file_type(LlamaFileType.MOSTLY_F16)
-    writer.add_name("random-weights llama 8B architecture (speed only)")
 
     shapes = {"token_embd.weight": (vocab, hidden), "output.weight": (vocab, hidden)}
     for i in range(n_layers):
@@ -68,15 +57,12 @@ def write_random_gguf(vocab_path: Path, out_path: Path, layers: int | None = Non
     largest = max(int(np.prod(s)) for s in shapes.values())
     buf = (rng.standard_normal(largest, dtype=np.float32) * 0.02).astype(np.float16)
     ones = np.ones(hidden, dtype=np.float32)  # norms stay F32 in llama.cpp
-    for name in ["output_norm.weight"] + [f"blk.{i}.{n}_norm.weight" for i in range(n_layers) for n in ("attn", "ffn")]:
-        writer.add_tensor(name, ones)
-    for name, shape in shapes.items():
-        writer.add_tensor(name, buf[: int(np.prod(shape))].reshape(shape))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file(progress=False)
-    writer.close()
-    return out_path
+    tensors = {name: ones for name in ["output_norm.weight"] + [f"blk.{i}.{n}_norm.weight"
+                                                                for i in range(n_layers) for n in ("attn", "ffn")]}
+    tensors.update({name: buf[: int(np.prod(shape))].reshape(shape) for name, shape in shapes.items()})
+    return write_gguf_like(vocab_path, tensors, out_path, dtype="F16", strict=False,
+                           metadata={f"{arch}.block_count": n_layers,
+                                     "general.name": "random-weights llama 8B architecture (speed only)"})
 
 
 def quantize(src: Path, dst: Path, ftype_name: str, threads: int) -> Path:

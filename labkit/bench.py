@@ -26,8 +26,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .check import exercise
+from .check import exercise, validator
 from .errors import LabkitError, require_positive
+from .gguf_files import GgufTensor, read_gguf
 
 # ----------------------------------------------------------------------------- timing
 
@@ -164,89 +165,14 @@ class BytesPerToken:
                 f" + KV cache {self.kv_cache / 1e6:,.2f} MB")
 
 
-_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-
-
-@dataclass(frozen=True)
-class GgufTensor:
-    name: str
-    shape: tuple[int, ...]
-    type: str
-    n_bytes: int
-
-
 def read_gguf_header(path: str | Path, max_array: int = 1024) -> tuple[dict[str, Any], list[GgufTensor]]:
     """A GGUF file's metadata and tensor table, read from its header only (fast; no weights loaded).
 
-    Arrays longer than `max_array` (the tokenizer's vocabulary) are skipped and recorded as their length.
+    Arrays longer than `max_array` (the tokenizer's vocabulary) are recorded as their length.
+    The reader is `labkit.gguf_files.read_gguf` (one reader for the whole project).
     """
-    import mmap
-    import struct
-
-    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    from .models import validate_gguf
-
-    path = validate_gguf(path)
-    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        pos = 4
-
-        def read(fmt: str) -> Any:
-            nonlocal pos
-            value = struct.unpack_from(fmt, buf, pos)[0]
-            pos += struct.calcsize(fmt)
-            return value
-
-        def read_str() -> str:
-            nonlocal pos
-            n = read("<Q")
-            pos += n
-            return bytes(buf[pos - n:pos]).decode("utf-8", errors="replace")
-
-        def skip(n: int) -> None:
-            nonlocal pos
-            pos += n
-
-        def read_value(kind: int) -> Any:
-            if kind == 8:
-                return read_str()
-            if kind == 9:
-                elem, count = read("<I"), read("<Q")
-                values = [read_value(elem) for _ in range(count)] if count <= max_array else None
-                if values is None:  # skip it quickly
-                    if elem == 8:
-                        for _ in range(count):
-                            read_str()
-                    else:
-                        skip(struct.calcsize(_GGUF_SCALARS[elem]) * count)
-                    return f"<array of {count}>"
-                return values
-            if kind not in _GGUF_SCALARS:
-                raise LabkitError(f"{path} has a metadata value of unknown type {kind}: not a valid GGUF file")
-            return read(_GGUF_SCALARS[kind])
-
-        try:
-            version = read("<I")
-            if version < 2:
-                raise LabkitError(f"{path} is GGUF version {version}; versions 2 and 3 are supported")
-            n_tensors, n_kv = read("<Q"), read("<Q")
-            meta = {}
-            for _ in range(n_kv):
-                key = read_str()
-                meta[key] = read_value(read("<I"))
-            tensors = []
-            for _ in range(n_tensors):
-                name = read_str()
-                shape = tuple(read("<Q") for _ in range(read("<I")))
-                qtype = GGMLQuantizationType(read("<I"))
-                read("<Q")  # offset in the data section
-                block, size = GGML_QUANT_SIZES[qtype]
-                tensors.append(GgufTensor(name, shape, qtype.name, math.prod(shape) // block * size))
-        except LabkitError:
-            raise
-        except (struct.error, ValueError, KeyError) as err:
-            raise LabkitError(f"{path} has a damaged GGUF header ({err})") from err
-    return meta, tensors
+    info = read_gguf(path, max_array=max_array)
+    return dict(info.metadata), list(info.tensors)
 
 
 def gguf_tensor_types(path: str | Path) -> dict[str, dict]:
@@ -254,16 +180,8 @@ def gguf_tensor_types(path: str | Path) -> dict[str, dict]:
 
     A "Q4_K_M" file is a mix: some tensors get more bits (the embedding, attention V) than others.
     """
-    _, tensors = read_gguf_header(path)
-    total = sum(t.n_bytes for t in tensors) or 1
-    out: dict[str, dict] = {}
-    for t in tensors:
-        entry = out.setdefault(t.type, {"tensors": 0, "bytes": 0, "share": 0.0})
-        entry["tensors"] += 1
-        entry["bytes"] += t.n_bytes
-    for entry in out.values():
-        entry["share"] = entry["bytes"] / total
-    return dict(sorted(out.items(), key=lambda kv: -kv[1]["bytes"]))
+    return {k: {key: v[key] for key in ("tensors", "bytes", "share")}
+            for k, v in read_gguf(path).tensor_types().items()}
 
 
 def gguf_bytes_per_token(path: str | Path, context_tokens: float = 0, kv_bytes_per_value: float = 2) -> BytesPerToken:
@@ -332,24 +250,52 @@ def roofline_estimate(parameters_billion: float, bits_per_weight: float, bandwid
 
 @exercise("02.roofline_tokens_per_s",
           hint="Bytes per token = parameters × bytes per parameter; tokens/s ≤ bandwidth in bytes/s "
-               "(GB/s × 1e9) divided by that.", rtol=0.01)
+               "(GB/s × 1e9) divided by that.", rtol=0.01,
+          slips={"leaving the bandwidth in GB/s (multiply by 1e9 for bytes/s)": 1e-9,
+                 "dividing by the parameter count alone, not by the bytes they take":
+                     lambda expected, bytes_per_parameter, **_: expected * bytes_per_parameter})
 def _expected_roofline(parameters: float, bytes_per_parameter: float, bandwidth_gbps: float) -> float:
     return roofline_tokens_per_s(parameters * bytes_per_parameter, bandwidth_gbps * 1e9)
 
 
-@exercise("02.percent_of_roofline", hint="100 × measured tokens/s ÷ roofline tokens/s.", rtol=0.01)
+@exercise("02.percent_of_roofline", hint="100 × measured tokens/s ÷ roofline tokens/s.", rtol=0.01,
+          slips={"giving a fraction where a percentage is asked (x 100)": 0.01,
+                 "dividing the roofline by the measurement (upside down)": lambda expected, **_: 1e4 / expected})
 def _expected_percent(tokens_per_s: float, roofline: float) -> float:
     return percent_of_roofline(tokens_per_s, roofline)
 
 
 @exercise("02.decode_tokens_per_s",
           hint="Decode speed leaves the first token out: (number of tokens − 1) ÷ (time of the last token − "
-               "time of the first).", rtol=0.01)
+               "time of the first).", rtol=0.01,
+          slips={"counting every token, the first too (n instead of n − 1)":
+                     lambda expected, token_times: expected * len(token_times) / (len(token_times) - 1)})
 def _expected_decode(token_times: Sequence[float]) -> float:
     times = list(token_times)
     if len(times) < 2:
         raise LabkitError("token_times needs at least two tokens")
     return (len(times) - 1) / (times[-1] - times[0])
+
+
+@validator("02.predict_thread_speedup",
+           hint="Decoding reads every weight once per token, so it waits on memory more than on arithmetic: a "
+                "second thread helps only until the memory bus is busy. Expect between 1x and 2x, nearer 1x when "
+                "one thread already streams close to the bandwidth, nearer 2x for a small model that fits in cache.")
+def _validate_thread_prediction(answer: Any, tokens_per_s_1: float, tokens_per_s_2: float,
+                                tolerance: float = 0.35) -> str | None:
+    """A prediction, made before measuring, of tokens/s with 2 threads ÷ with 1; checked against the run."""
+    try:
+        predicted = float(answer)
+    except (TypeError, ValueError):
+        return f"give your prediction as a number (the speed-up, e.g. 1.5), got {type(answer).__name__}"
+    if not 0.5 <= predicted <= 2.5:
+        return f"a {predicted:g}x speed-up from one thread to two is not what two cores can give"
+    measured = tokens_per_s_2 / tokens_per_s_1
+    if abs(predicted - measured) > tolerance * measured:
+        way = "less" if predicted > measured else "more"
+        return (f"you predicted {predicted:.2f}x and measured {measured:.2f}x: the second thread helped {way} "
+                "than you expected. Which resource was the limit?")
+    return None
 
 
 # ----------------------------------------------------------------------------- showing results
