@@ -364,19 +364,16 @@ def scores_bytes(seq_len: int, heads: int, dtype: Any = "bf16", batch: int = 1) 
 
 
 def naive_peak_bytes(seq_len: int, heads: int, head_dim: int, dtype: Any = "bf16", batch: int = 1,
-                     masked: bool = False, device: Any = "cpu") -> float:
+                     masked: bool = False) -> float:
     """Estimated extra memory naive_attention holds at its peak, the softmax (inputs not counted).
 
     Alive together: the scaled Q (N x head_dim), the scores (dtype), the boolean N x N mask when
-    masked, and the fp32 softmax. In bf16/fp16 a third N x N copy joins them: on a CPU, PyTorch
-    first copies the scores to fp32 (4 bytes) and then takes the softmax; on a GPU the softmax reads
-    bf16 directly, and the third copy is the cast of the result back to bf16 (2 bytes).
+    masked, and the fp32 softmax; in bf16/fp16 also the fp32 copy of the scores that PyTorch makes
+    before the softmax (seen on a CPU and on an H200): 2 + 4 + 4 = 10 bytes per score in bf16, 8 in fp32.
+    At 16k tokens and 32 heads in bf16 that is 80 GiB; the H200 measured 80.4 GiB.
     """
     e = _bytes_per_value(dtype)
-    if e == 4:
-        per_score = 4 + 4
-    else:
-        per_score = e + 4 + (4 if str(device).startswith("cpu") else e)
+    per_score = 4 + 4 + (e if e != 4 else 0)
     n2 = batch * heads * seq_len * seq_len
     return float(n2 * per_score + (seq_len * seq_len if masked else 0) + batch * heads * seq_len * head_dim * e)
 
@@ -624,7 +621,10 @@ def measure_transformers_attention(model: str = "qwen2.5-0.5b", implementations:
     ids = torch.randint(0, vocab, (1, seq_len), generator=torch.Generator().manual_seed(0)).to(device)
     rows = []
     for impl in implementations:
-        net.set_attn_implementation(impl)
+        if hasattr(net, "set_attn_implementation"):
+            net.set_attn_implementation(impl)
+        else:  # older transformers read the choice off the config at every forward
+            net.config._attn_implementation = impl
 
         def call():
             with torch.no_grad():
@@ -639,6 +639,39 @@ def measure_transformers_attention(model: str = "qwen2.5-0.5b", implementations:
                              layers=net.config.num_hidden_layers, random_weights=True, error="out of memory"))
             torch.cuda.empty_cache()
     del net, loaded
+    return rows
+
+
+# ============================================================================ equality
+
+
+def equality_report(shapes: Sequence[dict] | None = None, dtype: Any = "fp32", device: Any = "cpu",
+                    variants: Sequence[str] = ("naive", "tiled", "sdpa")) -> list[dict]:
+    """Max |variant - reference| for each problem, the reference being SDPA's math in float64 on the CPU.
+
+    A problem is a dict of seq_len, heads, kv_heads, head_dim, causal, window (defaults: a few covering
+    MHA, GQA, causal and a sliding window, with lengths that are not a multiple of the tile).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    shapes = shapes or [
+        dict(seq_len=100, heads=4, kv_heads=4, head_dim=32, causal=False, window=None),
+        dict(seq_len=130, heads=8, kv_heads=2, head_dim=64, causal=True, window=None),
+        dict(seq_len=200, heads=4, kv_heads=1, head_dim=16, causal=True, window=48),
+    ]
+    rows = []
+    for i, p in enumerate(shapes):
+        q, k, v = random_qkv(p["seq_len"], p["heads"], p["head_dim"], p["kv_heads"], dtype=dtype, device=device, seed=i)
+        mask = attention_mask(p["seq_len"], p["seq_len"], p["causal"], p["window"]) if p.get("window") else None
+        ref = F.scaled_dot_product_attention(q.cpu().double(), k.cpu().double(), v.cpu().double(), attn_mask=mask,
+                                             is_causal=p["causal"] and mask is None,
+                                             enable_gqa=p["heads"] != p["kv_heads"])
+        row = dict(p)
+        for variant in variants:
+            out = attention_function(variant)(q, k, v, causal=p["causal"], window=p.get("window"))
+            row[variant] = (out.cpu().double() - ref).abs().max().item()
+        rows.append(row)
     return rows
 
 
@@ -673,6 +706,41 @@ def plot_sweep(runs: Sequence[AttentionRun], title: str = "Attention: time and m
     ax_m.set_title("memory")
     ax_m.legend(fontsize=8)
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_tiles(seq_len: int = 16, block_q: int = 4, block_k: int = 4, causal: bool = True,
+               window: int | None = None):
+    """The score matrix cut into tiles: the tiles tiled_attention computes whole, the ones it masks
+    in part (the diagonal, the window's edge), and the ones it never visits."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    keep = attention_mask(seq_len, seq_len, causal, window)
+    keep = np.ones((seq_len, seq_len), bool) if keep is None else keep.numpy()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.imshow(keep, cmap="Greys", vmin=0, vmax=2.5, origin="upper")
+    colours = {"computed": "tab:green", "masked in part": "tab:orange", "skipped": "tab:red"}
+    counts = dict.fromkeys(colours, 0)
+    for q0 in range(0, seq_len, block_q):
+        for k0 in range(0, seq_len, block_k):
+            q1, k1 = min(q0 + block_q, seq_len), min(k0 + block_k, seq_len)
+            tile = keep[q0:q1, k0:k1]
+            kind = "skipped" if not _tile_visible(q0, q1, k0, k1, causal, window) else (
+                "computed" if tile.all() else "masked in part")
+            counts[kind] += 1
+            ax.add_patch(Rectangle((k0 - 0.5, q0 - 0.5), k1 - k0, q1 - q0, fill=kind != "skipped", alpha=0.35,
+                                   facecolor=colours[kind], edgecolor=colours[kind], lw=1.5,
+                                   hatch="xx" if kind == "skipped" else None))
+    for kind, colour in colours.items():
+        ax.plot([], [], "s", color=colour, label=f"{kind}: {counts[kind]} tiles")
+    ax.set_xlabel("key position j (K, V tiles of block_k)")
+    ax.set_ylabel("query position i (Q tiles of block_q)")
+    ax.set_title(f"N={seq_len}, tiles {block_q}x{block_k}, causal={causal}, window={window}")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, fontsize=8)
+    ax.grid(False)
     fig.tight_layout()
     return fig
 
