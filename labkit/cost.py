@@ -391,9 +391,10 @@ def monthly_bill(workload: Workload, api: ApiPrice, gpu: GpuOffer, tokens_per_s:
     gpus = max(1, math.ceil(workload.monthly_tokens / capacity))
     self_usd = gpus * gpu.usd_per_gpu_hour * HOURS_PER_MONTH
     busy = workload.monthly_tokens / (gpus * capacity_tokens_per_month(tokens_per_s))
-    per_1m = (lambda usd: usd / workload.monthly_tokens * 1e6) if workload.monthly_tokens else (lambda usd: math.nan)
+    tokens = workload.monthly_tokens
     return {"api_usd": api_usd, "gpus": gpus, "self_hosted_usd": self_usd, "utilization": busy,
-            "api_usd_per_1m": per_1m(api_usd), "self_hosted_usd_per_1m": per_1m(self_usd)}
+            "api_usd_per_1m": api_usd / tokens * 1e6 if tokens else math.nan,
+            "self_hosted_usd_per_1m": self_usd / tokens * 1e6 if tokens else math.nan}
 
 
 def plot_cost_vs_utilization(setups: dict[str, tuple[float, float]], apis: Sequence[ApiPrice],
