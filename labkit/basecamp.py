@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from .check import exercise
+from .check import BITS_FOR_BYTES, GB_FOR_GIB, exercise
 from .dtypes import bytes_per_weight, normalize_dtype
 from .errors import LabkitError, require_positive, unknown
 from .models import LoadedModel
@@ -107,13 +107,17 @@ def process_memory_bytes() -> int:
 
 
 @exercise("00.tokens_per_second", hint="Tokens per second = generated tokens divided by the seconds they took "
-          "(use the result's new_tokens and seconds, not the prompt tokens).", rtol=0.01)
+          "(use the result's new_tokens and seconds, not the prompt tokens).", rtol=0.01,
+          slips={"dividing the seconds by the tokens (that is seconds per token)": lambda expected, **_: 1 / expected})
 def _tokens_per_second(new_tokens: int, seconds: float) -> float:
     return new_tokens / seconds
 
 
 @exercise("00.weights_gib", hint="Weights in bytes = parameters x bytes per weight (bf16: 2 bytes, Q4_K_M: "
-          "4.84 bits / 8). Divide bytes by 2**30 for GiB.", rtol=0.02)
+          "4.84 bits / 8). Divide bytes by 2**30 for GiB.", rtol=0.02,
+          slips={**GB_FOR_GIB, **BITS_FOR_BYTES,
+                 "using bf16's 2 bytes per weight instead of the asked type's":
+                     lambda expected, parameters, **_: parameters * 2 / 2**30})
 def _weights_gib(parameters: float, dtype: str) -> float:
     return weights_bytes(parameters, dtype) / 2**30
 

@@ -911,24 +911,39 @@ def hub_model_card(hf_id: str) -> dict:
 # =============================================================================== exercises
 
 
+def _query_heads_per_kv_head(config: str) -> float:
+    from .models import load_config
+
+    cfg = load_config(config)
+    return cfg["num_attention_heads"] / cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+
+
 @exercise("01.kv_bytes_per_token",
           hint="2 (a key and a value) × num_hidden_layers × num_key_value_heads × head_dim × bytes per value "
                "(2 for bf16). Use the KV heads, not the attention heads; head_dim = hidden_size / "
-               "num_attention_heads unless the config states it.")
+               "num_attention_heads unless the config states it.",
+          slips={"counting only K or only V (the cache stores both, x 2)": 0.5,
+                 "using the query (attention) heads instead of the KV heads":
+                     lambda expected, config, **_: expected * _query_heads_per_kv_head(config),
+                 "counting bits where bytes are asked (16 for bf16 instead of 2)": 8.0})
 def _expected_kv_bytes(config: str, dtype: str = "bf16") -> int:
     return kv_cache_bytes_per_token(config, dtype)
 
 
 @exercise("01.moe_active_params",
           hint="Start from the total and remove the experts a token does not visit: in every MoE layer, "
-               "(experts − experts_per_token) × (3 × hidden_size × expert intermediate size).")
+               "(experts − experts_per_token) × (3 × hidden_size × expert intermediate size).",
+          slips={"giving the total parameter count, not the active one":
+                     lambda expected, config: count_parameters(config).total})
 def _expected_active(config: str) -> int:
     return count_parameters(config).active
 
 
 @exercise("01.embedding_share",
           hint="The input embedding table is vocab_size × hidden_size parameters; divide by the total from "
-               "count_parameters(config).total. (With tied embeddings the output head reuses the same table.)")
+               "count_parameters(config).total. (With tied embeddings the output head reuses the same table.)",
+          slips={"giving a percentage where a fraction between 0 and 1 is asked": 100.0,
+                 "counting the tied embedding table twice (input and output share it)": 2.0})
 def _expected_embedding_share(config: str) -> float:
     counts = count_parameters(config)
     return counts.embedding / counts.total

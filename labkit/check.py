@@ -13,6 +13,18 @@ Exercises are registered next to the code they exercise, in the topic modules, w
 `@exercise(id, hint=...)` (the function returns the expected answer) or
 `@validator(id, hint=...)` (the function returns None when the answer is right, else a message).
 The expected answer is always computed by labkit from the same inputs, never hard-coded.
+
+A wrong number says how far off it is (coarsely, so the message never hands out the answer), and
+an exercise can declare the slips learners often make, each as the value that slip produces:
+
+    @exercise("01.kv_bytes_per_token", hint=..., slips={
+        "counting only K or only V (the cache holds both)": 0.5,       # a factor of the expected answer
+        "using the query heads instead of the KV heads": lambda expected, config, **_: ...,
+    })
+
+When a wrong answer matches a slip, the message names the slip. `evaluate(...)` returns the verdict
+without raising or printing; `check(...)` raises or prints it, and the class grader calls `evaluate`
+in its own process on the answers it recorded (labkit.grading).
 """
 
 from __future__ import annotations
@@ -21,10 +33,18 @@ import importlib
 import math
 import pkgutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import unknown
+
+Slip = float | Callable[..., Any]  # a factor applied to the expected answer, or fn(expected, **inputs)
+
+# Slips many numeric exercises share, ready to pass in `slips=`.
+GB_FOR_GIB = {"dividing by 1e9 (GB) where the exercise asks for GiB (2**30 bytes)": 2**30 / 1e9}
+GIB_FOR_GB = {"dividing by 2**30 (GiB) where the exercise asks for GB (1e9 bytes)": 1e9 / 2**30}
+BITS_FOR_BYTES = {"counting bits where bytes are asked (or forgetting to divide the bits by 8)": 8.0,
+                  "dividing by 8 twice: the value was already in bytes": 1 / 8}
 
 
 @dataclass(frozen=True)
@@ -35,17 +55,39 @@ class Exercise:
     validate: Callable[..., str | None] | None = None
     rtol: float = 1e-3
     atol: float = 0.0
+    slips: dict[str, Slip] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a check decided: passed or not, and the message the learner sees."""
+    exercise_id: str
+    passed: bool
+    message: str
+    hint: str
+    slip: str | None = None
+
+    def __str__(self) -> str:
+        if self.passed:
+            return f"✅ [{self.exercise_id}] correct"
+        return f"[{self.exercise_id}] {self.message}.\nHint: {self.hint}"
 
 
 _EXERCISES: dict[str, Exercise] = {}
 _discovered = False
 
 
-def exercise(exercise_id: str, hint: str, rtol: float = 1e-3, atol: float = 0.0):
-    """Register a function that computes the expected answer from the check's keyword arguments."""
+def exercise(exercise_id: str, hint: str, rtol: float = 1e-3, atol: float = 0.0,
+             slips: dict[str, Slip] | None = None):
+    """Register a function that computes the expected answer from the check's keyword arguments.
+
+    `slips` maps a short description of a likely mistake to the value it produces: a number (a factor
+    applied to the expected answer) or a function `fn(expected, **inputs)` returning the slipped value.
+    """
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-        _EXERCISES[exercise_id] = Exercise(exercise_id, hint, expected=fn, rtol=rtol, atol=atol)
+        _EXERCISES[exercise_id] = Exercise(exercise_id, hint, expected=fn, rtol=rtol, atol=atol,
+                                           slips=dict(slips or {}))
         return fn
 
     return register
@@ -77,22 +119,81 @@ def exercises() -> dict[str, Exercise]:
     return _EXERCISES
 
 
-def check(exercise_id: str, answer: Any, **context: Any) -> None:
-    """Check an answer. Raises AssertionError with the exercise's hint when it is wrong or missing."""
+def evaluate(exercise_id: str, answer: Any, **context: Any) -> Verdict:
+    """Decide whether an answer is right, without printing or raising (the grader uses this)."""
     registry = exercises()
     if exercise_id not in registry:
         raise unknown("exercise", exercise_id, sorted(registry))
     ex = registry[exercise_id]
     if answer is None or answer is Ellipsis:
-        raise AssertionError(f"[{ex.id}] no answer yet: replace the placeholder with your code.\nHint: {ex.hint}")
+        return Verdict(ex.id, False, "no answer yet: replace the placeholder with your code", ex.hint)
     if ex.validate is not None:
         problem = ex.validate(answer, **context)
-    else:
-        expected = ex.expected(**context)
-        problem = None if _close(answer, expected, ex.rtol, ex.atol) else f"got {_short(answer)}, which is not right"
-    if problem:
-        raise AssertionError(f"[{ex.id}] {problem}.\nHint: {ex.hint}")
-    print(f"✅ [{ex.id}] correct")
+        return Verdict(ex.id, not problem, problem or "", ex.hint)
+    expected = ex.expected(**context)
+    if _close(answer, expected, ex.rtol, ex.atol):
+        return Verdict(ex.id, True, "", ex.hint)
+    slip = _matching_slip(ex, answer, expected, context)
+    message = f"got {_short(answer)}{_how_far_off(answer, expected, ex.rtol)}"
+    if slip:
+        message += f". That is the value you get by {slip}"
+    return Verdict(ex.id, False, message, ex.hint, slip)
+
+
+def check(exercise_id: str, answer: Any, **context: Any) -> None:
+    """Check an answer. Raises AssertionError with the exercise's hint when it is wrong or missing."""
+    verdict = evaluate(exercise_id, answer, **context)
+    if not verdict.passed:
+        raise AssertionError(str(verdict))
+    print(verdict)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _how_far_off(answer: Any, expected: Any, rtol: float) -> str:
+    """A coarse distance ('about 2x too large', 'within 10% but too low'), never the answer itself."""
+    got, want = _number(answer), _number(expected)
+    if got is None or want is None or isinstance(expected, bool):
+        return ", which is not right"
+    if want == 0:
+        return f", but the answer is zero (yours is {'above' if got > 0 else 'below'})"
+    ratio = got / want
+    if ratio <= 0:
+        return ", which has the wrong sign" if ratio < 0 else ", but the answer is not zero"
+    side = "high" if ratio > 1 else "low"
+    if 0.9 < ratio < 1.1:
+        return f": close (within 10%) but too {side} for the ±{rtol:.1%} tolerance"
+    factor = ratio if ratio > 1 else 1 / ratio
+    size = "large" if ratio > 1 else "small"
+    if factor >= 100:
+        return f", about 10^{round(math.log10(factor))} times too {size}: check your units"
+    return f", about {factor:.2g}x too {size}"
+
+
+def _matching_slip(ex: Exercise, answer: Any, expected: Any, context: dict[str, Any]) -> str | None:
+    got, want = _number(answer), _number(expected)
+    if got is None or want is None:
+        return None
+    tolerance = max(ex.rtol, 1e-3)
+    for name, slip in ex.slips.items():
+        try:
+            value = want * slip if isinstance(slip, (int, float)) else slip(expected, **context)
+        except Exception:  # a slip that does not apply to these inputs
+            continue
+        value = _number(value)
+        if value is None or math.isclose(value, want, rel_tol=tolerance):  # the slip changes nothing here
+            continue
+        if math.isclose(got, value, rel_tol=tolerance, abs_tol=ex.atol):
+            return name
+    return None
 
 
 def _close(answer: Any, expected: Any, rtol: float, atol: float) -> bool:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .check import exercise
+from .check import BITS_FOR_BYTES, GIB_FOR_GB, exercise
 from .dtypes import BITS_PER_WEIGHT
 from .errors import LabkitError, MissingPackageError, require_positive
 
@@ -669,7 +669,8 @@ def _expected_gguf_quant(filename: str) -> str:
 
 
 @exercise("02.gguf_file_gb", hint="File size ≈ parameters × bits per weight / 8 bytes; divide by 1e9 for GB. "
-                                  "Look the bits up in runtimes.GGUF_BITS_PER_WEIGHT.", rtol=0.02)
+                                  "Look the bits up in runtimes.GGUF_BITS_PER_WEIGHT.", rtol=0.02,
+          slips={**GIB_FOR_GB, **BITS_FOR_BYTES})
 def _expected_gguf_gb(filename: str, parameters: float) -> float:
     bits = parse_gguf_name(filename).bits_per_weight
     return parameters * bits / 8 / 1e9

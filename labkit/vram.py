@@ -1395,30 +1395,38 @@ def largest_that_fits(models: list[str], dtype: str, context: int, margin: float
 
 # ============================================================================ exercises
 
-from .check import exercise, validator  # noqa: E402  (registered next to the code they exercise)
+import numbers  # noqa: E402
+
+from .check import BITS_FOR_BYTES, GB_FOR_GIB, exercise, validator  # noqa: E402  (registered next to the code they exercise)
 from .dtypes import bytes_per_weight  # noqa: E402
 
 
 @exercise("03.weights_gib", hint="parameters x bytes per parameter (bf16: 2 bytes, int8: 1, nf4: 0.5), divided "
-          "by 2**30 for GiB.", rtol=0.01)
+          "by 2**30 for GiB.", rtol=0.01, slips={**GB_FOR_GIB, **BITS_FOR_BYTES})
 def _expected_weights_gib(parameters: float, dtype: str) -> float:
     return parameters * bytes_per_weight(dtype) / GIB
 
 
 @exercise("03.kv_cache_gib", hint="2 (K and V) x layers x kv_heads x head_dim x tokens x bytes per value, divided "
-          "by 2**30. Use the KV heads, not the query heads.", rtol=0.01)
+          "by 2**30. Use the KV heads, not the query heads.", rtol=0.01,
+          slips={"counting only K or only V (the cache stores both, x 2)": 0.5, **GB_FOR_GIB,
+                 "counting bits where bytes are asked (16 for bf16 instead of 2)": 8.0})
 def _expected_kv_gib(layers: int, kv_heads: int, head_dim: int, tokens: int, bytes_per_value: float) -> float:
     return kv_cache_formula_bytes(layers, kv_heads, head_dim, tokens, bytes_per_value) / GIB
 
 
 @exercise("03.kv_equals_weights_tokens", hint="weights in bytes / KV bytes per token (all layers, K and V). "
-          "labkit.vram.kv_cache_bytes_per_token(model) gives the per-token figure.", rtol=0.01)
+          "labkit.vram.kv_cache_bytes_per_token(model) gives the per-token figure.", rtol=0.01,
+          slips={"leaving out the x 2 for K and V in the bytes per token": 2.0})
 def _expected_kv_equals_weights(model: str, dtype: str = "bf16") -> int:
     return kv_equals_weights_tokens(model, dtype)
 
 
 @exercise("03.full_finetune_gib", hint="mixed-precision AdamW keeps, per parameter: bf16 weights (2 bytes), bf16 "
-          "gradients (2), an fp32 master copy (4) and Adam's two fp32 moments (8): 16 bytes.", rtol=0.01)
+          "gradients (2), an fp32 master copy (4) and Adam's two fp32 moments (8): 16 bytes.", rtol=0.01,
+          slips={"counting only weights and gradients (4 bytes per parameter)": 4 / 16,
+                 "leaving out Adam's two fp32 moments (8 bytes per parameter)": 8 / 16,
+                 "leaving out the fp32 master copy (4 bytes per parameter)": 12 / 16, **GB_FOR_GIB})
 def _expected_full_finetune_gib(parameters: float) -> float:
     return parameters * 16 / GIB
 
@@ -1430,6 +1438,10 @@ def _validate_min_gpus(answer: Any, model: str, dtype: str, context: int, gb: fl
         warnings.simplefilter("ignore")
         est = estimate_inference(model, dtype, context=context)
     need = gpus_needed(est, gb)
-    if answer != need:
-        return f"got {answer!r}, but {need} GPUs of {gb} GB are the fewest that hold {model} ({dtype}, {context} tokens)"
+    if isinstance(answer, bool) or not isinstance(answer, numbers.Integral) or answer < 1:
+        return f"give a whole number of GPUs (1 or more), got {answer!r}"
+    if answer < need:
+        return f"with {answer} GPU(s) the model {fits(split_tensor_parallel(est, int(answer)), gb)}"
+    if answer > need:
+        return f"{answer} GPUs of {gb} GB hold {model}, but fewer do too"
     return None
