@@ -30,6 +30,7 @@ from typing import Any
 from .check import exercise, validator
 from .dtypes import bytes_per_weight, normalize_dtype
 from .errors import LabkitError, require_positive, unknown
+from .hardware import usable_memory
 
 GIB = 2**30
 
@@ -71,6 +72,7 @@ class ModelEntry:
     active_params_b: float | None = None
     config: str | None = None
     note: str = ""
+    context_note: str = ""  # why the published context differs from the config's max_position_embeddings
     benchmarks: tuple[dict, ...] = ()
 
     @property
@@ -206,6 +208,13 @@ _FIELDS = {
     "mixtral": ("intermediate_size", "num_local_experts", "num_experts_per_tok"),
     "deepseek_v2": ("intermediate_size", "moe_intermediate_size", "n_routed_experts", "num_experts_per_tok",
                     "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"),
+    "qwen3": ("intermediate_size",),
+    "olmo2": ("intermediate_size",),
+    "qwen2_moe": ("moe_intermediate_size", "num_experts", "num_experts_per_tok", "shared_expert_intermediate_size"),
+    "qwen3_moe": ("moe_intermediate_size", "num_experts", "num_experts_per_tok"),
+    "olmoe": ("intermediate_size", "num_experts", "num_experts_per_tok"),
+    "gpt_oss": ("intermediate_size", "num_local_experts", "num_experts_per_tok"),
+    "granitemoe": ("intermediate_size", "num_local_experts", "num_experts_per_tok"),
 }
 SUPPORTED_MODEL_TYPES = tuple(_FIELDS)
 
@@ -424,6 +433,23 @@ def architecture_rows(names: list[str] | None = None) -> list[dict]:
     return rows
 
 
+def context_rows() -> list[dict]:
+    """Every catalog model with a shipped config whose published context differs from the config's
+    `max_position_embeddings`, with the catalog's explanation of the difference."""
+    rows = []
+    for e in load_catalog():
+        if not e.config:
+            continue
+        from .vram import architecture
+
+        in_config = architecture(e.config).max_position
+        if in_config != e.context:
+            rows.append({"model": e.name, "published context": f"{e.context:,}",
+                         "config max_position_embeddings": f"{in_config:,}",
+                         "why": e.context_note or "(no explanation in datasets/catalog.yaml)"})
+    return rows
+
+
 def published_vs_computed() -> list[dict]:
     """For every shipped config: the parameter count computed from the config next to the count its
     publisher states (from the catalog), with the difference."""
@@ -474,19 +500,46 @@ def licence_rows() -> list[dict]:
     return sorted(rows, key=lambda r: order[r["commercial"]])
 
 
+def kv_allowance_ratios(context: int = 4096) -> dict[str, float]:
+    """Catalog name -> the picker's size-based KV allowance divided by the exact KV cache at `context`
+    tokens, for every model with a shipped config (1.0 = the rule of thumb is exact)."""
+    require_positive("context", context)
+    ratios = {}
+    for e in load_catalog():
+        if e.config:
+            exact = kv_cache_bytes(e.config, int(context), "fp16")
+            ratios[e.name] = kv_allowance_bytes_per_token(count_parameters(e.config).active / 1e9) * context / exact
+    return ratios
+
+
 def kv_allowance_rows(context: int = 4096) -> list[dict]:
     """For each shipped config: the picker's size-based KV allowance next to the exact KV cache."""
-    require_positive("context", context)
+    ratios = kv_allowance_ratios(context)
     rows = []
     for e in load_catalog():
         if not e.config:
             continue
         exact = kv_cache_bytes(e.config, int(context), "fp16")
-        allowance = kv_allowance_bytes_per_token(count_parameters(e.config).active / 1e9) * context
         rows.append({"model": e.name, "attention": architecture_summary(e.config)["attention"],
                      f"exact KV at {context:,} tokens": f"{exact / 2**20:,.0f} MiB",
-                     "allowance": f"{allowance / 2**20:,.0f} MiB", "allowance / exact": f"{allowance / exact:.2f}"})
+                     "allowance": f"{exact * ratios[e.name] / 2**20:,.0f} MiB",
+                     "allowance / exact": f"{ratios[e.name]:.2f}"})
     return rows
+
+
+def kv_allowance_summary(context: int = 4096, factor: float = 3.0) -> str:
+    """One sentence, computed: for how many shipped models the allowance is within `factor` of the exact
+    cache, and which ones it misses (too high or too low)."""
+    ratios = kv_allowance_ratios(context)
+    low = [f"{n} ({r:.2f}×)" for n, r in ratios.items() if r < 1 / factor]
+    high = [f"{n} ({r:.1f}×)" for n, r in ratios.items() if r > factor]
+    inside = len(ratios) - len(low) - len(high)
+    text = f"At {context:,} tokens the allowance is within {factor:g}× of the exact cache for {inside} of {len(ratios)} models"
+    if high:
+        text += f"; far too high for {', '.join(high)}"
+    if low:
+        text += f"; far too low for {', '.join(low)}"
+    return text + "."
 
 
 # =============================================================================== mixture of experts
@@ -687,7 +740,8 @@ def _licence_ok(entry: ModelEntry, licence: str) -> bool:
 
 def recommend(task: str, vram_gb: float, quant: str = "Q4_K_M", context: int = 4096, licence: str = "any",
               top: int | None = 5, overhead_gib: float = 0.5) -> list[Recommendation]:
-    """Catalog models for `task` that fit in `vram_gb` (GiB, as GPUs are sold) at `quant`, best first.
+    """Catalog models for `task` that fit in `vram_gb` (GiB the card shows; the fit keeps the course's
+    safety margin free, see labkit.hardware.usable_memory) at `quant`, best first.
 
     Candidates: models whose specialities include the task, whose licence passes `licence`, whose
     context window holds `context` tokens, and whose memory estimate fits. Ranking: specialists first
@@ -702,12 +756,13 @@ def recommend(task: str, vram_gb: float, quant: str = "Q4_K_M", context: int = 4
     if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top <= 0):
         raise LabkitError(f"top must be a positive integer or None, got {top!r}")
     quant = normalize_dtype(quant)
+    usable_gib = usable_memory(vram_gb).bytes / GIB  # what the card shows, less the safety margin
     picks = []
     for entry in load_catalog():
         if task not in entry.specialities or not _licence_ok(entry, licence) or entry.context < context:
             continue
         memory = estimate_memory(entry, quant, context, overhead_gib=overhead_gib)
-        if memory.total_gib > vram_gb:
+        if memory.total_gib > usable_gib:
             continue
         specialist = task != "general" and "general" not in entry.specialities
         bits = [("specialist" if specialist else "covers") + f" {task}"]
@@ -717,7 +772,7 @@ def recommend(task: str, vram_gb: float, quant: str = "Q4_K_M", context: int = 4
         size = f"{entry.params_b:g}B" + (f", {entry.active_b:g}B active" if entry.is_moe else "")
         bits.append(f"{size} at {quant} ≈ {memory.weights_gib:.1f} GiB weights + {memory.kv_cache_gib:.1f} GiB "
                     f"KV ({context:,} tokens) + {memory.overhead_gib:.1f} GiB overhead = {memory.total_gib:.1f} "
-                    f"of {vram_gb:g} GiB")
+                    f"of {usable_gib:.1f} GiB usable")
         bits.append(f"{entry.licence} (commercial: {entry.commercial})")
         picks.append(Recommendation(entry, memory, specialist, "; ".join(bits)))
     picks.sort(key=lambda r: (not r.specialist, -r.model.params_b, -int(r.model.release.replace("-", ""))))
@@ -967,17 +1022,19 @@ def _validate_pick(answer: Any, task: str, vram_gb: float, licence: str = "any",
     if entry.context < context:
         return f"{entry.name} reads at most {entry.context:,} tokens, fewer than the {context:,} needed"
     need = estimate_memory(entry, quant, context).total_gib
-    if need > vram_gb:
-        return f"{entry.name} needs about {need:.1f} GiB at {quant}, more than {vram_gb:g} GiB"
+    usable = usable_memory(vram_gb)
+    if need * GIB > usable.bytes:
+        return (f"{entry.name} needs about {need:.1f} GiB at {quant}, more than the {usable.bytes / GIB:.1f} GiB "
+                f"usable of {vram_gb:g} GiB (5% stays free)")
     return None
 
 
 __all__ = [
     "LICENCE_FILTERS", "TASKS", "MemoryEstimate", "ModelEntry", "ParameterCount", "Recommendation",
-    "architecture_rows", "architecture_summary", "benchmark_rows", "card_metadata", "catalog_rows",
+    "architecture_rows", "architecture_summary", "benchmark_rows", "card_metadata", "catalog_rows", "context_rows",
     "count_built_parameters", "count_parameters", "estimate_memory", "families", "find_models", "get_model",
     "html_table", "hub_model_card", "hub_search", "kv_allowance_bytes_per_token", "kv_cache_bytes",
-    "kv_allowance_rows", "kv_cache_bytes_per_token", "licence_rows", "load_catalog", "moe_demo",
+    "kv_allowance_ratios", "kv_allowance_rows", "kv_allowance_summary", "kv_cache_bytes_per_token", "licence_rows", "load_catalog", "moe_demo",
     "parameter_report_rows", "picker_widget", "plot_expert_load",
     "plot_kv_bytes_per_token", "plot_moe_total_vs_active", "plot_params_vs_context", "published_vs_computed",
     "recommend", "recommendations_html", "route_tokens", "show_table", "tiny_moe",

@@ -96,28 +96,125 @@ def detect_hardware(check_online: bool = True) -> Hardware:
     )
 
 
-def measure_memory_bandwidth(device: str | None = None, size_mib: int = 256, repeats: int = 5) -> float:
-    """Measured memory bandwidth in bytes/s: best of `repeats` copies of a `size_mib` buffer.
+def copy_rates(device: str | None = None, size_mib: int = 256, runs: int = 5) -> list[float]:
+    """Bytes/s of each of `runs` timed copies of a `size_mib` buffer (after one untimed warm-up copy).
 
     A copy reads and writes every byte, so bytes moved = 2 x size. This is the number that
     bounds decode speed (every weight is read once per generated token).
     """
     import torch
 
+    from .errors import LabkitError
+
     device = device or detect_hardware(check_online=False).device
+    if device not in ("cpu", "cuda", "mps"):
+        from .errors import unknown
+
+        raise unknown("device", device, ("cpu", "cuda", "mps"))
+    if isinstance(size_mib, bool) or not isinstance(size_mib, int) or size_mib <= 0:
+        raise LabkitError(f"size_mib must be a positive whole number of MiB, got {size_mib!r}")
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs <= 0:
+        raise LabkitError(f"runs must be a positive whole number, got {runs!r}")
     n = size_mib * 1024 * 1024 // 4
     src = torch.ones(n, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    best = float("inf")
-    for i in range(repeats + 1):
+    rates = []
+    for i in range(runs + 1):
         _sync(device)
         start = time.perf_counter()
         dst.copy_(src)
         _sync(device)
         elapsed = time.perf_counter() - start
         if i > 0:  # the first copy warms up caches and allocators
-            best = min(best, elapsed)
-    return 2 * n * 4 / best
+            rates.append(2 * n * 4 / elapsed)
+    return rates
+
+
+def measure_memory_bandwidth(device: str | None = None, size_mib: int = 256, repeats: int = 5) -> float:
+    """Measured memory bandwidth in bytes/s: the fastest of `repeats` copies of a `size_mib` buffer.
+
+    One quick number. The notebooks use `session_bandwidth()` instead: the median of several copies,
+    measured once and then reused, so every notebook quotes the same figure.
+    """
+    return max(copy_rates(device, size_mib, repeats))
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    """Memory bandwidth measured once per session: the median copy, with the spread of all copies."""
+
+    device: str
+    median: float  # bytes/s
+    low: float  # slowest copy, bytes/s
+    high: float  # fastest copy, bytes/s
+    runs: int
+    size_mib: int
+    measured_at: float  # seconds since the epoch
+    cached: bool = False  # True when read back from labkit's cache instead of measured now
+
+    def __float__(self) -> float:
+        return self.median
+
+    @property
+    def spread(self) -> float:
+        """(fastest - slowest) / median: how much single copies disagree on this machine."""
+        return (self.high - self.low) / self.median
+
+    def __str__(self) -> str:
+        when = time.strftime("%H:%M", time.localtime(self.measured_at))
+        how = f"cached from {when}" if self.cached else f"measured now ({when})"
+        return (f"{self.median / 1e9:,.1f} GB/s on {self.device}: median of {self.runs} copies of "
+                f"{self.size_mib} MiB, single copies {self.low / 1e9:,.1f} to {self.high / 1e9:,.1f} GB/s "
+                f"({self.spread:.0%} spread); {how}")
+
+
+BANDWIDTH_MAX_AGE_S = 12 * 3600  # a cached measurement older than this is measured again
+
+
+def session_bandwidth(device: str | None = None, refresh: bool = False, size_mib: int | None = None, runs: int = 9,
+                      max_age_s: float = BANDWIDTH_MAX_AGE_S) -> Bandwidth:
+    """This machine's memory bandwidth, measured once and reused by every notebook.
+
+    The first call times `runs` copies and keeps their median (single copies swing by tens of percent
+    on a shared or busy machine); it stores the result in labkit's cache directory. Later calls, in this
+    or any other notebook, read it back until the machine restarts or `max_age_s` passes. `refresh=True`
+    measures again (and stores the new result).
+    """
+    import json
+    import statistics
+
+    from .paths import cache_dir
+
+    device = device or detect_hardware(check_online=False).device
+    size_mib = size_mib or (1024 if device == "cuda" else 256)  # a GPU copies 256 MiB in well under a millisecond
+    key = _bandwidth_key(device)
+    path = cache_dir() / "bandwidth.json"
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        stored = {}
+    entry = stored.get(key)
+    fresh = entry and time.time() - entry["measured_at"] < max_age_s and entry["measured_at"] > psutil.boot_time()
+    if fresh and not refresh:
+        return Bandwidth(**{**entry, "cached": True})
+    rates = copy_rates(device, size_mib, runs)
+    result = Bandwidth(device, statistics.median(rates), min(rates), max(rates), runs, size_mib, time.time())
+    stored[key] = {k: v for k, v in asdict(result).items() if k != "cached"}
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(stored, indent=1))
+    os.replace(tmp, path)  # atomic: two notebooks starting together never read half a file
+    return result
+
+
+def _bandwidth_key(device: str) -> str:
+    """One cache entry per machine and device (the cache folder may be shared between machines)."""
+    if device == "cuda":
+        import torch
+
+        what = torch.cuda.get_device_name(0)
+    else:
+        what = f"{os.cpu_count()} cores"
+    return f"{socket.gethostname()}|{device}|{what}"
 
 
 def _sync(device: str) -> None:
@@ -129,8 +226,65 @@ def _sync(device: str) -> None:
         torch.mps.synchronize()
 
 
+# Fit verdicts keep this share of the memory a card shows free. It covers what the estimate does not see:
+# the caching allocator's fragmentation (freed blocks that do not fit the next request), other processes
+# on the card (a desktop, a second notebook), and the estimate's own error (worst -3.6% against an H100,
+# notebook 03).
+SAFETY_MARGIN = 0.05
+
+
+@dataclass(frozen=True)
+class UsableMemory:
+    """The memory a fit verdict compares against: what the device shows, less the safety margin."""
+
+    where: str
+    shown_bytes: float  # what CUDA reports for a GPU (or the free memory of this machine)
+    margin: float
+
+    @property
+    def bytes(self) -> float:
+        return self.shown_bytes * (1 - self.margin)
+
+    def __str__(self) -> str:
+        return (f"{self.where}: {self.shown_bytes / GIB:.1f} GiB shown, {self.bytes / GIB:.1f} GiB usable "
+                f"(keeping {self.margin:.0%} free)")
+
+
+def shown_gib(gpu: dict) -> float:
+    """GiB a card shows to CUDA (`cuda_gib` in gpus.json), which is less than the size it is sold with."""
+    return float(gpu.get("cuda_gib") or gpu["vram_gb"])
+
+
+def usable_memory(device_or_gb=None, margin: float = SAFETY_MARGIN) -> UsableMemory:
+    """What a model may use on `device_or_gb`, the one rule behind every fit verdict in the course.
+
+    - a GPU name from datasets/gpus.json ("T4", "4090", "A100 40GB") or its entry: the GiB the card shows
+      to CUDA (a T4 sold as 16 GB shows 14.6 GiB: ECC takes 6.25% of its GDDR6);
+    - a number: GiB as the device shows them (what `torch.cuda.mem_get_info` or `free -g` says);
+    - None or "this": this machine's free VRAM (GPU) or available RAM (CPU).
+    In each case `margin` (5% by default) stays free, for the reasons given at SAFETY_MARGIN.
+    """
+    from .errors import LabkitError, require_positive
+
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
+        raise LabkitError(f"margin must be a fraction between 0 and 1 (0.05 keeps 5% free), got {margin!r}")
+    if device_or_gb is None or device_or_gb in ("this", "auto", "yours"):
+        hw = detect_hardware(check_online=False)
+        if hw.device == "cuda":
+            return UsableMemory(f"this GPU ({hw.gpu_name}, free)", float(hw.vram_free_bytes), margin)
+        return UsableMemory("this machine's available RAM", float(hw.ram_available_bytes), margin)
+    if isinstance(device_or_gb, dict):
+        return UsableMemory(device_or_gb["name"], shown_gib(device_or_gb) * GIB, margin)
+    if isinstance(device_or_gb, str):
+        gpu = find_gpu(device_or_gb)
+        return UsableMemory(gpu["name"], shown_gib(gpu) * GIB, margin)
+    require_positive("memory (GiB)", device_or_gb)
+    return UsableMemory(f"{device_or_gb:g} GiB", float(device_or_gb) * GIB, margin)
+
+
 def gpu_table() -> list[dict]:
-    """Common GPUs (datasets/gpus.json): name, vram_gb, bandwidth_gbps, fp16_tflops, bf16, source."""
+    """Common GPUs (datasets/gpus.json): name, vram_gb (as sold), cuda_gib (as CUDA shows it, with its
+    source), bandwidth_gbps, fp16_tflops, bf16, source."""
     import json
 
     from .paths import datasets_dir

@@ -60,3 +60,39 @@ def test_gpu_profile_refused_without_cuda(monkeypatch):
         pytest.skip("this machine has CUDA")
     with pytest.raises(LabkitError, match="needs a CUDA GPU"):
         profile("gpu")
+
+
+def test_session_bandwidth_is_measured_once_then_reused(tmp_path, monkeypatch):
+    from labkit.hardware import session_bandwidth
+
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
+    first = session_bandwidth("cpu", size_mib=16, runs=5)
+    assert not first.cached and first.runs == 5
+    assert first.low <= first.median <= first.high and first.median > 1e8
+    assert first.spread == pytest.approx((first.high - first.low) / first.median)
+    again = session_bandwidth("cpu", size_mib=16, runs=5)
+    assert again.cached and again.median == first.median and again.measured_at == first.measured_at
+    assert "cached" in str(again) and "median of 5 copies" in str(again)
+    fresh = session_bandwidth("cpu", refresh=True, size_mib=16, runs=3)
+    assert not fresh.cached and fresh.runs == 3
+    assert session_bandwidth("cpu").runs == 3  # the refreshed result is the one stored
+    old = session_bandwidth("cpu", size_mib=16, runs=3, max_age_s=0)  # too old: measured again
+    assert not old.cached
+
+
+def test_session_bandwidth_survives_a_broken_cache_file(tmp_path, monkeypatch):
+    from labkit.hardware import session_bandwidth
+
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path))
+    (tmp_path / "bandwidth.json").write_text("{not json")
+    assert not session_bandwidth("cpu", size_mib=16, runs=3).cached
+    assert session_bandwidth("cpu").cached
+
+
+@pytest.mark.parametrize("kwargs", [dict(device="tpu"), dict(size_mib=0), dict(runs=0), dict(runs=2.5)])
+def test_copy_rates_refuses_bad_input(kwargs):
+    from labkit.errors import LabkitError
+    from labkit.hardware import copy_rates
+
+    with pytest.raises(LabkitError):
+        copy_rates(**{"device": "cpu", "size_mib": 16, **kwargs})
