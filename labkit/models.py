@@ -146,11 +146,12 @@ def resolve_n_gpu_layers(n_gpu_layers: int | None) -> int:
 
 def load_llama_cpp(path: str | Path | None = None, n_ctx: int = 2048, n_threads: int | None = None,
                    seed: int = 0, verbose: bool = False, n_gpu_layers: int | None = None,
-                   flash_attn: bool = False) -> LoadedModel:
+                   flash_attn: bool = False, logits_all: bool = False, n_batch: int = 512) -> LoadedModel:
     """Load a GGUF (the bundled model by default) into llama.cpp through llama-cpp-python.
 
     `n_gpu_layers`: how many layers to offload to the GPU (-1: all). By default all of them when this
     llama-cpp-python build has a GPU backend (`llama_cpp_gpu_offload()`), else none.
+    `logits_all`: keep the logits of every position (`llm.scores`), as perplexity needs (labkit.quant).
     """
     try:
         from llama_cpp import Llama
@@ -160,9 +161,11 @@ def load_llama_cpp(path: str | Path | None = None, n_ctx: int = 2048, n_threads:
 
     gguf = validate_gguf(path) if path is not None else bundled_gguf_path()
     n_gpu_layers = resolve_n_gpu_layers(n_gpu_layers)
+    _route_llama_cpp_logs(verbose)
     start = time.perf_counter()
     llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(), seed=seed,
-                verbose=verbose, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn)
+                verbose=verbose, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, logits_all=logits_all,
+                n_batch=n_batch)
     elapsed = time.perf_counter() - start
     name = BUNDLED if path is None else gguf.stem
     report = ModelReport(
@@ -174,6 +177,29 @@ def load_llama_cpp(path: str | Path | None = None, n_ctx: int = 2048, n_threads:
         device="cpu" if n_gpu_layers == 0 else "GPU (all layers)" if n_gpu_layers == -1 else f"GPU ({n_gpu_layers} layers)",
     )
     return LoadedModel(llm, None, report)
+
+
+_LLAMA_LOG = {"callback": None, "verbose": False}
+
+
+def _route_llama_cpp_logs(verbose: bool) -> None:
+    """Errors only from llama.cpp's log unless `verbose`. (llama-cpp-python's own filter reads ggml's log
+    levels in an older order, so with verbose=False it still printed warnings such as
+    "llama_kv_cache_iswa: using full-size SWA cache".)"""
+    import ctypes
+    import sys
+
+    import llama_cpp
+
+    if _LLAMA_LOG["callback"] is None:
+        @llama_cpp.llama_log_callback
+        def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+            if _LLAMA_LOG["verbose"] or level == 4:  # ggml: 1 debug, 2 info, 3 warn, 4 error, 5 continued
+                print(text.decode("utf-8", errors="replace"), end="", flush=True, file=sys.stderr)
+
+        _LLAMA_LOG["callback"] = callback  # keep a reference: llama.cpp calls it from C
+    _LLAMA_LOG["verbose"] = bool(verbose)
+    llama_cpp.llama_log_set(_LLAMA_LOG["callback"], ctypes.c_void_p(0))
 
 
 def _llama_cpp_params(llm) -> int:

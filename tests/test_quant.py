@@ -1,0 +1,324 @@
+"""labkit.quant: quantizers by hand, bitsandbytes loads, the GGUF ladder, perplexity / KLD / top-1, the widget."""
+
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from labkit import check, quant
+from labkit.errors import LabkitError, MissingPackageError
+
+
+@pytest.fixture(scope="module")
+def weights():
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((64, 256)) * 0.02).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- by hand
+
+
+def test_absmax_int8_round_trip(weights):
+    q = quant.absmax_quantize(weights, 8)
+    assert float(q.scale) == pytest.approx(np.abs(weights).max() / 127)
+    assert q.codes.min() >= -127 and q.codes.max() <= 127
+    assert np.abs(q.codes).max() == 127  # the largest weight uses the largest code
+    err = np.abs(q.dequantize() - weights)
+    assert err.max() <= float(q.scale) / 2 + 1e-9  # rounding error: at most half a step
+    assert q.bits_per_weight == pytest.approx(8 + 32 / weights.size)
+
+
+def test_zero_point_uses_every_code_for_a_one_sided_tensor(weights):
+    positive = np.abs(weights)  # like activations after a ReLU: nothing below zero
+    zp, am = quant.zeropoint_quantize(positive, 8), quant.absmax_quantize(positive, 8)
+    assert zp.codes.min() == 0 and zp.codes.max() == 255
+    assert float(zp.zero) == 0  # min is 0.0 here
+    assert np.abs(zp.dequantize() - positive).max() <= float(zp.scale) / 2 + 1e-9
+    # absmax wastes the negative half of its codes on a one-sided tensor: zero-point is ~2x finer (+6 dB)
+    snr_zp = quant.error_metrics(positive, zp.dequantize())["snr_db"]
+    snr_am = quant.error_metrics(positive, am.dequantize())["snr_db"]
+    assert snr_zp > snr_am + 4
+
+
+def test_groupwise_keeps_an_outlier_in_its_own_group(weights):
+    bad = quant.with_outlier(weights, factor=50)
+    assert bad.reshape(-1)[0] == pytest.approx(50 * np.abs(weights).max())
+    g_clean = quant.groupwise_quantize(weights, 4, 64).dequantize()
+    g_bad = quant.groupwise_quantize(bad, 4, 64).dequantize()
+    # every group but the first is quantized exactly as before
+    np.testing.assert_array_equal(g_clean.reshape(-1, 64)[1:], g_bad.reshape(-1, 64)[1:])
+    rows = quant.outlier_effect(weights, factor=50, bits=8, group_size=64)
+    by = {(r["weights"].split()[0], r["scheme"].split()[0]): r for r in rows}
+    # with one outlier, absmax int8 rounds most other weights to zero; group-wise does not
+    assert by[("one", "absmax")]["share_rounded_to_zero"] > 0.5 > by[("original", "absmax")]["share_rounded_to_zero"]
+    assert by[("one", "group-wise")]["share_rounded_to_zero"] < 0.05
+    assert by[("one", "absmax")]["snr_db_other_weights"] < by[("one", "group-wise")]["snr_db_other_weights"] - 20
+
+
+def test_nf4_levels_are_bitsandbytes_table():
+    levels = quant.nf4_levels()
+    assert levels.shape == (16,) and levels[0] == -1 and levels[-1] == 1 and 0.0 in levels
+    assert np.all(np.diff(levels) > 0)
+    # the NF4 table published with QLoRA (bitsandbytes functional.py), 4 decimals
+    published = [-1.0, -0.6962, -0.5251, -0.3949, -0.2844, -0.1848, -0.0911, 0.0,
+                 0.0796, 0.1609, 0.2461, 0.3379, 0.4407, 0.5626, 0.7230, 1.0]
+    np.testing.assert_allclose(levels, published, atol=1e-4)
+
+
+def test_nf4_matches_bitsandbytes(weights):
+    torch = pytest.importorskip("torch")
+    bnb = pytest.importorskip("bitsandbytes")
+    w = torch.from_numpy(weights)
+    packed, state = bnb.functional.quantize_4bit(w, blocksize=64, quant_type="nf4")
+    theirs = bnb.functional.dequantize_4bit(packed, state).numpy()
+    ours = quant.nf4_quantize(weights, 64).dequantize()
+    same = np.isclose(ours, theirs, rtol=1e-3, atol=1e-6)
+    assert same.mean() > 0.99  # only ties between two levels may round the other way
+
+
+def test_nf4_beats_int4_on_normal_weights(weights):
+    nf4 = quant.error_metrics(weights, quant.nf4_quantize(weights, 64).dequantize())["snr_db"]
+    int4 = quant.error_metrics(weights, quant.groupwise_quantize(weights, 4, 64).dequantize())["snr_db"]
+    assert nf4 > int4  # 16 levels where a normal distribution puts its weights, vs 15 evenly spaced
+
+
+def test_nf4_bits_per_param():
+    assert quant.nf4_bits_per_param(64) == 4.5
+    assert quant.nf4_bits_per_param(64, double_quant=True) == pytest.approx(4.127, abs=1e-3)
+    assert quant.nf4_bits_per_param(64, double_quant=True) == pytest.approx(4 + 8 / 64 + 32 / (64 * 256))
+    q = quant.nf4_quantize(np.ones((4, 64), np.float32), 64)
+    assert q.bits_per_weight == pytest.approx(4.5)  # one fp32 absmax per block of 64
+
+
+def test_error_metrics():
+    w = np.array([1.0, -1.0, 1.0, -1.0], np.float32)
+    m = quant.error_metrics(w, w * 0.9)
+    assert m["mse"] == pytest.approx(0.01) and m["max_error"] == pytest.approx(0.1)
+    assert m["snr_db"] == pytest.approx(20.0)  # 10 log10(1 / 0.01)
+    assert quant.error_metrics(w, w)["snr_db"] == float("inf")
+    with pytest.raises(LabkitError, match="same shape"):
+        quant.error_metrics(w, w[:2])
+
+
+def test_compare_schemes_orders_by_bits(weights):
+    rows = {r["scheme"]: r for r in quant.compare_schemes(weights)}
+    assert rows["absmax 8-bit"]["snr_db"] > rows["group-wise 4-bit (groups of 64)"]["snr_db"] > rows["absmax 4-bit"]["snr_db"]
+
+
+@given(st.sampled_from([0, 1, 7, 16, 3.5, True, "8"]))
+@settings(max_examples=10, deadline=None)
+def test_bad_bits_are_refused(bits):
+    with pytest.raises(LabkitError, match="Accepted"):
+        quant.absmax_quantize(np.ones(8, np.float32), bits)
+
+
+def test_bad_input_is_refused(weights):
+    with pytest.raises(LabkitError, match="divide"):
+        quant.groupwise_quantize(weights, 4, 100)
+    with pytest.raises(LabkitError, match="group_size"):
+        quant.groupwise_quantize(weights, 4, 0)
+    with pytest.raises(LabkitError, match="finite"):
+        quant.absmax_quantize(np.array([1.0, np.nan]))
+    with pytest.raises(LabkitError, match="Accepted: 'absmax'"):
+        quant.quantize(weights, "gptq")
+
+
+# ----------------------------------------------------------------------------- exercises
+
+
+def test_exercises_pass_right_answers_and_fail_wrong_ones(weights, capsys):
+    check("04.absmax_scale", float(np.abs(weights).max() / 127), w=weights)
+    with pytest.raises(AssertionError, match="Hint"):
+        check("04.absmax_scale", float(np.abs(weights).max() / 255), w=weights)
+    good = quant.groupwise_quantize(weights, 4, 32).dequantize()
+    check("04.groupwise_int4", good, w=weights, group_size=32)
+    with pytest.raises(AssertionError, match="distinct"):
+        check("04.groupwise_int4", weights, w=weights, group_size=32)  # no quantization at all
+    with pytest.raises(AssertionError, match="error"):
+        check("04.groupwise_int4", quant.groupwise_quantize(weights, 4, 256).dequantize(), w=weights, group_size=32)
+    with pytest.raises(AssertionError, match="shape"):
+        check("04.groupwise_int4", good[:2], w=weights, group_size=32)
+    check("04.nf4_bits", 4 + 8 / 64 + 32 / 64 / 256, block_size=64, nested_block=256)
+    with pytest.raises(AssertionError):
+        check("04.nf4_bits", 4.5, block_size=64, nested_block=256)
+    rows = [{"level": "Q8_0", "runtime": "llama.cpp", "top1_agreement": 0.99, "file_mb": 300},
+            {"level": "Q4_K_M", "runtime": "llama.cpp", "top1_agreement": 0.93, "file_mb": 200},
+            {"level": "Q2_K", "runtime": "llama.cpp", "top1_agreement": 0.70, "file_mb": 150},
+            {"level": "nf4", "runtime": "transformers", "top1_agreement": 0.95, "file_mb": float("nan")}]
+    check("04.smallest_level", "Q4_K_M", rows=rows, min_top1=0.9)
+    with pytest.raises(AssertionError, match="smallest"):
+        check("04.smallest_level", "Q8_0", rows=rows, min_top1=0.9)
+    check("04.smallest_level", "Q8_0", rows=rows, min_top1=0.95)
+
+
+# ----------------------------------------------------------------------------- windows and scoring
+
+
+def test_windows_spans_and_errors():
+    w = quant.Windows(window=8, stride=4, n_windows=3)
+    assert w.spans(20) == [(0, 7), (4, 11), (8, 15)]
+    assert w.scored_tokens == 12
+    with pytest.raises(LabkitError, match="fewer than one window"):
+        w.spans(5)
+    with pytest.raises(LabkitError, match="only"):
+        quant.Windows(8, 4, 10).spans(20)
+
+
+def test_evaluation_text_is_long_enough_for_both_profiles():
+    pytest.importorskip("llama_cpp")
+    ids = quant.tokenize_for_eval()
+    assert len(ids) > 2000
+    for name in ("cpu", "gpu"):
+        quant.windows_for(name).spans(len(ids) - 1)  # raises if too short
+
+
+def _tiny_lm():
+    torch = pytest.importorskip("torch")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_score_kld_and_top1_on_a_tiny_model():
+    import torch
+
+    model = _tiny_lm()
+    ids = [1, *np.random.default_rng(0).integers(2, 50, 60).tolist()]
+    w = quant.Windows(window=16, stride=8, n_windows=4)
+    ref = quant.score(model, ids, w, keep_full=True)
+    assert ref.target_logprob.shape == (32,) and ref.full.shape == (32, 50)
+    # perplexity by hand for the first window's scored tokens
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids[:16]])).logits[0].float(), -1)
+    by_hand = [logp[j, ids[j + 1]].item() for j in range(7, 15)]
+    np.testing.assert_allclose(ref.target_logprob[:8], by_hand, atol=1e-4)
+    same = quant.score(model, ids, w, reference=ref)
+    assert same.versus(ref)["kld"] == pytest.approx(0, abs=1e-3) and same.versus(ref)["top1_agreement"] == 1
+    with torch.no_grad():  # damage the model: KLD rises, agreement falls
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    worse = quant.score(model, ids, w, reference=ref).versus(ref)
+    assert worse["kld"] > 0.01 and worse["top1_agreement"] < 1
+    with pytest.raises(LabkitError, match="keep_full"):
+        quant.score(model, ids, w, reference=same)
+    with pytest.raises(LabkitError, match="GGUF file path or a transformers model"):
+        quant.score(42, ids, w)
+
+
+def test_same_weights_give_the_same_perplexity_in_both_runtimes(bundled_dense):
+    """The dense transformers copy IS the bundled Q4_K_M file de-quantized: both runtimes must agree."""
+    pytest.importorskip("llama_cpp")
+    from labkit.models import bundled_gguf_path
+
+    ids = quant.tokenize_for_eval()
+    w = quant.Windows(window=64, stride=32, n_windows=3)
+    gguf = quant.score(bundled_gguf_path(), ids, w, keep_full=True)
+    hf = quant.score(bundled_dense.model, ids, w, reference=gguf)
+    assert hf.perplexity == pytest.approx(gguf.perplexity, rel=0.03)
+    v = hf.versus(gguf)
+    assert v["kld"] < 0.02 and v["top1_agreement"] > 0.9
+    assert 1 < gguf.perplexity < 200  # a real model on real English
+
+
+# ----------------------------------------------------------------------------- the GGUF ladder
+
+
+def test_quantize_gguf_refuses_unknown_types(tmp_path):
+    pytest.importorskip("llama_cpp")
+    from labkit.models import bundled_gguf_path
+
+    with pytest.raises(LabkitError, match="Accepted: .*'Q4_K_M'"):
+        quant.quantize_gguf(bundled_gguf_path(), "Q4_K_XL", tmp_path / "x.gguf")
+    (tmp_path / "not.gguf").write_text("hello")
+    with pytest.raises(LabkitError, match="not a GGUF"):
+        quant.quantize_gguf(tmp_path / "not.gguf", "Q8_0", tmp_path / "x.gguf")
+    assert list(tmp_path.iterdir()) == [tmp_path / "not.gguf"]
+
+
+@pytest.fixture(scope="module")
+def small_ladder():
+    pytest.importorskip("llama_cpp")
+    return quant.build_ladder(levels=("Q8_0", "Q2_K"))
+
+
+def test_ladder_files_are_what_they_say(small_ladder):
+    from labkit.gguf_files import read_gguf
+
+    ref, q8, q2 = (read_gguf(small_ladder[k]) for k in ("F16", "Q8_0", "Q2_K"))
+    assert ref.file_type == "F16" and q8.file_type == "Q8_0" and q2.file_type == "Q2_K"
+    assert ref.n_parameters == q8.n_parameters == q2.n_parameters
+    assert ref.bits_per_weight > 15 and 8 < q8.bits_per_weight < 9 and q2.bits_per_weight < q8.bits_per_weight
+    assert ref.metadata["tokenizer.ggml.model"] == "llama" or "tokenizer.ggml.tokens" in ref.metadata
+    # cached: asking again makes nothing new
+    again = quant.build_ladder(levels=("Q8_0", "Q2_K"))
+    assert {k: v.stat().st_mtime_ns for k, v in again.items()} == {k: v.stat().st_mtime_ns for k, v in small_ladder.items()}
+
+
+def test_ladder_quality_falls_with_bits(small_ladder):
+    ids = quant.tokenize_for_eval()
+    rows = quant.measure_ladder(small_ladder, ids, quant.Windows(64, 32, 3), speed_tokens=8, speed_runs=1)
+    by = {r["level"]: r for r in rows}
+    assert [r["level"] for r in rows] == ["F16", "Q8_0", "Q2_K"]
+    assert by["F16"]["kld"] == 0 and by["F16"]["top1_agreement"] == 1
+    assert by["Q8_0"]["kld"] < 0.01 < by["Q2_K"]["kld"]
+    assert by["Q2_K"]["ppl"] > by["Q8_0"]["ppl"]
+    assert by["Q2_K"]["file_mb"] < by["Q8_0"]["file_mb"] < by["F16"]["file_mb"]
+    assert all(r["tokens_per_s"] > 0 for r in rows)
+    assert quant.monotonic_violations(rows, "kld") == []
+    md = quant.ladder_markdown(rows)
+    assert md.count("\n") == 4 and "Q2_K" in md
+    choice = quant.ladder_choice(rows, "Q2_K", "llama-3.1-8b", "NVIDIA T4", context=4096)
+    assert choice["fits"] and choice["kld"] == by["Q2_K"]["kld"]
+    assert not quant.ladder_choice(rows, "F16", "llama-3.1-70b", "NVIDIA T4")["fits"]
+    with pytest.raises(LabkitError, match="Accepted"):
+        quant.ladder_choice(rows, "Q9_X")
+
+
+def test_published_table_is_shipped():
+    pub = {r["level"]: r for r in quant.published_llama3_8b()}
+    assert pub["Q4_K_M"]["kld"] == pytest.approx(0.031273) and pub["F16"]["ppl"] == pytest.approx(6.23316)
+    assert pub["Q2_K"]["ppl"] > pub["Q4_K_M"]["ppl"] > pub["Q8_0"]["ppl"]
+
+
+# ----------------------------------------------------------------------------- bitsandbytes
+
+
+def test_bnb_missing_gives_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    with pytest.raises(MissingPackageError, match="pip install bitsandbytes"):
+        quant.load_bnb("nf4")
+    assert quant.bnb_available()[0] is False
+    with pytest.raises(LabkitError, match="Accepted"):
+        quant.bnb_config("int3")
+
+
+@pytest.mark.parametrize("fmt", quant.BNB_FORMATS)
+def test_bnb_load_on_cpu_measured_vs_estimated(fmt, bundled_dense):
+    ok, why = quant.bnb_available()
+    if not ok:
+        pytest.skip(f"bitsandbytes does not run here: {why}")
+    loaded, mem = quant.load_bnb(fmt, device="cpu")
+    measured, estimated = sum(mem["measured"].values()), sum(mem["estimated"].values())
+    assert estimated == pytest.approx(measured, rel=0.05)
+    assert mem["measured"]["quantized"] == pytest.approx(mem["estimated"]["quantized"], rel=0.01)
+    dense_bytes = sum(p.numel() * p.element_size() for p in bundled_dense.model.parameters())
+    assert measured < dense_bytes
+    ids = quant.tokenize_for_eval()
+    w = quant.Windows(64, 32, 2)
+    ref = quant.score(bundled_dense.model, ids, w, keep_full=True)
+    v = quant.score(loaded.model, ids, w, reference=ref).versus(ref)
+    assert 0 < v["kld"] < 0.5 and v["top1_agreement"] > 0.6
+
+
+def test_time_linear_on_cpu():
+    pytest.importorskip("torch")
+    rows = quant.time_linear(("bf16",), batches=(1, 8), in_features=64, out_features=128, device="cpu", reps=2)
+    assert [(r["format"], r["batch"]) for r in rows] == [("bf16", 1), ("bf16", 8)]
+    assert all(r["ms"] > 0 and r["tflops"] > 0 for r in rows)
+    with pytest.raises(LabkitError, match="Accepted"):
+        quant.time_linear(("fp8",), device="cpu")
