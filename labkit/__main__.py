@@ -1,4 +1,5 @@
-"""Command line: `labkit doctor`, `labkit student NOTEBOOK...`, `labkit grade NOTEBOOK...`."""
+"""Command line: `labkit doctor`, `labkit student NOTEBOOK...`, `labkit grade NOTEBOOK...` (your own
+notebooks), `labkit grade SUBMISSIONS_DIR --master NOTEBOOKS_DIR --out REPORT.csv` (a class)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,18 @@ def main(argv: list[str] | None = None) -> int:
     stu = sub.add_parser("student", help="write student versions (solutions stripped)")
     stu.add_argument("notebooks", nargs="+", type=Path)
     stu.add_argument("-o", "--output", type=Path, default=Path("student"))
-    gra = sub.add_parser("grade", help="execute notebooks and report their checks")
-    gra.add_argument("notebooks", nargs="+", type=Path)
-    gra.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    gra = sub.add_parser("grade", help="execute notebooks and report their checks; with --master, grade a class",
+                         description="labkit grade NOTEBOOK...  runs your notebooks and reports each check. "
+                                     "labkit grade SUBMISSIONS_DIR --master NOTEBOOKS_DIR --out REPORT.csv  grades "
+                                     "a class: one folder per student, each run under pytest --nbmake in a clean "
+                                     "sandbox, graded against the master's checks (see docs/instructors.md).")
+    gra.add_argument("notebooks", nargs="+", type=Path, help="notebooks, or (with --master) the submissions folder")
+    gra.add_argument("--timeout", type=int, default=None,
+                     help="seconds per cell (default 600 for your notebooks, 120 for a class)")
+    gra.add_argument("--master", type=Path, help="folder of master notebooks (the solutions): grade a class")
+    gra.add_argument("--out", type=Path, default=Path("grades.csv"), help="class report CSV (default grades.csv)")
+    gra.add_argument("--notebook-timeout", type=int, default=600, help="seconds per notebook (class grading)")
+    gra.add_argument("--jobs", type=int, default=None, help="notebooks graded at once (default: CPU cores)")
     args = parser.parse_args(argv)
 
     if args.command == "doctor":
@@ -36,14 +46,35 @@ def main(argv: list[str] | None = None) -> int:
             nbformat.write(student_version(nbformat.read(path, as_version=4)), target)
             print(f"wrote {target}")
         return 0
+    if args.master is not None:
+        from .errors import LabkitError, MissingPackageError
+
+        try:
+            return _grade_class(args)
+        except (LabkitError, MissingPackageError) as err:
+            print(f"labkit grade: {err}", file=sys.stderr)
+            return 2
     from .grading import grade
 
     failed = 0
     for path in args.notebooks:
-        report = grade(path, timeout=args.timeout)
+        report = grade(path, timeout=args.timeout or 600)
         print(report)
         failed += bool(report.failed or report.not_reached or report.broken_cells)
     return 1 if failed else 0
+
+
+def _grade_class(args) -> int:
+    from .class_grading import grade_class
+    from .errors import LabkitError
+
+    if len(args.notebooks) != 1:
+        raise LabkitError("with --master, give one submissions folder (one sub-folder per student)")
+    report = grade_class(args.notebooks[0], args.master, args.out, jobs=args.jobs,
+                         cell_timeout=args.timeout or 120, notebook_timeout=args.notebook_timeout)
+    print(report.summary_path.read_text(encoding="utf-8"))
+    print(f"wrote {report.csv_path}, {report.junit_path}, {report.summary_path} and {report.feedback_dir}/")
+    return 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import ast
+import builtins
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,3 +146,316 @@ def grade(path: str | Path, timeout: int = 600) -> GradeReport:
     nb = nbformat.read(path, as_version=4)
     execute(nb, cwd=path.parent, timeout=timeout)
     return grade_executed(nb, path.name)
+
+
+# =============================================================================== grading a class
+#
+# `labkit grade SUBMISSIONS --master NOTEBOOKS` (labkit.class_grading) runs every submission under
+# nbmake. Before that, each submission is rebuilt here from the master notebook:
+#   - cells are matched by id; set-up cells the student deleted come back from the master, solution
+#     cells they deleted come back blank (the student version), cells they added stay where they were;
+#   - every check cell is restored from the master and replaced by a *recording* cell: it evaluates the
+#     check's answer and arguments in the student's kernel and appends them, as plain JSON, to a
+#     records file. It never raises, so a wrong or blank exercise does not stop the run;
+#   - tags and metadata are dropped, so nothing can skip or excuse a cell (skip-execution,
+#     raises-exception, per-cell timeouts); the notebook's own metadata is replaced by the grader's.
+# Pass or fail is then decided in the grader's process (`decide`), with its own labkit.
+
+CHECK_FUNCTION = "check"
+
+# Runs inside the student's kernel, at the top of every recording cell (so an earlier cell cannot
+# replace it). Turns values into JSON: numbers, strings, lists, dicts, numpy/torch arrays; anything
+# else is recorded as unreadable. The grader never unpickles or executes what comes back.
+RECORDER = '''\
+def __labkit_record(records_path, nonce, site, exercise, arguments):
+    import json, math
+    def plain(value, depth=0):
+        if value is None or isinstance(value, (bool, str)):
+            return value
+        if isinstance(value, int):
+            return value if abs(value) < 2**63 else float(value)
+        if isinstance(value, float):
+            return value if math.isfinite(value) else {"__float__": repr(value)}
+        if depth > 20:
+            return {"__unreadable__": "nested too deeply"}
+        if hasattr(value, "tolist") and hasattr(value, "shape"):
+            size = 1
+            for n in value.shape:
+                size *= int(n)
+            return plain(value.tolist(), depth + 1) if size <= 100_000 else {"__unreadable__": "array too large"}
+        if isinstance(value, (list, tuple)) and len(value) <= 100_000:
+            return [plain(v, depth + 1) for v in value]
+        if isinstance(value, dict) and len(value) <= 10_000:
+            return {str(k): plain(v, depth + 1) for k, v in value.items()}
+        return {"__unreadable__": type(value).__name__}
+    recorded = {}
+    for name, thunk in arguments:
+        try:
+            recorded[name] = {"value": plain(thunk())}
+        except BaseException as err:  # the learner's code: record the error, never raise
+            recorded[name] = {"error": f"{type(err).__name__}: {err}"[:500]}
+    line = json.dumps({"nonce": nonce, "site": site, "exercise": exercise, "arguments": recorded})
+    with open(records_path, "a", encoding="utf-8") as f:
+        f.write(line + "\\n")
+    print(f"[{exercise}] answer recorded for grading")
+'''
+
+
+@dataclass
+class CheckSite:
+    """One check(...) call of the master notebook, as the grader runs it."""
+
+    site: int  # position among the master's check calls
+    exercise_id: str
+    cell_id: str
+    answer_source: str
+    input_sources: dict[str, str]  # keyword -> expression, from the master's source
+    status: str = "restored"  # "intact", or "edited" / "deleted" in the submission (counts as failed)
+
+
+def check_sites(master) -> list[CheckSite]:
+    """Every check call of a master notebook, in order, with the source of its answer and inputs."""
+    sites: list[CheckSite] = []
+    for cell in master.cells:
+        if cell.cell_type != "code" or not _CHECK_CALL.search(cell.source):
+            continue
+        source = cell.source
+        try:
+            tree = ast.parse(source)
+        except SyntaxError as err:
+            raise LabkitError(f"the master's check cell {cell.get('id')} is not valid Python: {err}") from err
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and _is_check(node.func) and node.args
+                    and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+                continue
+            if len(node.args) != 2 or any(k.arg is None for k in node.keywords):
+                raise LabkitError(f"check cell {cell.get('id')}: grading needs check(id, answer, name=value, ...)")
+            sites.append(CheckSite(len(sites), node.args[0].value, cell.get("id"),
+                                   ast.get_source_segment(source, node.args[1]),
+                                   {k.arg: ast.get_source_segment(source, k.value) for k in node.keywords}))
+    return sites
+
+
+def _is_check(func: ast.expr) -> bool:
+    return (isinstance(func, ast.Name) and func.id == CHECK_FUNCTION) or (
+        isinstance(func, ast.Attribute) and func.attr == CHECK_FUNCTION)
+
+
+def recording_cell(sites: list[CheckSite], records_path: str, nonce: str) -> str:
+    """The source that replaces a master check cell: records each check's answer and inputs."""
+    lines = ["# Restored from the master by the grader: records this check's answer for grading.", RECORDER]
+    for s in sites:
+        arguments = [f"('answer', lambda: ({s.answer_source}))"]
+        arguments += [f"({name!r}, lambda: ({src}))" for name, src in s.input_sources.items()]
+        lines.append(f"__labkit_record({records_path!r}, {nonce!r}, {s.site}, {s.exercise_id!r}, "
+                     f"[{', '.join(arguments)}])")
+    return "\n".join(lines)
+
+
+def _normalized(source: str) -> str:
+    return "\n".join(line.rstrip() for line in source.strip().splitlines())
+
+
+def prepare_submission(master, submission, records_path: str, nonce: str, cell_timeout: int):
+    """The notebook the grader runs for one submission, and the master's check sites with their status.
+
+    `submission` may be None (nothing handed in): the student version of the master is run.
+    """
+    import nbformat
+
+    sites = check_sites(master)
+    sites_by_cell: dict[str, list[CheckSite]] = {}
+    for s in sites:
+        sites_by_cell.setdefault(s.cell_id, []).append(s)
+    theirs = list(submission.cells) if submission is not None else list(student_version(master).cells)
+    their_ids = {c.get("id"): c for c in theirs}
+    their_sources = {_normalized(c.source) for c in theirs if c.cell_type == "code"}
+    master_ids = {c.get("id") for c in master.cells}
+
+    # the student's own extra cells stay after the master cell they followed
+    added_after: dict[str | None, list] = {}
+    anchor = None
+    for c in theirs:
+        if c.get("id") in master_ids:
+            anchor = c.get("id")
+        elif c.cell_type in ("code", "markdown"):
+            added_after.setdefault(anchor, []).append(c)
+
+    def clean(cell):
+        make = nbformat.v4.new_code_cell if cell.cell_type == "code" else nbformat.v4.new_markdown_cell
+        return make(cell.source, id=cell.get("id"))  # no tags, no metadata, no outputs
+
+    cells = [clean(c) for c in added_after.get(None, [])]
+    for m in master.cells:
+        mid = m.get("id")
+        if mid in sites_by_cell:
+            mine = their_ids.get(mid)
+            if mine is not None and mine.cell_type == "code" and _normalized(mine.source) == _normalized(m.source):
+                status = "intact"
+            elif mine is None and _normalized(m.source) in their_sources:
+                status = "intact"  # same check, new id (a notebook saved by an old Jupyter)
+            else:
+                status = "deleted" if mine is None else "edited"
+            for s in sites_by_cell[mid]:
+                s.status = status
+            cells.append(nbformat.v4.new_code_cell(recording_cell(sites_by_cell[mid], records_path, nonce), id=mid))
+        elif mid in their_ids:
+            if their_ids[mid].cell_type in ("code", "markdown"):
+                cells.append(clean(their_ids[mid]))
+        elif m.cell_type == "code":
+            source = strip_solutions(m.source)  # a deleted solution comes back blank, set-up code as it was
+            cells.append(nbformat.v4.new_code_cell(source, id=mid))
+        cells.extend(clean(c) for c in added_after.get(mid, []))
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = cells
+    nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                   "language_info": {"name": "python"},
+                   "execution": {"allow_errors": True, "timeout": cell_timeout}}
+    return nb, sites
+
+
+@dataclass
+class ExerciseResult:
+    """How one exercise of one submission was graded."""
+
+    exercise_id: str
+    status: str  # "passed", "failed", "not reached" or "missing"
+    message: str = ""
+    hint: str = ""
+    slip: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def points(self) -> int:
+        return int(self.status == "passed")
+
+
+class _Unreadable:
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"<{self.kind}>"
+
+
+def _from_json(value):
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    if isinstance(value, dict):
+        if set(value) == {"__float__"}:
+            return float(value["__float__"])
+        if set(value) == {"__unreadable__"}:
+            return _Unreadable(value["__unreadable__"])
+        return {k: _from_json(v) for k, v in value.items()}
+    return value
+
+
+def read_records(path: str | Path, nonce: str, max_bytes: int = 5_000_000) -> dict[int, dict]:
+    """The recorded check arguments by site (the first record of each site wins)."""
+    import json
+
+    path = Path(path)
+    records: dict[int, dict] = {}
+    if not path.is_file():
+        return records
+    with path.open("rb") as f:
+        data = f.read(max_bytes)
+    for line in data.decode("utf-8", "replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("nonce") == nonce and isinstance(record.get("site"), int):
+            records.setdefault(record["site"], record)
+    return records
+
+
+_SAFE_BUILTINS = {name: getattr(builtins, name) for name in (
+    "abs", "dict", "float", "int", "len", "list", "max", "min", "range", "round", "sorted", "str", "sum", "tuple")}
+
+
+def trusted_namespace(master) -> dict:
+    """labkit as the master imports it (`from labkit import vram`, `import labkit`...), in the grader."""
+    namespace: dict = {}
+    for cell in master.cells:
+        if cell.cell_type != "code":
+            continue
+        try:
+            tree = ast.parse(cell.source)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import) and all(a.name.split(".")[0] == "labkit" for a in node.names) or (
+                    isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "labkit"):
+                exec(compile(ast.Module([node], []), "<master imports>", "exec"), namespace)  # the master's code
+    namespace.pop("__builtins__", None)
+    return namespace
+
+
+def _trusted_value(source: str, namespace: dict):
+    """Evaluate an input of the check in the grader when it needs only literals and labkit."""
+    try:
+        tree = ast.parse(source, mode="eval")
+    except SyntaxError:
+        return False, None
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    if not names <= set(namespace) | set(_SAFE_BUILTINS):
+        return False, None
+    try:
+        return True, eval(compile(tree, "<master check>", "eval"), {"__builtins__": _SAFE_BUILTINS, **namespace})
+    except Exception:  # noqa: BLE001  an input the grader cannot compute: use the recorded one
+        return False, None
+
+
+def decide(sites: list[CheckSite], records: dict[int, dict], namespace: dict,
+           stopped: str | None = None) -> list[ExerciseResult]:
+    """Pass or fail for every check site, computed here with this process's labkit."""
+    from .check import _close, evaluate, exercises
+
+    registry = exercises()
+    results = []
+    for s in sites:
+        hint = registry[s.exercise_id].hint if s.exercise_id in registry else ""
+        record = records.get(s.site)
+        if record is None:
+            why = f"not reached: {stopped}" if stopped else "not reached"
+            results.append(ExerciseResult(s.exercise_id, "not reached", why, hint))
+            continue
+        result = ExerciseResult(s.exercise_id, "failed", hint=hint)
+        arguments = record.get("arguments", {})
+        answer = arguments.get("answer", {})
+        context, problems = {}, []
+        for name, source in s.input_sources.items():
+            trusted, value = _trusted_value(source, namespace)
+            recorded = arguments.get(name, {})
+            if trusted:
+                if "value" in recorded and not _close(_from_json(recorded["value"]), value, 1e-9, 0.0):
+                    result.notes.append(f"the notebook changed what `{source}` gives; the grader used labkit's own value")
+                context[name] = value
+            elif "value" in recorded:
+                context[name] = _from_json(recorded["value"])
+            else:
+                problems.append(f"the check's input `{name}` could not be computed: {recorded.get('error', 'missing')}")
+        if "error" in answer:
+            result.message = f"your answer could not be read: {answer['error']}"
+        elif problems:
+            result.message = "; ".join(problems)
+        elif isinstance(_from_json(answer.get("value")), _Unreadable):
+            result.message = (f"the answer is a {_from_json(answer['value']).kind}; give a number, a string, "
+                              "a list or a dict")
+        else:
+            try:
+                verdict = evaluate(s.exercise_id, _from_json(answer.get("value")), **context)
+            except Exception as err:  # noqa: BLE001  a wrong type of answer can upset a validator
+                result.message = f"the check could not use your answer: {type(err).__name__}: {err}"
+            else:
+                result.status = "passed" if verdict.passed else "failed"
+                result.message, result.slip = verdict.message, verdict.slip
+        if s.status in ("edited", "deleted"):
+            would = "would pass" if result.status == "passed" else "fails"
+            result.status = "failed"
+            result.message = (f"the check cell was {s.status} in the submission, which counts as failed "
+                              f"(restored from the master, the check {would})")
+        results.append(result)
+    return results

@@ -20,3 +20,6 @@ def bundled_llama():
     from labkit.models import load_llama_cpp
 
     return load_llama_cpp(n_ctx=512)
+
+# The grading corpus holds sample submissions, one with a student's conftest.py: never collected here.
+collect_ignore = ["grading_corpus"]
