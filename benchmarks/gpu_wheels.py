@@ -9,20 +9,22 @@ checkout's .venv runs, plus llama-cpp-python's source (built there with CUDA by 
 
 A transfer carries at most 64 MiB, so files over CHUNK_MIB are split into numbered parts that
 benchmarks/gpu_setup.sh joins again there, and the files are grouped into folders c0, c1, ... of at most
-55 MiB: carry one folder per call while the machine stays warm, then run gpu_setup.sh there.
+60 MiB: carry one folder per call while the machine stays warm, then run gpu_setup.sh there.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata as md
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 WHEELS = ROOT / ".gpu-wheels"
-CHUNK_MIB = 40
+CHUNK_MIB = 60
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "manylinux1_x86_64", "manylinux_2_31_x86_64", "manylinux_2_34_x86_64",
              "manylinux_2_35_x86_64", "linux_x86_64"]
@@ -90,41 +92,50 @@ def split_large(path: Path) -> list[Path]:
     return parts
 
 
-def main() -> int:
-    if WHEELS.exists():
-        import shutil
-
-        shutil.rmtree(WHEELS)
-    WHEELS.mkdir()
-    packages = wanted_packages()
-    for name, version in packages.items():
-        download(name, version)
-    llama = md.version("llama-cpp-python")
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary=:all:", "-d",
-                    str(WHEELS), f"llama-cpp-python=={llama}"], check=True)
+def group_into_carries() -> list[list[Path]]:
+    """Move every file into folders c0, c1, ... of at most 60 MiB each (one transfer each)."""
+    for folder in [d for d in WHEELS.iterdir() if d.is_dir() and re.fullmatch(r"c\d+", d.name)]:
+        for f in folder.iterdir():
+            f.rename(WHEELS / f.name)
+        folder.rmdir()
     for f in sorted(WHEELS.iterdir()):
         if f.is_file() and ".part" not in f.name:
             split_large(f)
-    files = sorted(p for p in WHEELS.iterdir() if p.is_file())
     carries, current, total = [], [], 0
-    for f in files:
+    for f in sorted(p for p in WHEELS.iterdir() if p.is_file()):
         size = f.stat().st_size
-        if current and total + size > 55 * 2**20:
+        if current and total + size > CHUNK_MIB * 2**20:
             carries.append(current)
             current, total = [], 0
         current.append(f)
         total += size
     if current:
         carries.append(current)
+    moved = []
     for i, group in enumerate(carries):
         folder = WHEELS / f"c{i}"
-        folder.mkdir(exist_ok=True)
-        for f in group:
-            f.rename(folder / f.name)
-    print(f"{len(packages)} wheels + llama-cpp-python {llama} source "
-          f"({sum(f.stat().st_size for f in files) / 2**20:.0f} MiB) in {len(carries)} folders of at most 55 MiB:")
+        folder.mkdir()
+        moved.append([f.rename(folder / f.name) for f in group])
+    return moved
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--regroup", action="store_true", help="only regroup what .gpu-wheels/ already holds")
+    args = ap.parse_args()
+    if not args.regroup:
+        if WHEELS.exists():
+            shutil.rmtree(WHEELS)
+        WHEELS.mkdir()
+        for name, version in wanted_packages().items():
+            download(name, version)
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary=:all:", "-d",
+                        str(WHEELS), f"llama-cpp-python=={md.version('llama-cpp-python')}"], check=True)
+    carries = group_into_carries()
+    total = sum(f.stat().st_size for group in carries for f in group)
+    print(f"{total / 2**20:.0f} MiB in {len(carries)} folders of at most {CHUNK_MIB} MiB; carry one per call:")
     for i, group in enumerate(carries):
-        print(f"  .gpu-wheels/c{i}: {len(group)} files, {sum(f.stat().st_size for f in (WHEELS / f'c{i}').iterdir()) / 2**20:.0f} MiB")
+        print(f"  .gpu-wheels/c{i}: {len(group)} files, {sum(f.stat().st_size for f in group) / 2**20:.0f} MiB")
     return 0
 
 
