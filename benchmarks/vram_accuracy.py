@@ -48,6 +48,9 @@ SECOND_PASS_CELLS = (
     + [f"{a}:int8:{n}:1" for a in ("phi-3-mini", "gemma-3-270m", "llama-3.2-1b") for n in CONTEXTS]
     + ["phi-3-mini:int8:4096:4", "gemma-3-270m:int8:4096:4", "deepseek-v2-lite:int8:512:1"]
 )
+# Pass 3 (issue 16): the mixture-of-experts families of transformers 5 beside Mixtral and DeepSeek, with
+# random weights in bf16, up to a ~30 B model (Qwen3-30B-A3B: 57 GiB of weights)
+MOE_ARCHS = ["qwen3-30b-a3b", "gpt-oss-20b", "qwen1.5-moe-a2.7b", "olmoe-1b-7b", "granite-3.0-3b-a800m"]
 PROFILE_CELLS = ["llama-3.2-1b:int8:512:1", "llama-3.2-1b:int8:4096:1", "qwen2.5-0.5b:int8:4096:1",
                  "gemma-3-270m:bf16:16384:1", "phi-3-mini:bf16:32768:1", "deepseek-v2-lite:bf16:512:1"]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -379,6 +382,23 @@ def report(args) -> None:
     print((RESULTS / "vram_accuracy.md").read_text())
 
 
+def merge(args) -> None:
+    """Add the cells of a new measurement (`measure --out DIR`) to the committed raw file as pass `--pass`,
+    each labelled with the GPU and library versions that measured it; cells of that pass measured before
+    are replaced."""
+    new = json.loads(Path(args.new).read_text())
+    raw_path = Path(args.raw)
+    raw = json.loads(raw_path.read_text())
+    env = new["environment"]
+    cells = [c for c in raw["cells"] if c.get("pass", 1) != args.pass_number]
+    for cell in new["cells"]:
+        cells.append({**cell, "pass": args.pass_number, "gpu": env["gpu"]})
+    raw["cells"] = cells
+    raw.setdefault("environments", {})[f"pass-{args.pass_number}"] = {**env, "command": args.measured_with}
+    raw_path.write_text(json.dumps(raw, indent=1))
+    print(f"pass {args.pass_number}: {len(new['cells'])} cells from {env['gpu']} merged into {raw_path}")
+
+
 def summarize(rows: list[dict]) -> dict:
     def worst(key: str) -> dict:
         out: dict[str, dict] = {}
@@ -425,6 +445,11 @@ def markdown(raw: dict, rows: list[dict], skipped: list[dict], summary: dict) ->
         f"(mean absolute error of the estimate: {summary['mean_abs_error_pct']:.2f}% over {summary['cells']} cells).",
         "",
     ]
+    for key, extra in sorted(raw.get("environments", {}).items()):
+        if key.startswith("pass-"):
+            lines += [f"Pass {key.removeprefix('pass-')} was measured on {extra['gpu']} (torch {extra['torch']}, "
+                      f"CUDA {extra['cuda']}, transformers {extra['transformers']}) with `{extra.get('command', '')}`.",
+                      ""]
     if api.get("measured_total"):
         lines += [f"`measure_inference('{api['model']}', 'bf16', context=4096)` in a fresh process: "
                   f"{api['measured_total'] / 2**30:.3f} GiB measured, {api['estimate_total'] / 2**30:.3f} GiB estimated "
@@ -478,10 +503,15 @@ def main() -> None:
     pr.add_argument("--budget-s", type=float, default=90)
     pr.add_argument("--cells", nargs="+", default=PROFILE_CELLS)
     sub.add_parser("widget-timing", help="how long one update of the calculator widget takes (goal: < 50 ms)")
+    mg = sub.add_parser("merge", help="add a new measurement's cells to the committed raw file as one pass")
+    mg.add_argument("--new", required=True, help="the vram_accuracy_raw.json that `measure` wrote")
+    mg.add_argument("--raw", default=str(RESULTS / "vram_accuracy_raw.json"))
+    mg.add_argument("--pass", dest="pass_number", type=int, required=True)
+    mg.add_argument("--measured-with", default="", help="the command that measured it (recorded)")
     r = sub.add_parser("report", help="compare the estimator with measurements")
     r.add_argument("--raw", default=str(RESULTS / "vram_accuracy_raw.json"))
     args = parser.parse_args()
-    {"measure": measure_cells, "sweep": sweep, "profile": profile, "report": report,
+    {"measure": measure_cells, "sweep": sweep, "profile": profile, "report": report, "merge": merge,
      "widget-timing": widget_timing}[args.command](args)
 
 

@@ -32,6 +32,7 @@ import time
 import warnings
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from .dtypes import BITS_PER_WEIGHT, normalize_dtype
@@ -105,7 +106,11 @@ class Architecture:
     qkv_bias: bool = False  # Qwen2: biases on q, k, v only
     mlp_bias: bool = False
     norms_per_layer: int = 2
-    qk_norm: bool = False  # Gemma 3: RMSNorm on q and k
+    qk_norm: str = ""  # RMSNorm on q and k: "head" (one per head width: Gemma 3, Qwen3), "full" (the whole
+    #                    projection: OLMo 2, OLMoE)
+    attention_sinks: bool = False  # GPT-OSS: one learned sink logit per head
+    norm_after: bool = False  # OLMo 2 normalizes the outputs of attention and MLP, not their inputs
+    unused_sliding_mask: bool = False  # Qwen2-MoE builds a sliding-window mask even when no layer uses it
     rotary_dim: int = 0
     rotary_sets: int = 1  # Gemma 3 keeps a global and a local RoPE
     # Mixture of experts (0 experts = dense)
@@ -113,7 +118,15 @@ class Architecture:
     experts_per_token: int = 0
     expert_intermediate: int = 0
     shared_expert_intermediate: int = 0
+    shared_expert_gate: bool = False  # Qwen2-MoE: a sigmoid gate (one nn.Linear(hidden, 1)) on the shared expert
+    router_bias: bool = False  # GPT-OSS
+    expert_bias: bool = False  # GPT-OSS: a bias per expert on gate_up and down
     dense_layers: int = 0  # leading layers with a dense MLP (DeepSeek's first_k_dense_replace)
+    mlp_kinds: tuple[str, ...] = ()  # per layer "dense" or "moe" when not just leading dense layers (Qwen-MoE)
+    # No formula for this model type: the weights are read off the model built on the meta device, the
+    # KV cache and activations are modelled as a standard decoder layer
+    generic: bool = False
+    config_json: str = field(default="", repr=False)  # the config it was read from (for the meta-device build)
     # Multi-head latent attention (DeepSeek-V2): the cache holds a compressed latent
     kv_lora_rank: int = 0
     q_lora_rank: int = 0
@@ -141,13 +154,27 @@ class Architecture:
         """Per layer: 'moe' or 'dense' MLP."""
         if not self.is_moe:
             return ["dense"] * self.num_layers
+        if self.mlp_kinds:
+            return list(self.mlp_kinds)
         return ["dense" if i < self.dense_layers else "moe" for i in range(self.num_layers)]
 
 
 def architecture(model: Any) -> Architecture:
-    """The memory-relevant numbers of a model: a shipped config name, a config dict or a transformers config."""
+    """The memory-relevant numbers of a model. `model` is any of:
+
+    - a shipped config name ("llama-3.1-8b"; labkit.models.list_configs() lists them);
+    - the path of a config.json, or of a folder holding one;
+    - a Hugging Face Hub id ("Qwen/Qwen3-30B-A3B"): its config.json from your local Hub cache, or
+      downloaded when you are online;
+    - a config dict (what a config.json holds), a transformers config, or a loaded model.
+
+    Anything else, a model type without attention (Mamba, RWKV), a config transformers cannot build
+    or one missing a field the estimate needs raises a LabkitError that says what is wrong.
+    """
     if isinstance(model, Architecture):
         return model
+    if isinstance(model, os.PathLike):
+        model = str(model)
     if isinstance(model, str):
         return _architecture_from_name(model)
     if isinstance(model, dict):
@@ -156,39 +183,128 @@ def architecture(model: Any) -> Architecture:
     if callable(to_dict):  # a transformers PretrainedConfig
         data = to_dict()
         data.setdefault("model_type", getattr(model, "model_type", None))
-        return _architecture_from_json(json.dumps(data, sort_keys=True, default=str))
+        return _architecture_from_json(json.dumps(data, sort_keys=True, default=str), complete=True)
     config = getattr(model, "config", None)  # a loaded model
     if config is not None and callable(getattr(config, "to_dict", None)):
         return architecture(config)
     raise LabkitError(f"cannot read an architecture from {type(model).__name__}. Pass a shipped config name "
-                      "(labkit.models.list_configs()), a config dict with 'model_type', or a transformers config.")
+                      "(labkit.models.list_configs()), the path of a config.json, a Hub id like "
+                      "'Qwen/Qwen3-30B-A3B', a config dict with 'model_type', or a transformers config.")
 
 
 @lru_cache(maxsize=64)
 def _architecture_from_name(name: str) -> Architecture:
-    from .models import load_config
-
-    return replace(_parse(load_config(name)), name=name)
+    raw = read_config(name)
+    path = Path(name).expanduser()
+    if path.name == "config.json":
+        name = path.parent.name
+    elif path.suffix == ".json" or path.is_dir():
+        name = path.stem
+    return replace(_parse(raw), name=name)
 
 
 @lru_cache(maxsize=256)
-def _architecture_from_json(text: str) -> Architecture:
-    return _parse(json.loads(text))
+def _architecture_from_json(text: str, complete: bool = False) -> Architecture:
+    return _parse(json.loads(text), complete=complete)
 
 
-def _parse(raw: dict) -> Architecture:
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def read_config(model: str) -> dict:
+    """The config dict behind a shipped name, a path (a config.json or its folder) or a Hub id."""
+    from .models import list_configs, load_config
+
+    if model in list_configs():
+        return load_config(model)
+    path = Path(model).expanduser()
+    if path.is_dir():
+        path = path / "config.json"
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise LabkitError(f"{path} is not a JSON config file ({err}). Pass a model's config.json.") from err
+        if not isinstance(data, dict):
+            raise LabkitError(f"{path} holds a JSON {type(data).__name__}, not a config object.")
+        return data
+    if path.suffix == ".json" or model.startswith((".", "~", os.sep)) or (os.sep in model and not HUB_ID.fullmatch(model)):
+        raise LabkitError(f"no such config file: {path}. Pass the path of a model's config.json.")
+    if HUB_ID.fullmatch(model):
+        return _config_from_hub(model)
+    raise unknown("model config", model, [*list_configs(), "<the path of a config.json>",
+                                          "<a Hub id like 'Qwen/Qwen3-30B-A3B'>"])
+
+
+def _hub_offline() -> bool:
+    flags = (os.environ.get(k, "").strip().lower() for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(f in ("1", "true", "yes", "on") for f in flags)
+
+
+def _config_from_hub(repo_id: str) -> dict:
+    """config.json of a Hub model: from the local Hugging Face cache, else downloaded (when online)."""
+    try:
+        from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+    except ImportError as err:
+        from .errors import MissingPackageError
+
+        raise MissingPackageError("huggingface_hub", f"Reading the config of {repo_id}") from err
+    cache = os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
+    cached = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache)
+    if isinstance(cached, str):
+        return json.loads(Path(cached).read_text())
+    how = (f"Download it once while online (labkit.models.precache(['{repo_id}']), or "
+           f"`hf download {repo_id} config.json`), or pass the path of its config.json, or a shipped name "
+           "(labkit.models.list_configs()).")
+    if _hub_offline():
+        raise LabkitError(f"{repo_id!r}: its config.json is not in your local Hugging Face cache ({cache}) and the "
+                          f"Hub is switched off (HF_HUB_OFFLINE=1). {how}")
+    try:
+        return json.loads(Path(hf_hub_download(repo_id, "config.json", cache_dir=cache)).read_text())
+    except Exception as err:  # offline, unknown repo, gated model: one clear message
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise LabkitError(f"could not get the config.json of {repo_id!r} from the Hub ({first}). Gated models "
+                          f"(Llama, Gemma) need `hf auth login` and the licence accepted on the model page. {how}") from err
+
+
+# Model types with no attention layer at all: their memory is weights plus a fixed-size recurrent state
+NO_ATTENTION = {"mamba": "a state-space model (Mamba)", "mamba2": "a state-space model (Mamba-2)",
+                "falcon_mamba": "a state-space model (Falcon Mamba)", "rwkv": "a recurrent model (RWKV)",
+                "xlstm": "a recurrent model (xLSTM)"}
+# Model types whose weights, KV cache and activations the formulas below model, layer by layer
+FORMULA_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "olmo2", "gemma2", "gemma3", "gemma3_text", "phi3",
+                    "mixtral", "deepseek_v2", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss", "granitemoe")
+REQUIRED_FIELDS = {"hidden_size": "the width of every tensor", "num_hidden_layers": "the number of layers",
+                   "num_attention_heads": "the attention heads (KV cache, attention)",
+                   "vocab_size": "the embedding and the logits"}
+
+
+def _parse(raw: dict, complete: bool = False) -> Architecture:
+    """Read an Architecture off a config dict. `complete`: the dict came from a transformers config
+    (every field already filled in), so missing fields are not checked against the dict itself."""
     from .models import to_transformers_config
 
-    if "model_type" not in raw:
+    if not isinstance(raw, dict) or not raw.get("model_type"):
         raise LabkitError("a model config needs a 'model_type' field (like a Hub config.json).")
+    model_type = raw["model_type"]
+    if model_type in NO_ATTENTION:
+        raise LabkitError(
+            f"{model_type!r} is {NO_ATTENTION[model_type]}: it has no attention layers, so no KV cache; its memory "
+            "is the weights plus a fixed-size state per sequence, which this estimator does not model. "
+            f"labkit.vram models transformer decoders: {', '.join(FORMULA_FAMILIES)} with formulas, and any other "
+            "causal LM that transformers can build from the weights it creates on the meta device.")
     cfg = to_transformers_config(raw)  # fills in the model type's defaults (e.g. tied embeddings)
-    get = lambda key, default=None: getattr(cfg, key, default) if getattr(cfg, key, None) is not None else default  # noqa: E731
+    text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    _refuse_layers_without_attention(model_type, text_cfg)
+    _require_causal_lm(model_type)
+    _require_fields(model_type, raw, text_cfg, complete)
+    get = lambda key, default=None: getattr(text_cfg, key, default) if getattr(text_cfg, key, None) is not None else default  # noqa: E731
     hidden = int(get("hidden_size"))
     heads = int(get("num_attention_heads"))
     layers = int(get("num_hidden_layers"))
     kv_heads = int(get("num_key_value_heads", heads))
     head_dim = int(get("head_dim", hidden // heads))
-    model_type = cfg.model_type
+    generic = model_type not in FORMULA_FAMILIES
     window = get("sliding_window")
     layer_types = get("layer_types")
     if layer_types:
@@ -204,21 +320,53 @@ def _parse(raw: dict) -> Architecture:
         tied_embeddings=bool(get("tie_word_embeddings", False)), layer_types=kinds,
         sliding_window=int(window) if window else None, max_position=int(get("max_position_embeddings", 0) or 0),
         attention=_default_attention(model_type), attention_bias=bool(get("attention_bias", False)),
-        mlp_bias=bool(get("mlp_bias", False)), rotary_dim=head_dim,
+        mlp_bias=bool(get("mlp_bias", False)), rotary_dim=head_dim, generic=generic,
+        config_json=json.dumps(raw, sort_keys=True, default=str),
     )
     if model_type == "qwen2":
         fields["qkv_bias"] = True
+    if model_type == "qwen2_moe":
+        fields["qkv_bias"] = bool(get("qkv_bias", True))
     if model_type == "phi3":
         fields["fused_projections"] = True
         fields["cache_reset_tokens"] = int(get("original_max_position_embeddings", 0) or 0)
     if model_type in ("gemma2", "gemma3", "gemma3_text"):
         fields["norms_per_layer"] = 4
     if model_type in ("gemma3", "gemma3_text"):
-        fields["qk_norm"] = True
+        fields["qk_norm"] = "head"
         fields["rotary_sets"] = 2
-    if model_type == "mixtral":
+    if model_type in ("qwen3", "qwen3_moe"):
+        fields["qk_norm"] = "head"
+    if model_type in ("olmo2", "olmoe"):
+        fields["qk_norm"] = "full"
+    if model_type == "olmo2":
+        fields["norm_after"] = True
+    if model_type in ("mixtral", "granitemoe", "gpt_oss"):
         fields.update(num_experts=int(get("num_local_experts")), experts_per_token=int(get("num_experts_per_tok")),
                       expert_intermediate=fields["intermediate_size"])
+    if model_type == "gpt_oss":
+        # (from_pretrained keeps its norms in float32, _keep_in_fp32_modules; 141,120 parameters in the
+        # 20B, so the formula follows from_config, which builds them in the model's dtype)
+        fields.update(router_bias=True, expert_bias=True, attention_sinks=True)
+    if model_type == "olmoe":
+        fields.update(num_experts=int(get("num_experts")), experts_per_token=int(get("num_experts_per_tok")),
+                      expert_intermediate=fields["intermediate_size"])
+    if model_type in ("qwen2_moe", "qwen3_moe") and int(get("num_experts", 0) or 0) > 0:
+        step, only_dense = int(get("decoder_sparse_step", 1) or 1), set(get("mlp_only_layers", []) or [])
+        fields.update(num_experts=int(get("num_experts")), experts_per_token=int(get("num_experts_per_tok")),
+                      expert_intermediate=int(get("moe_intermediate_size")),
+                      mlp_kinds=tuple("moe" if i not in only_dense and (i + 1) % step == 0 else "dense"
+                                      for i in range(layers)))
+        if model_type == "qwen2_moe":
+            fields.update(shared_expert_intermediate=int(get("shared_expert_intermediate_size")),
+                          shared_expert_gate=True)
+    if model_type == "qwen2_moe":
+        fields["unused_sliding_mask"] = "sliding" not in kinds
+    if generic:  # no formula: read the experts' numbers where the usual fields are (the weights come from meta)
+        experts = get("num_local_experts") or get("num_experts") or get("n_routed_experts")
+        if isinstance(experts, int) and experts > 0 and get("num_experts_per_tok"):
+            fields.update(num_experts=experts, experts_per_token=int(get("num_experts_per_tok")),
+                          expert_intermediate=int(get("moe_intermediate_size", fields["intermediate_size"])))
     if model_type == "deepseek_v2":
         nope, rope, v = int(get("qk_nope_head_dim")), int(get("qk_rope_head_dim")), int(get("v_head_dim"))
         fields.update(
@@ -233,6 +381,58 @@ def _parse(raw: dict) -> Architecture:
                           shared_expert_intermediate=moe_inter * int(get("n_shared_experts", 0) or 0),
                           dense_layers=int(get("first_k_dense_replace", 0) or 0))
     return Architecture(**fields)
+
+
+# Hybrids whose state-space or convolution layers may not show in a per-layer list
+HYBRIDS = ("jamba", "bamba", "zamba", "zamba2", "falcon_h1", "granitemoehybrid", "nemotron_h", "qwen3_next", "lfm2",
+           "lfm2_moe", "recurrent_gemma")
+
+
+def _refuse_layers_without_attention(model_type: str, cfg: Any) -> None:
+    """Hybrids (Jamba, Zamba, Bamba, Qwen3-Next, ...) mix attention with state-space, linear-attention
+    or convolution layers; their per-layer lists say so."""
+    softmax_attention = lambda k: ("attention" in k or "attn" in k) and "linear" not in k  # noqa: E731
+    other: set[str] = set()
+    for key in ("layer_types", "layers_block_type", "block_types", "layer_block_types"):
+        kinds = getattr(cfg, key, None)
+        if isinstance(kinds, (list, tuple)):
+            other |= {str(k) for k in kinds if not softmax_attention(str(k))}
+    if other or model_type in HYBRIDS:
+        what = f" ({', '.join(sorted(other))} layers)" if other else ""
+        raise LabkitError(
+            f"{model_type!r} has layers without standard attention{what}: a hybrid whose state-space, "
+            "linear-attention or convolution layers keep a recurrent state instead of a KV cache, which this "
+            f"estimator does not model. Supported: transformer decoders ({', '.join(FORMULA_FAMILIES)}, and other "
+            "causal LMs transformers builds with attention in every layer).")
+
+
+def _require_causal_lm(model_type: str) -> None:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise LabkitError(
+            f"transformers has no causal language model for model_type {model_type!r} (AutoModelForCausalLM "
+            "cannot build it; encoder-only and encoder-decoder models are not estimated here). Supported: "
+            f"{', '.join(FORMULA_FAMILIES)}, and the other model types in transformers' "
+            "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.")
+
+
+def _require_fields(model_type: str, raw: dict, cfg: Any, complete: bool) -> None:
+    """Every field the estimate needs must be in the config, not guessed from transformers' defaults."""
+    text_raw = raw
+    for key in ("text_config", "llm_config", "language_config"):
+        if isinstance(raw.get(key), dict):
+            text_raw = raw[key]
+    aliases = getattr(cfg, "attribute_map", {}) or {}
+    for name, purpose in REQUIRED_FIELDS.items():
+        value = getattr(cfg, name, None)
+        given = complete or name in text_raw or aliases.get(name) in text_raw
+        if value is None or not given:
+            raise LabkitError(
+                f"the {model_type!r} config has no {name!r} field ({purpose}); labkit does not guess it. Pass the "
+                f"model's complete config.json (it needs {', '.join(REQUIRED_FIELDS)}).")
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise LabkitError(f"the {model_type!r} config's {name!r} must be a positive whole number, got {value!r}")
 
 
 @lru_cache(maxsize=64)
@@ -257,8 +457,10 @@ class WeightTensor:
 
     name: str  # e.g. "layers.mlp.gate_proj" (one entry stands for `count` identical tensors)
     shape: tuple[int, ...]
-    kind: str  # "linear" (nn.Linear: quantized by bitsandbytes), "embedding", "lm_head", "norm", "bias", "experts", "router"
+    kind: str  # "linear" (nn.Linear: quantized by bitsandbytes), "embedding", "lm_head", "norm", "bias", "experts",
+    #            "router", "other"
     count: int = 1
+    keep_fp32: bool = False  # stays in float32 whatever the model's dtype (transformers' _keep_in_fp32_modules)
 
     @property
     def numel(self) -> int:
@@ -266,14 +468,148 @@ class WeightTensor:
 
 
 def weight_tensors(model: Any) -> list[WeightTensor]:
-    """Every weight of the model grouped by kind, from the config alone (no model is built).
+    """Every weight of the model grouped by kind: what the memory estimate prices.
 
-    The unit tests check these against the parameters transformers actually creates.
+    For the model types in FORMULA_FAMILIES these are the formulas' tensors (`formula_weight_tensors`),
+    checked once against the model transformers builds on the meta device (`meta_weight_tensors`:
+    shapes only, no memory). Where the two disagree, and for every other model type, the meta
+    tensors are used; `weight_check(model)` says which.
+    """
+    return list(_checked_weights(architecture(model))[0])
+
+
+@dataclass(frozen=True)
+class WeightCheck:
+    """The formula's parameter count against the meta-device model's."""
+
+    model: str
+    formula: int | None  # None: no formula for this model type
+    meta: int
+    differences: tuple[str, ...] = ()  # what the formula misses or adds, by kind
+
+    @property
+    def agree(self) -> bool:
+        return self.formula == self.meta and not self.differences
+
+    def __str__(self) -> str:
+        if self.formula is None:
+            return (f"weights of {self.model}: read off the model transformers builds on the meta device "
+                    f"({self.meta:,} parameters; no formula for this model type)")
+        if self.agree:
+            return f"weights of {self.model}: the formula's {self.formula:,} parameters equal the meta-device model's"
+        return (f"weights of {self.model}: the formula gives {self.formula:,} parameters, the meta-device model has "
+                f"{self.meta:,}; the estimate uses the meta tensors ({'; '.join(self.differences)})")
+
+
+def weight_check(model: Any) -> WeightCheck:
+    """Compare the formula's weights with the meta-device model's (see `weight_tensors`)."""
+    return _checked_weights(architecture(model))[1]
+
+
+@lru_cache(maxsize=128)
+def _checked_weights(a: Architecture) -> tuple[tuple[WeightTensor, ...], WeightCheck]:
+    meta = meta_weight_tensors(a)
+    n_meta = sum(t.numel for t in meta)
+    if a.generic:
+        return meta, WeightCheck(a.name, None, n_meta)
+    formula = tuple(formula_weight_tensors(a))
+    differences = _differences(formula, meta)
+    check = WeightCheck(a.name, sum(t.numel for t in formula), n_meta, differences)
+    return (formula if check.agree else meta), check
+
+
+def _differences(formula: tuple[WeightTensor, ...], meta: tuple[WeightTensor, ...]) -> tuple[str, ...]:
+    """Per kind (and float32 or not): how many parameters the formula misses, naming the meta tensors it has
+    no same-shaped counterpart for."""
+    out = []
+    key = lambda t: (t.kind, t.keep_fp32)  # noqa: E731
+    for kind in sorted({key(t) for t in (*formula, *meta)}):
+        f = sum(t.numel for t in formula if key(t) == kind)
+        m = sum(t.numel for t in meta if key(t) == kind)
+        if f != m:
+            shapes = {(t.shape, t.count) for t in formula if key(t) == kind}
+            names = [t.name for t in meta if key(t) == kind and (t.shape, t.count) not in shapes]
+            label = f"{kind[0]}{' (float32)' if kind[1] else ''}"
+            out.append(f"{label}: formula {f:,}, meta {m:,}" + (f" ({', '.join(names[:6])})" if names else ""))
+    return tuple(out)
+
+
+def meta_weight_tensors(model: Any) -> tuple[WeightTensor, ...]:
+    """Every parameter of the model transformers builds from the config, read off the meta device (no
+    memory is allocated; about a second for a large model), grouped across layers.
+
+    Kinds: nn.Linear weights are "linear" (the layers bitsandbytes quantizes), the output matrix
+    "lm_head", nn.Embedding "embedding", the 3-D expert tensors of a mixture of experts (and their
+    biases) "experts", the router "router", 1-D weights of norms "norm", other 1-D tensors "bias".
     """
     a = architecture(model)
+    return _meta_tensors(a.config_json)
+
+
+@lru_cache(maxsize=64)
+def _meta_tensors(config_json: str) -> tuple[WeightTensor, ...]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .models import to_transformers_config
+
+    if not config_json:
+        raise LabkitError("this Architecture was not read from a config; pass the model's config instead.")
+    cfg = to_transformers_config(json.loads(config_json))
+    cfg.quantization_config = None  # a pre-quantized checkpoint's config (e.g. GPT-OSS's MXFP4): count its tensors
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    except Exception as err:  # transformers refused the config: say what it said, not where
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise LabkitError(f"transformers cannot build a {cfg.model_type!r} model from this config: {first}") from err
+    groups: dict[tuple, int] = {}
+    seen: set[int] = set()
+    for module_name, module in net.named_modules():
+        for param_name, param in module.named_parameters(recurse=False):
+            if id(param) in seen:  # tied weights: counted once
+                continue
+            seen.add(id(param))
+            name = re.sub(r"\.\d+(?=\.|$)", "", f"{module_name}.{param_name}").removeprefix("model.")
+            name = name.removesuffix(".weight")
+            kind = _meta_kind(module_name, module, param_name, param)
+            key = (name, tuple(param.shape), kind, param.dtype == torch.float32)
+            groups[key] = groups.get(key, 0) + 1
+    return tuple(WeightTensor(n, shape, kind, count, fp32) for (n, shape, kind, fp32), count in groups.items())
+
+
+def _meta_kind(module_name: str, module: Any, param_name: str, param: Any) -> str:
+    import torch
+
+    cls = type(module).__name__.lower()
+    if module_name.endswith("lm_head"):
+        return "lm_head"
+    if isinstance(module, torch.nn.Embedding):
+        return "embedding"
+    if isinstance(module, torch.nn.Linear):
+        return "linear" if param_name == "weight" else "bias"
+    if "expert" in cls:
+        return "experts"
+    if "router" in cls or "gate" in cls:
+        return "router"
+    if param.dim() == 1:
+        return "norm" if "norm" in cls else "bias"
+    return "other"
+
+
+def formula_weight_tensors(model: Any) -> list[WeightTensor]:
+    """Every weight of the model from the config alone, by the formulas the course teaches (per layer:
+    q, k, v, o; the MLP or the experts; the norms). For the model types in FORMULA_FAMILIES; the unit
+    tests check it against the parameters transformers creates for random configs of each."""
+    a = architecture(model)
+    if a.generic:
+        raise LabkitError(f"no formula for model type {a.model_type!r} (formulas: {', '.join(FORMULA_FAMILIES)}); "
+                          "meta_weight_tensors(model) reads its weights off the meta device.")
     W = WeightTensor
     h, inter, L = a.hidden_size, a.intermediate_size, a.num_layers
-    out: list[WeightTensor] = [W("embed_tokens", (a.vocab_size, h), "embedding"), W("norm", (h,), "norm")]
+    out: list[WeightTensor] = [W("embed_tokens", (a.vocab_size, h), "embedding"),
+                               W("norm", (h,), "norm")]
     if not a.tied_embeddings:
         out.append(W("lm_head", (a.vocab_size, h), "lm_head"))
     q_out, kv_out = a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
@@ -305,8 +641,12 @@ def weight_tensors(model: Any) -> list[WeightTensor]:
         out.append(W("layers.self_attn.qkv_bias", (q_out + 2 * kv_out,), "bias", L))
     if a.attention_bias:
         out.append(W("layers.self_attn.o_proj.bias", (h,), "bias", L))
-    if a.qk_norm:
+    if a.attention_sinks:
+        out.append(W("layers.self_attn.sinks", (a.num_heads,), "bias", L))
+    if a.qk_norm == "head":
         out.append(W("layers.self_attn.qk_norm", (2, a.head_dim), "norm", L))
+    elif a.qk_norm == "full":
+        out += [W("layers.self_attn.q_norm", (q_out,), "norm", L), W("layers.self_attn.k_norm", (kv_out,), "norm", L)]
     out.append(W("layers.norms", (a.norms_per_layer, h), "norm", L))
 
     kinds = a.layer_kinds()
@@ -326,11 +666,18 @@ def weight_tensors(model: Any) -> list[WeightTensor]:
         out += [W("layers.mlp.gate", (e, h), "router", moe),
                 W("layers.mlp.experts.gate_up_proj", (e, 2 * ei, h), "experts", moe),
                 W("layers.mlp.experts.down_proj", (e, h, ei), "experts", moe)]
+        if a.router_bias:
+            out.append(W("layers.mlp.gate.bias", (e,), "router", moe))
+        if a.expert_bias:
+            out += [W("layers.mlp.experts.gate_up_proj_bias", (e, 2 * ei), "experts", moe),
+                    W("layers.mlp.experts.down_proj_bias", (e, h), "experts", moe)]
         if a.shared_expert_intermediate:
             si = a.shared_expert_intermediate
             out += [W("layers.mlp.shared_experts.gate_proj", (si, h), "linear", moe),
                     W("layers.mlp.shared_experts.up_proj", (si, h), "linear", moe),
                     W("layers.mlp.shared_experts.down_proj", (h, si), "linear", moe)]
+        if a.shared_expert_gate:
+            out.append(W("layers.mlp.shared_experts.shared_expert_gate", (1, h), "linear", moe))
     return out
 
 
@@ -367,8 +714,9 @@ def weight_bytes(model: Any, dtype: str = "bf16", double_quant: bool = True, com
     dtype = normalize_dtype(dtype)
     tensors = weight_tensors(model)
     total = sum(t.numel for t in tensors)
+    fp32 = sum(t.numel for t in tensors if t.keep_fp32)  # float32 whatever the dtype (GPT-OSS's norms)
     if dtype in FLOAT_DTYPES:
-        return {"quantized": 0.0, "unquantized": total * BITS_PER_WEIGHT[dtype] / 8, "scales": 0.0}
+        return {"quantized": 0.0, "unquantized": (total - fp32) * BITS_PER_WEIGHT[dtype] / 8 + fp32 * 4, "scales": 0.0}
     if dtype in GGUF_DTYPES:
         out = next((t for t in tensors if t.kind == "lm_head"), None)
         tied = out is None
@@ -380,7 +728,7 @@ def weight_bytes(model: Any, dtype: str = "bf16", double_quant: bool = True, com
     keep = BITS_PER_WEIGHT[normalize_dtype(compute_dtype)] / 8
     linear = [t for t in tensors if t.kind == "linear"]
     n_linear = sum(t.numel for t in linear)
-    unquantized = (total - n_linear) * keep
+    unquantized = (total - n_linear - fp32) * keep + fp32 * 4
     if dtype == "int8":
         scales = sum(t.shape[0] * t.count * 4 for t in linear)
         return {"quantized": float(n_linear), "unquantized": unquantized, "scales": float(scales)}
@@ -410,6 +758,16 @@ def kv_cache_bytes(model: Any, tokens: int, batch: int = 1, kv_dtype: str = "bf1
     per = kv_cache_bytes_per_token(a, kv_dtype)
     window_tokens = min(tokens, a.sliding_window) if a.sliding_window else tokens
     return batch * (per["full"] * tokens + per["sliding"] * window_tokens)
+
+
+def kv_cache_bytes_per_layer(model: Any, tokens: int, batch: int = 1, kv_dtype: str = "bf16") -> list[float]:
+    """The cache of each layer, in layer order: a full-attention layer holds every token, a
+    sliding-window layer at most the window. Sums to `kv_cache_bytes`."""
+    a = architecture(model)
+    per = kv_cache_bytes_per_token(a, kv_dtype)
+    window_tokens = min(tokens, a.sliding_window) if a.sliding_window else tokens
+    one = {kind: per[kind] / a.layer_types.count(kind) if per[kind] else 0.0 for kind in per}
+    return [batch * one[kind] * (window_tokens if kind == "sliding" else tokens) for kind in a.layer_types]
 
 
 def kv_cache_formula_bytes(layers: int, kv_heads: int, head_dim: int, tokens: int, bytes_per_value: float,
@@ -520,11 +878,16 @@ def estimate_inference(model: Any, dtype: str = "bf16", context: int = 4096, bat
         raise unknown("attention implementation", attention, ("sdpa", "eager"))
     tokens = context + new_tokens
     notes: list[str] = []
-    if a.max_position and tokens > a.max_position:
-        message = (f"{a.name}: {tokens:,} tokens is beyond the model's maximum context of {a.max_position:,}; "
-                   "the memory is computed anyway, but the model was not trained for it.")
+    beyond = beyond_window(a, tokens)
+    if beyond:
+        message = window_warning(a, tokens)
         warnings.warn(message, stacklevel=2)
         notes.append(message)
+    notes.append(str(weight_check(a)))
+    if a.generic:
+        notes.append(f"{a.model_type}: no formula for this model type; the KV cache and activations are modelled as a "
+                     f"standard decoder layer ({a.kv_grouping} attention, a gated MLP"
+                     f"{', routed experts' if a.is_moe else ''}), not checked against measurements.")
     compute = dtype if dtype in FLOAT_DTYPES else ("fp16" if runtime == "llama.cpp" else "bf16")
     kv_dtype = kv_dtype or compute
     w = weight_bytes(a, dtype, double_quant=double_quant, compute_dtype=compute)
@@ -555,8 +918,16 @@ def estimate_inference(model: Any, dtype: str = "bf16", context: int = 4096, bat
         weights=weights, kv_cache=kv, activations=act, overhead=overhead, label=f"{a.name} {dtype} {runtime}",
         details=details, notes=notes,
         inputs=dict(model=a.name, dtype=dtype, context=context, batch=batch, new_tokens=new_tokens, kv_dtype=kv_dtype,
-                    runtime=runtime, device=device, attention=attention, method="inference"),
+                    runtime=runtime, device=device, attention=attention, method="inference",
+                    max_context=a.max_position, beyond_max_context=beyond, architecture=a),
     )
+
+
+def window_warning(model: Any, tokens: int) -> str:
+    """What the estimate says (and warns) when `tokens` is beyond the model's context window."""
+    a = architecture(model)
+    return (f"⚠ {a.name}: {tokens:,} tokens is beyond the model's maximum context of {a.max_position:,}; "
+            "the memory is computed anyway, but the model was not trained for it.")
 
 
 def _require_int(name: str, value: Any, allow_zero: bool = False) -> None:
@@ -658,7 +1029,7 @@ def _mask_bytes(a: Architecture, batch: int, context: int, e: float, attention: 
     kinds = set(a.layer_types)
     if attention == "eager":
         return len(kinds) * n2 * e
-    if _sliding_mask(a, context):
+    if _sliding_mask(a, context) or a.unused_sliding_mask:
         return n2 * 1.0
     return 0.0
 
@@ -699,17 +1070,22 @@ def _layer_steps(a: Architecture, kind: str, T: int, batch: int, context: int, e
             attn["attention output"] = out + x
         steps["attention"] = attn
     else:
-        rope = {"normalized input": x, "q, k, v": q + kv, "RoPE temporaries": 3 * q}
+        xn = 0.0 if a.norm_after else x  # OLMo 2 feeds the layer input itself (no normalized copy)
+        rope = {"normalized input": xn, "q, k, v": q + kv, "RoPE temporaries": 3 * q}
         if a.qk_norm:
             rope["q/k norm float32 copies"] = _norm_transient(T, a.num_heads * a.head_dim, e) - 3 * q + q
         steps["attention: RoPE"] = rope
-        scores = {"normalized input": x, "q, k, v": q + kv}
+        scores = {"normalized input": xn, "q, k, v": q + kv}
         gqa = a.num_kv_heads != a.num_heads
         if attention == "eager":
             n2h = batch * a.num_heads * context * context
             # scores in the compute dtype, plus a float32 copy and the float32 softmax; for fp16
             # CUDA's softmax reads fp16 directly, and the peak is its float32 output being cast back
             per = e + (4 + e if (device == "cuda" and dtype == "fp16") else (8 if e < 4 else 4))
+            if a.attention_sinks:
+                # GPT-OSS: the scores, the scores with the sink column appended, minus their maximum,
+                # then softmax in the compute dtype: three N x N tensors at once
+                per = 3 * e
             scores["attention scores (eager)"] = n2h * per
             if gqa:
                 scores["k, v repeated for GQA"] = T * a.num_heads * (a.head_dim + a.v_head_dim) * e
@@ -717,7 +1093,7 @@ def _layer_steps(a: Architecture, kind: str, T: int, batch: int, context: int, e
             # a sliding-window layer with its mask: q after RoPE, this layer's new cache entry (k
             # and v themselves are freed once cached), Phi-3's fused qkv output (its k and v are
             # views of it), KV heads repeated for GQA (a free view with a single KV head)
-            scores = {"normalized input": x, "q after RoPE": q, "this layer's cache entry": kv}
+            scores = {"normalized input": xn, "q after RoPE": q, "this layer's cache entry": kv}
             if a.fused_projections:
                 scores["fused qkv output"] = q + kv
             if gqa and a.num_kv_heads > 1:
@@ -730,16 +1106,22 @@ def _layer_steps(a: Architecture, kind: str, T: int, batch: int, context: int, e
             scores["attention output and o_proj"] = out + x
         steps["attention: scores"] = scores
     steps["post-attention norm"] = {"residual": x, "float32 copies": _norm_transient(T, h, e)}
-    mlp = {"residual + normalized input": 2 * x}
+    mlp = {"residual + normalized input": x if a.norm_after else 2 * x}
     if attention == "eager":  # the layer keeps the softmax output (`_`) until it returns
         mlp["attention weights kept by the layer (eager)"] = batch * a.num_heads * context * context * e
     if kind == "moe":
         S = T * a.experts_per_token  # token-expert pairs
         ei = a.expert_intermediate
         up = S * (h + 4 * ei) * e  # gathered inputs, gate_up output, activation, product
+        if a.expert_bias:
+            # GPT-OSS: the gathered biases, the output before and after its bias, then a clamped
+            # gate and up and the temporaries of its gated activation (alpha * gate, sigmoid, up + 1)
+            up = S * (h + 10 * ei) * e
         down = S * h * (2 * e + 8)  # gathered inputs, expert outputs, weighted in float32
         mlp["experts (grouped_mm)"] = max(up, down)
         mlp["router"] = T * a.num_experts * (e + 4)
+        if a.shared_expert_gate:  # Qwen2-MoE runs its shared expert first and keeps its output meanwhile
+            mlp["shared expert output"] = x
     elif dtype == "int8":
         # LLM.int8() in up_proj (Phi-3: gate_up_proj): the int8 copy of the input, the int32
         # product, its fp16 de-quantization and the cast back to the compute dtype; for separate
@@ -837,6 +1219,9 @@ def estimate_training(model: Any, method: str = "full", dtype: str = "bf16", opt
         details.update({"weights: frozen base": base, "weights: adapters (fp32)": trainable * 4})
         notes.append(f"{trainable:,} trainable parameters ({trainable / params:.2%} of {params:,}) "
                      f"in {len(modules)} module types: {', '.join(t.name.split('.')[-1] for t in modules)}")
+    beyond = beyond_window(a, seq_len)
+    if beyond:
+        notes.append(window_warning(a, seq_len))
     act = _training_activations(a, seq_len, batch, e, gradient_checkpointing)
     details.update({f"activations: {k}": v for k, v in act.items()})
     activations = sum(act.values())
@@ -847,7 +1232,8 @@ def estimate_training(model: Any, method: str = "full", dtype: str = "bf16", opt
         optimizer_states=optimizer_states, label=f"{a.name} {method} {dtype} {optimizer}", details=details, notes=notes,
         inputs=dict(model=a.name, method=method, dtype=dtype, optimizer=optimizer, lora_rank=lora_rank,
                     seq_len=seq_len, batch=batch, gradient_checkpointing=gradient_checkpointing,
-                    trainable_parameters=trainable, device=device),
+                    trainable_parameters=trainable, device=device, max_context=a.max_position,
+                    beyond_max_context=beyond, architecture=a),
     )
 
 
@@ -903,7 +1289,7 @@ def split_tensor_parallel(estimate: MemoryEstimate, n_gpus: int) -> MemoryEstima
     _require_int("n_gpus", n_gpus)
     if n_gpus == 1:
         return estimate
-    model = estimate.inputs.get("model")
+    model = estimate.inputs.get("architecture") or estimate.inputs.get("model")
     a = architecture(model) if model else None
     kv_share = 1 / n_gpus
     if a is not None and not a.is_mla and a.num_kv_heads < n_gpus:
@@ -952,28 +1338,15 @@ class Fit:
 
 
 def fits(estimate: MemoryEstimate, device_or_gb: Any = None) -> Fit:
-    """Whether `estimate` fits: a number of GB (as GPUs are sold: 24 means 24 GiB), a GPU name from
-    datasets/gpus.json ("4090", "A100 80GB"), or None / "this" for this machine's free memory.
+    """Whether `estimate` fits the usable memory of `device_or_gb`: a GPU name from datasets/gpus.json
+    ("T4", "4090", "A100 80GB"), a number of GiB as the device shows them, or None / "this" for this
+    machine's free memory. Usable = what the card shows to CUDA (a T4 sold as 16 GB shows 14.6 GiB)
+    less a 5% safety margin: `labkit.hardware.usable_memory` is the one rule."""
+    from .hardware import usable_memory
 
-    Sold sizes are close to what CUDA reports (an RTX 4090 shows 23.99 GiB, an H100 79.6 GiB), but
-    a T4 keeps 1 GiB for ECC and shows 15 GiB: leave a little headroom."""
-    need = estimate.total
-    if device_or_gb is None or device_or_gb in ("this", "auto", "yours"):
-        from .hardware import detect_hardware
-
-        hw = detect_hardware(check_online=False)
-        if hw.device == "cuda":
-            return Fit(need <= hw.vram_free_bytes, need, float(hw.vram_free_bytes), f"this GPU ({hw.gpu_name}, free)")
-        return Fit(need <= hw.ram_available_bytes, need, float(hw.ram_available_bytes), "this machine's free RAM")
-    if isinstance(device_or_gb, str):
-        from .hardware import find_gpu
-
-        gpu = find_gpu(device_or_gb)
-        have = gpu["vram_gb"] * GIB
-        return Fit(need <= have, need, have, gpu["name"])
-    require_positive("memory (GB)", device_or_gb)
-    have = float(device_or_gb) * GIB
-    return Fit(need <= have, need, have, f"{device_or_gb} GB")
+    usable = usable_memory(device_or_gb)
+    where = usable.where if usable.where.startswith("this") else f"{usable.where} (usable)"
+    return Fit(estimate.total <= usable.bytes, estimate.total, usable.bytes, where)
 
 
 def gpus_needed(estimate_for_n, device_or_gb: Any, max_gpus: int = 16) -> int | None:
@@ -1131,6 +1504,11 @@ def load_for_measurement(model: Any, dtype: str, device: str, weights: str = "ra
         return load_bundled_transformers(dtype=dtype, device=device).model
     if weights != "random":
         raise unknown("weights", weights, ("random", "bundled"))
+    if isinstance(model, (str, os.PathLike)):  # a shipped name, a config.json path or a Hub id
+        model = read_config(str(model))
+    if isinstance(model, dict) and model.get("quantization_config"):
+        # a pre-quantized checkpoint's config (GPT-OSS ships MXFP4 experts): random weights in `dtype`
+        model = {k: v for k, v in model.items() if k != "quantization_config"}
     if dtype in FLOAT_DTYPES:
         return build_random_model(model, dtype=dtype, device=device).model
     if device != "cuda":
@@ -1261,9 +1639,9 @@ def _measure_cpu_in_child(model: Any, dtype: str, context: int, batch: int, new_
     import subprocess
     import sys
 
-    if not isinstance(model, str):
-        raise LabkitError("on CPU, measure_inference runs in a fresh process: pass a shipped config name "
-                          "(or weights='bundled'), not a model object.")
+    if not isinstance(model, (str, dict)):
+        raise LabkitError("on CPU, measure_inference runs in a fresh process: pass a shipped config name, a "
+                          "config.json path, a Hub id or a config dict (or weights='bundled'), not a model object.")
     args = json.dumps(dict(model=model, dtype=dtype, context=context, batch=batch, new_tokens=new_tokens,
                            weights=weights, seed=seed))
     code = "import sys, labkit.vram as v; v._child_main(sys.argv[1])"
@@ -1308,7 +1686,9 @@ def dtype_table(model: Any, dtypes: tuple[str, ...] = ("fp32", "bf16", "int8", "
 
 
 def kv_table(models: list[str], tokens: int = 32768, kv_dtype: str = "bf16") -> list[dict]:
-    """KV cache per token and at `tokens` tokens, next to the bf16 weights, for several models."""
+    """KV cache per token and at `tokens` tokens, next to the bf16 weights, for several models.
+    A model whose window is shorter than `tokens` is flagged in the "window" column: its cache is
+    computed anyway, but the model cannot use that many tokens."""
     rows = []
     for m in models:
         a = architecture(m)
@@ -1316,9 +1696,25 @@ def kv_table(models: list[str], tokens: int = 32768, kv_dtype: str = "bf16") -> 
         kv = kv_cache_bytes(a, tokens, 1, kv_dtype)
         w = sum(weight_bytes(a, "bf16").values())
         rows.append({"model": m, "attention": a.kv_grouping, "sliding layers": a.layer_types.count("sliding"),
+                     "window": window_label(a, tokens),
                      "KiB/token": round(per / 1024, 1), f"KV GiB @{tokens // 1024}k": round(kv / GIB, 2),
                      "weights GiB (bf16)": round(w / GIB, 2), "KV/weights": round(kv / w, 2)})
     return rows
+
+
+def beyond_window(model: Any, tokens: int) -> bool:
+    """True when `tokens` is more than the model's context window (max_position_embeddings)."""
+    a = architecture(model)
+    return bool(a.max_position) and tokens > a.max_position
+
+
+def window_label(model: Any, tokens: int) -> str:
+    """The model's context window, with "⚠ beyond" when `tokens` exceeds it (for tables)."""
+    a = architecture(model)
+    if not a.max_position:
+        return "?"
+    size = f"{a.max_position // 1024}k" if a.max_position % 1024 == 0 else f"{a.max_position:,}"
+    return f"{size} ⚠ beyond" if beyond_window(a, tokens) else size
 
 
 def kv_equals_weights_tokens(model: Any, dtype: str = "bf16", kv_dtype: str | None = None) -> int:
@@ -1349,18 +1745,19 @@ def hardware_table(models: list[str], dtypes: tuple[str, ...] = ("bf16", "int8",
                    gpus: tuple[str, ...] = COMMON_GPUS) -> list[dict]:
     """For each model and dtype: the estimate, the smallest common GPU it fits, and how many 80 GB GPUs
     tensor parallelism needs."""
-    from .hardware import find_gpu
+    from .hardware import find_gpu, usable_memory
 
-    sizes = sorted((find_gpu(g)["vram_gb"], find_gpu(g)["name"]) for g in gpus)
+    sizes = sorted((usable_memory(g).bytes, find_gpu(g)["name"]) for g in gpus)
     rows = []
     for m in models:
         for d in dtypes:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 est = estimate_inference(m, d, context=context)
-            smallest = next((name for gb, name in sizes if fits(est, gb)), None)
+            smallest = next((name for _, name in sizes if fits(est, name)), None)
             n80 = gpus_needed(est, 80)
-            rows.append({"model": m, "dtype": d, f"GiB @{context}": round(est.total / GIB, 1),
+            rows.append({"model": m, "window": window_label(m, context), "dtype": d,
+                         f"GiB @{context}": round(est.total / GIB, 1),
                          "smallest GPU": smallest or "none (split it)", "80 GB GPUs": n80 or "-"})
     return rows
 

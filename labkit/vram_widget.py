@@ -41,10 +41,13 @@ class Calculation:
     n_gpus: int
     rows: list[GpuRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    beyond_window: str = ""  # the warning when the context is beyond the model's window, else ""
 
     def __str__(self) -> str:
         per = " per GPU" if self.n_gpus > 1 else ""
         lines = [f"{self.estimate.label}: {self.estimate.total / vram.GIB:.1f} GiB{per}"]
+        if self.beyond_window:
+            lines.insert(0, self.beyond_window)
         lines += [f"  {p:<17}{v / vram.GIB:8.2f} GiB" for p, v in self.estimate.parts().items()]
         lines += [f"  {'✅' if r.fits else '❌'} {r.name:<24}{r.vram_gib:6.0f} GiB  ({r.headroom_gib:+.1f})"
                   for r in self.rows]
@@ -52,24 +55,29 @@ class Calculation:
 
 
 def your_device() -> tuple[str, float] | None:
-    """(name, GiB) of this machine's GPU, or of its RAM when there is no GPU."""
-    from .hardware import detect_hardware
+    """(name, usable GiB) of this machine's GPU, or of its RAM when there is no GPU: the total it shows,
+    less the safety margin every fit verdict keeps (labkit.hardware.usable_memory)."""
+    from .hardware import detect_hardware, usable_memory
 
     hw = detect_hardware(check_online=False)
     if hw.device == "cuda" and hw.vram_total_bytes:
-        return f"yours: {hw.gpu_name}", hw.vram_total_bytes / vram.GIB
-    return "yours: CPU RAM", hw.ram_total_bytes / vram.GIB
+        return f"yours: {hw.gpu_name}", usable_memory(hw.vram_total_bytes / vram.GIB).bytes / vram.GIB
+    return "yours: CPU RAM", usable_memory(hw.ram_total_bytes / vram.GIB).bytes / vram.GIB
 
 
-def calculate(model: str = "llama-3.1-8b", dtype: str = "bf16", context: int = 4096, batch: int = 1,
+def calculate(model: Any = "llama-3.1-8b", dtype: str = "bf16", context: int = 4096, batch: int = 1,
               method: str = "inference", n_gpus: int = 1, gpus: tuple[str, ...] = vram.COMMON_GPUS,
-              include_yours: bool = True) -> Calculation:
+              include_yours: bool = True, gradient_checkpointing: bool = True) -> Calculation:
     """The estimate for one setting (per GPU when split over `n_gpus`), against a row of GPUs.
 
+    model: anything `labkit.vram.architecture` reads: a shipped name, the path of a config.json, a
+    Hub id (from your local Hugging Face cache when offline), a config dict or a transformers config.
     method: "inference" (generate `context` tokens' worth), or training one step on `batch` x
     `context` tokens: "full" (mixed-precision AdamW), "lora", "qlora" (an NF4 base).
+    gradient_checkpointing: training only; keep each layer's input and recompute the rest during
+    the backward pass (on by default, as fine-tuning recipes for large models run).
     """
-    from .hardware import find_gpu
+    from .hardware import find_gpu, usable_memory
 
     if method not in METHODS:
         raise unknown("method", method, METHODS)
@@ -83,20 +91,26 @@ def calculate(model: str = "llama-3.1-8b", dtype: str = "bf16", context: int = 4
             if train_dtype not in vram.FLOAT_DTYPES:
                 notes.append(f"{method} trains with bf16 compute; the dtype {dtype} applies to inference only")
                 train_dtype = "bf16"
-            est = vram.estimate_training(model, method, dtype=train_dtype, seq_len=context, batch=batch)
-    notes += [str(w.message) for w in caught]
+            est = vram.estimate_training(model, method, dtype=train_dtype, seq_len=context, batch=batch,
+                                         gradient_checkpointing=gradient_checkpointing)
+            notes.append(f"gradient checkpointing {'on' if gradient_checkpointing else 'off'}")
+    beyond = vram.window_warning(model, context) if est.inputs.get("beyond_max_context") else ""
+    notes += [str(w.message) for w in caught if str(w.message) != beyond]
+    check = vram.weight_check(model)
+    if not check.agree:  # a model type without a formula, or one the formula misses parts of
+        notes.append(str(check))
     est = vram.split_tensor_parallel(est, n_gpus)
     rows = []
     for g in gpus:
         info = find_gpu(g)
-        have = float(info["vram_gb"])
+        have = usable_memory(info).bytes / vram.GIB  # what CUDA shows, less the safety margin
         rows.append(GpuRow(info["name"].removeprefix("NVIDIA "), have, est.total <= have * vram.GIB,
                            have - est.total / vram.GIB))
     if include_yours:
         mine = your_device()
         if mine:
             rows.append(GpuRow(mine[0], mine[1], est.total <= mine[1] * vram.GIB, mine[1] - est.total / vram.GIB))
-    return Calculation(est, n_gpus, rows, notes)
+    return Calculation(est, n_gpus, rows, notes, beyond)
 
 
 def bars_html(calc: Calculation) -> str:
@@ -124,7 +138,10 @@ def bars_html(calc: Calculation) -> str:
             f"{seg}</div></div></td>"
             f"<td style='text-align:right'>{r.headroom_gib:+.1f}</td></tr>")
     notes = "".join(f"<div style='color:#a60;font-size:90%'>{html.escape(n)}</div>" for n in calc.notes)
-    return (f"{head}<table style='border-collapse:collapse'><tr><th>GPU</th><th>memory</th><th></th>"
+    if calc.beyond_window:  # a banner above everything: the learner must not miss it
+        head = (f"<div class='labkit-beyond-window' style='background:#fde8e8;color:#a00;border:1px solid #a00;"
+                f"padding:4px 8px;margin-bottom:4px;font-weight:bold'>{html.escape(calc.beyond_window)}</div>{head}")
+    return (f"{head}<table style='border-collapse:collapse'><tr><th>GPU</th><th>usable</th><th></th>"
             f"<th>headroom</th></tr>{''.join(rows)}</table>{notes}")
 
 
@@ -165,6 +182,10 @@ def plot_context_sweep(model: str, dtype: str = "bf16", contexts: tuple[int, ...
     ax.plot(contexts, [e.activations / vram.GIB for e in ests], "o-", color=COLORS["activations"], label="activations")
     ax.plot(contexts, [e.total / vram.GIB for e in ests], "k--", label="total (estimate)")
     ax.set_xscale("log", base=2)
+    window = vram.architecture(model).max_position
+    if window and window < max(contexts):  # grey out what the model cannot read
+        ax.axvspan(window, max(contexts), color="0.85", alpha=0.6, zorder=0,
+                   label=f"beyond its {window:,}-token window")
     ax.set_xlabel("context (tokens)")
     ax.set_ylabel("GiB")
     ax.set_title(f"{model} ({dtype}): what grows with the context")
@@ -172,25 +193,50 @@ def plot_context_sweep(model: str, dtype: str = "bf16", contexts: tuple[int, ...
     return ax.figure
 
 
-def calculator(model: str = "llama-3.1-8b", dtype: str = "bf16", context: int = 4096, batch: int = 1,
-               method: str = "inference", n_gpus: int = 1):
-    """The interactive calculator (ipywidgets): pick a model, dtype, context, batch, method and GPUs."""
+def calculator(model: Any = "llama-3.1-8b", dtype: str = "bf16", context: int = 4096, batch: int = 1,
+               method: str = "inference", n_gpus: int = 1, gradient_checkpointing: bool = True):
+    """The interactive calculator (ipywidgets): pick a model, dtype, context, batch, method and GPUs.
+
+    `model` may be a shipped name or anything `labkit.vram.architecture` reads (a config.json path,
+    a Hub id, a config dict); the "your model" box takes a path or a Hub id too.
+    """
     import ipywidgets as w
 
     from .models import list_configs
 
-    for name in list_configs():  # read every config once now, so that each update stays well under 50 ms
-        vram.architecture(name)
+    configs = list_configs()
+    for name in configs:  # read every config once now, so that each update stays well under 50 ms
+        vram.weight_check(name)
+    options = [(n, n) for n in configs]
+    if not (isinstance(model, str) and model in configs):
+        options.insert(0, (f"yours: {vram.architecture(model).name}", model))
     dtypes = ["fp32", "fp16", "bf16", "int8", "nf4", *vram.GGUF_DTYPES]
     controls = {
-        "model": w.Dropdown(options=list_configs(), value=model, description="model"),
+        "model": w.Dropdown(options=options, value=model, description="model"),
         "dtype": w.Dropdown(options=dtypes, value=normalize_dtype(dtype), description="dtype"),
         "context": w.SelectionSlider(options=[2**k for k in range(7, 18)], value=context, description="context"),
         "batch": w.IntSlider(value=batch, min=1, max=64, description="batch"),
         "method": w.ToggleButtons(options=list(METHODS), value=method, description="method"),
         "n_gpus": w.IntSlider(value=n_gpus, min=1, max=8, description="GPUs"),
+        "gradient_checkpointing": w.Checkbox(value=gradient_checkpointing, description="gradient checkpointing",
+                                             tooltip="training: recompute each layer in the backward pass"),
     }
+    own = w.Text(placeholder="a config.json path or a Hub id, then Enter", description="your model",
+                 continuous_update=False)
     out = w.HTML()
+
+    def add_own(*_):
+        text = own.value.strip()
+        if not text:
+            return
+        try:
+            label = f"yours: {vram.architecture(text).name}"
+        except Exception as err:  # the LabkitError says what is wrong; no traceback in the widget
+            out.value = f"<pre style='color:#a00'>{html.escape(str(err))}</pre>"
+            return
+        choice = controls["model"]
+        choice.options = [(label, text), *[o for o in choice.options if o[1] != text]]
+        choice.value = text
 
     def update(*_):
         try:
@@ -201,11 +247,14 @@ def calculator(model: str = "llama-3.1-8b", dtype: str = "bf16", context: int = 
 
     for c in controls.values():
         c.observe(update, names="value")
+    own.observe(add_own, names="value")
     update()
-    box = w.VBox([w.HBox([controls["model"], controls["dtype"]]), controls["context"],
-                  w.HBox([controls["batch"], controls["n_gpus"]]), controls["method"], out])
+    box = w.VBox([w.HBox([controls["model"], controls["dtype"]]), own, controls["context"],
+                  w.HBox([controls["batch"], controls["n_gpus"]]),
+                  w.HBox([controls["method"], controls["gradient_checkpointing"]]), out])
     box.update = update  # for tests and for a manual refresh
     box.controls = controls
+    box.own_model = own
     box.output = out
     return box
 
