@@ -186,7 +186,7 @@ OFFLINE_INSTRUCT_MESSAGE = (
     "   What you would see online: the instruct model answers the question in a sentence or two and stops\n"
     "   by itself, while the base model above continues the text like a web page. Notebook 07 teaches the\n"
     "   bundled base model to follow a format of yours with LoRA, offline. To see it here, run\n"
-    "   labkit.models.precache([...]) once while online (section 6).")
+    "   labkit.models.precache([...]) once while online (notebook 00, 'Working offline').")
 
 
 def load_instruct_model(runtime: str = "transformers", dtype: str = "fp32", device: str = "cpu") -> LoadedModel | None:

@@ -122,3 +122,18 @@ def test_show_answers_says_which_answers_stopped(capsys):
     out = capsys.readouterr().out
     assert "instruct  (2 tokens in 0.2 s, stopped by itself)" in out
     assert "base  (8 tokens in 0.9 s, hit the token limit)" in out
+
+
+@pytest.mark.llama
+def test_llama_cpp_loads_quietly_unless_asked(capfd):
+    pytest.importorskip("llama_cpp")
+    from labkit.models import load_llama_cpp
+
+    load_llama_cpp(n_ctx=256)
+    quiet = capfd.readouterr()
+    assert "llama_kv_cache" not in quiet.err + quiet.out  # the SWA-cache warning the issue saw
+    load_llama_cpp(n_ctx=256, verbose=True)
+    loud = capfd.readouterr()
+    assert "llama_kv_cache" in loud.err + loud.out
+    load_llama_cpp(n_ctx=256)  # and quiet again afterwards
+    assert "llama_kv_cache" not in capfd.readouterr().err
