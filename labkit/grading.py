@@ -394,7 +394,15 @@ def trusted_namespace(master) -> dict:
 
 
 def _trusted_value(source: str, namespace: dict):
-    """Evaluate an input of the check in the grader when it needs only literals and labkit."""
+    """Evaluate an input of the check in the grader when it needs only literals and labkit (once per
+    master namespace: the values are kept in it, so a class of 100 computes them once)."""
+    cache = namespace.setdefault("__trusted_values__", {})
+    if source not in cache:
+        cache[source] = _evaluate_trusted(source, {k: v for k, v in namespace.items() if k != "__trusted_values__"})
+    return cache[source]
+
+
+def _evaluate_trusted(source: str, namespace: dict):
     try:
         tree = ast.parse(source, mode="eval")
     except SyntaxError:
