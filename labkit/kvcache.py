@@ -1,0 +1,1041 @@
+"""The KV cache: what it holds, what it costs, and how servers manage it.
+
+Generating token t needs the keys and values of tokens 0..t-1 in every layer. Without a cache the
+model recomputes them all at every step (the work per token grows with the sequence: quadratic in
+total); with a cache each step computes only the new token's K and V and reads the rest back (linear
+in total, but memory that grows with every token).
+
+This module, in the order of notebook 05:
+
+1. the cache transformers builds (`cache_by_layer`), byte for byte against `labkit.vram`'s formula;
+2. a greedy decoder written out step by step, with and without the cache (`greedy_decode`);
+3. quantized caches: transformers' `QuantizedCache` (`quantized_cache_cost`) and llama.cpp's
+   q8_0 / q4_0 cache types (`llama_cpp_cache_types`);
+4. a needle in a haystack (`needle_in_haystack`): can the bundled model find a fact by position?
+5. a PagedAttention simulator (`simulate_serving`, `compare_allocators`): contiguous max-length
+   reservation against paged blocks, after Kwon et al., "Efficient Memory Management for Large
+   Language Model Serving with PagedAttention", SOSP 2023 (arXiv:2309.06180).
+
+The byte formulas are labkit.vram's (`kv_cache_bytes`, `kv_cache_bytes_per_layer`,
+`kv_cache_bytes_per_token`) and labkit.bench's (`kv_cache_bytes_read`); nothing here recomputes them.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import vram
+from .check import exercise
+from .errors import LabkitError, MissingPackageError, require_positive, unknown
+from .paths import datasets_dir
+
+# ============================================================================ 1. the real cache
+
+
+@dataclass(frozen=True)
+class LayerCache:
+    """One layer of a real cache next to the formula."""
+
+    layer: int
+    kind: str  # "full" or "sliding"
+    tokens_kept: int  # tokens of K (and V) the layer attends to next step
+    measured_bytes: int  # storage the K and V tensors occupy
+    formula_bytes: float  # labkit.vram.kv_cache_bytes_per_layer
+
+
+def _storage_bytes(tensors: Sequence[Any]) -> int:
+    """Bytes of the distinct storages behind `tensors` (a view of a bigger tensor counts the whole storage)."""
+    seen: dict[int, int] = {}
+    for t in tensors:
+        if t is not None and hasattr(t, "untyped_storage"):
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
+    return sum(seen.values())
+
+
+def cache_layer_bytes(cache: Any) -> list[int]:
+    """Per layer: the bytes of storage a transformers cache object holds (K and V together)."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        raise LabkitError(f"expected a transformers Cache (with .layers), got {type(cache).__name__}")
+    return [_storage_bytes([getattr(layer, "keys", None), getattr(layer, "values", None)]) for layer in layers]
+
+
+def _require_tokens(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LabkitError(f"{name} must be a whole number of tokens, 1 or more; got {value!r}")
+    return value
+
+
+def cache_by_layer(model: Any, tokens: int, decode_steps: int = 1, seed: int = 0) -> list[LayerCache]:
+    """Run `model` on `tokens` prompt tokens, then `decode_steps` single-token steps, and report its cache
+    layer by layer beside the formula for the tokens it then holds (`tokens + decode_steps`).
+
+    After at least one decode step the storage equals the formula exactly. Right after the prompt
+    (`decode_steps=0`), a sliding-window layer still holds the whole prompt's storage: transformers
+    keeps a view of its last window-1 tokens until the next step copies them out.
+    """
+    import torch
+
+    _require_tokens("tokens", tokens)
+    require_positive("decode_steps", decode_steps, allow_zero=True)
+    arch = vram.architecture(model)
+    param = next(model.parameters())
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, arch.vocab_size, (1, tokens), generator=gen).to(param.device)
+    with torch.inference_mode():
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        for _ in range(decode_steps):
+            nxt = out.logits[:, -1:].argmax(-1)
+            out = model(input_ids=nxt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    held = tokens + decode_steps
+    dtype = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[cache.layers[0].keys.dtype]
+    formula = vram.kv_cache_bytes_per_layer(arch, held, kv_dtype=dtype)
+    measured = cache_layer_bytes(cache)
+    rows = []
+    for i, (kind, m, f) in enumerate(zip(arch.layer_types, measured, formula)):
+        keys = cache.layers[i].keys
+        rows.append(LayerCache(i, kind, int(keys.shape[-2]), m, f))
+    return rows
+
+
+def cache_table(rows: Sequence[LayerCache]) -> str:
+    """The per-layer report as text."""
+    lines = [f"{'layer':>5} {'kind':<8} {'tokens kept':>11} {'measured KiB':>13} {'formula KiB':>12}  agree"]
+    for r in rows:
+        same = "✅" if r.measured_bytes == r.formula_bytes else f"❌ {r.measured_bytes - r.formula_bytes:+,.0f} B"
+        lines.append(f"{r.layer:>5} {r.kind:<8} {r.tokens_kept:>11,} {r.measured_bytes / 1024:>13,.1f} "
+                     f"{r.formula_bytes / 1024:>12,.1f}  {same}")
+    total_m, total_f = sum(r.measured_bytes for r in rows), sum(r.formula_bytes for r in rows)
+    lines.append(f"{'total':>5} {'':<8} {'':>11} {total_m / 1024:>13,.1f} {total_f / 1024:>12,.1f}")
+    return "\n".join(lines)
+
+
+def attention_family_table(models: Sequence[str], tokens: int = 32768, kv_dtype: str = "bf16") -> list[dict]:
+    """Per model: how its attention shares K/V (MHA, GQA, MQA, MLA), KiB per token and the cache at `tokens`."""
+    _require_tokens("tokens", tokens)
+    rows = []
+    for name in models:
+        a = vram.architecture(name)
+        per = sum(vram.kv_cache_bytes_per_token(a, kv_dtype).values())
+        rows.append({"model": name, "attention": a.kv_grouping.split(" ")[0], "query heads": a.num_heads,
+                     "KV heads": 1 if a.is_mla else a.num_kv_heads,
+                     "sliding layers": f"{a.layer_types.count('sliding')}/{a.num_layers}",
+                     "KiB/token": per / 1024, "GiB": vram.kv_cache_bytes(a, tokens, kv_dtype=kv_dtype) / vram.GIB})
+    return rows
+
+
+def plot_attention_families(models: Sequence[str], tokens: Sequence[int] = (1024, 8192, 32768, 131072),
+                            kv_dtype: str = "bf16"):
+    """Cache size against context for several models, on log axes, coloured by attention family."""
+    import matplotlib.pyplot as plt
+
+    colours = {"MHA": "tab:red", "GQA": "tab:blue", "MQA": "tab:green", "MLA": "tab:purple"}
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    for name in models:
+        a = vram.architecture(name)
+        family = a.kv_grouping.split(" ")[0]
+        gib = [vram.kv_cache_bytes(a, t, kv_dtype=kv_dtype) / vram.GIB for t in tokens]
+        style = "--" if "sliding" in a.layer_types else "-"
+        ax.plot(tokens, gib, style, marker="o", color=colours[family], label=f"{name} ({family})")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("context (tokens)")
+    ax.set_ylabel(f"KV cache, one sequence ({kv_dtype}), GiB")
+    ax.set_title("Same context, very different caches (dashed: sliding-window layers)")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def committed_gpu_results(results: dict | None = None) -> dict | None:
+    """The committed results of benchmarks/kv_cache_gpu.py (Llama 3.1 8B architecture on a GPU), or None."""
+    from .bench import load_benchmark_results
+
+    results = results if results is not None else load_benchmark_results("kv_cache_gpu")
+    if not results or not [r for r in results.get("bf16", []) if "decode_tokens_per_s" in r]:
+        return None
+    return results
+
+
+def gpu_results_table(results: dict) -> str:
+    """The GPU benchmark's rows: cache measured vs formula, decode speed vs the roofline with the cache read."""
+    lines = [f"{results.get('gpu', results.get('device'))} · {results['model']} (random weights) · torch "
+             f"{results['versions']['torch']} · transformers {results['versions']['transformers']} · "
+             f"copy bandwidth {results['bandwidth_measured_gbps']:,.0f} GB/s",
+             f"{'cache':<6} {'tokens':>8} {'tensors GiB':>12} {'formula GiB':>12} {'allocated GiB':>14} "
+             f"{'tok/s':>7} {'roofline':>9} {'% roof':>7}"]
+    for kind in ("bf16", "quantized"):
+        for r in results.get(kind, []):
+            if "decode_tokens_per_s" not in r:
+                continue
+            alloc = r.get("allocated_growth_bytes")
+            label = kind if kind == "bf16" else f"int4 ({results['versions'].get('quantized_cache_backend')})"
+            lines.append(f"{label[:6]:<6} {r['tokens']:>8,} {r['cache_tensor_bytes'] / vram.GIB:>12.3f} "
+                         f"{r['formula_bytes'] / vram.GIB:>12.3f} "
+                         f"{(alloc / vram.GIB if alloc is not None else float('nan')):>14.3f} "
+                         f"{r['decode_tokens_per_s']:>7.1f} {r['roofline_tokens_per_s']:>9.1f} "
+                         f"{r['percent_of_roofline']:>6.0f}%")
+    return "\n".join(lines)
+
+
+def plot_gpu_results(results: dict):
+    """Left: cache GiB vs tokens, measured and formula. Right: decode tokens/s vs the roofline with the cache read."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for kind, colour in (("bf16", "tab:blue"), ("quantized", "tab:orange")):
+        rows = [r for r in results.get(kind, []) if "decode_tokens_per_s" in r]
+        if not rows:
+            continue
+        name = "bf16" if kind == "bf16" else "int4 quantized"
+        t = [r["tokens"] for r in rows]
+        left.plot(t, [r["cache_tensor_bytes"] / vram.GIB for r in rows], "o", color=colour, label=f"{name}: measured")
+        left.plot(t, [r["formula_bytes"] / vram.GIB for r in rows], "-", color=colour, alpha=0.6,
+                  label=f"{name}: formula")
+        right.plot(t, [r["decode_tokens_per_s"] for r in rows], "o-", color=colour, label=f"{name}: measured")
+        right.plot(t, [r["roofline_tokens_per_s"] for r in rows], "--", color=colour, label=f"{name}: roofline")
+    rows = [r for r in results.get("bf16", []) if "decode_tokens_per_s" in r]
+    if rows:
+        right.plot([r["tokens"] for r in rows], [r["roofline_weights_only_tokens_per_s"] for r in rows], ":",
+                   color="grey", label="roofline, weights only")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("tokens in the cache")
+        ax.legend(fontsize=8)
+    left.set_ylabel("GiB")
+    left.set_title("KV cache: measured vs formula")
+    right.set_ylabel("decode tokens/s (batch 1)")
+    right.set_title("Decode speed as the context grows")
+    fig.suptitle(f"{results['model']} (random weights) on {results.get('gpu', results.get('device'))}")
+    fig.tight_layout()
+    return fig
+
+
+# ============================================================================ 2. decoding with and without
+
+
+@dataclass
+class DecodeRun:
+    """What `greedy_decode` did: the tokens, and the time and sequence length of every step."""
+
+    use_cache: bool
+    tokens: list[int]
+    step_seconds: list[float]
+    sequence_lengths: list[int]  # tokens the model had to attend over at each step
+    prompt_tokens: int
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.step_seconds)
+
+
+def greedy_decode(model: Any, input_ids: Any, new_tokens: int, use_cache: bool = True,
+                  progress: bool = False) -> DecodeRun:
+    """Greedy decoding written out. Every step picks the most likely next token.
+
+    - use_cache=False: each step runs the whole sequence so far through the model (recomputing every
+      earlier token's keys and values), then keeps only the last position's logits.
+    - use_cache=True: the first step runs the prompt and keeps its keys and values (the cache); every
+      later step runs ONE token and reads the rest from the cache.
+    """
+    import torch
+
+    _require_tokens("new_tokens", new_tokens)
+    if getattr(input_ids, "ndim", 0) != 2 or input_ids.shape[0] != 1 or input_ids.shape[1] < 1:
+        raise LabkitError("input_ids must be a (1, n) tensor of token ids with n >= 1 (one sequence).")
+    from tqdm.auto import tqdm
+
+    ids = input_ids
+    cache = None
+    tokens, seconds, lengths = [], [], []
+    steps = tqdm(range(new_tokens), desc="with cache" if use_cache else "without cache", disable=not progress,
+                 leave=False)
+    with torch.inference_mode():
+        for _ in steps:
+            start = time.perf_counter()
+            if not use_cache:
+                logits = model(input_ids=ids, use_cache=False, logits_to_keep=1).logits
+            elif cache is None:
+                out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+                logits, cache = out.logits, out.past_key_values
+            else:
+                out = model(input_ids=ids[:, -1:], past_key_values=cache, use_cache=True, logits_to_keep=1)
+                logits, cache = out.logits, out.past_key_values
+            nxt = logits[:, -1].argmax(-1, keepdim=True)
+            seconds.append(time.perf_counter() - start)
+            lengths.append(ids.shape[1])
+            ids = torch.cat([ids, nxt], dim=1)
+            tokens.append(int(nxt))
+    return DecodeRun(use_cache, tokens, seconds, lengths, int(input_ids.shape[1]))
+
+
+def plot_decode_runs(without: DecodeRun, with_cache: DecodeRun):
+    """Time per step and cumulative time, with and without the cache."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for run, colour in ((without, "tab:red"), (with_cache, "tab:blue")):
+        label = "with cache" if run.use_cache else "without cache"
+        ms = np.array(run.step_seconds) * 1000
+        # the cached run's first step is the prompt (prefill): show it, but it is not a decode step
+        left.plot(run.sequence_lengths, ms, ".-", color=colour, label=label)
+        right.plot(run.sequence_lengths, np.cumsum(ms) / 1000, ".-", color=colour, label=label)
+    left.set_xlabel("sequence length at the step (tokens)")
+    left.set_ylabel("ms for the step")
+    left.set_title("Time per token")
+    right.set_xlabel("sequence length (tokens)")
+    right.set_ylabel("seconds so far")
+    right.set_title("Total time: quadratic vs linear")
+    left.legend()
+    fig.tight_layout()
+    return fig
+
+
+# ============================================================================ 3. quantized caches
+
+QUANT_BACKENDS = ("quanto", "hqq")
+
+
+def quantized_cache_backend() -> str | None:
+    """The transformers quantized-cache backend installed here: 'hqq' (the course's choice), 'quanto', or None.
+
+    Both were tried with transformers 5.23 on a 2-core CPU: HQQ is pure Python and PyTorch and ran at once;
+    optimum-quanto 0.2.7 compiles a C++ extension the first time it de-quantizes on a CPU (13 minutes on
+    a busy 2-core machine), so the course installs HQQ (`lab` extra).
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("hqq"):
+        return "hqq"
+    if importlib.util.find_spec("optimum") and importlib.util.find_spec("optimum.quanto"):
+        return "quanto"
+    return None
+
+
+def _tensor_bytes(obj: Any, seen: set[int] | None = None) -> int:
+    """Bytes held by a tensor, a quantized tensor subclass (its inner tensors), or a tuple/list/dict of them."""
+    import torch
+
+    seen = set() if seen is None else seen
+    if isinstance(obj, torch.Tensor):
+        flatten = getattr(type(obj), "__tensor_flatten__", None)
+        if flatten is not None and type(obj) is not torch.Tensor and not isinstance(obj, torch.nn.Parameter):
+            names, _ = obj.__tensor_flatten__()
+            return sum(_tensor_bytes(getattr(obj, n), seen) for n in names)
+        st = obj.untyped_storage()
+        if st.data_ptr() in seen:
+            return 0
+        seen.add(st.data_ptr())
+        return st.nbytes()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v, seen) for v in obj.values())
+    if isinstance(obj, (tuple, list)):
+        return sum(_tensor_bytes(v, seen) for v in obj)
+    return 0
+
+
+def quantized_cache_bytes(cache: Any) -> int:
+    """Bytes a (possibly quantized) transformers cache holds: quantized part, scales, and the
+    full-precision residual of recent tokens."""
+    total = 0
+    for layer in cache.layers:
+        seen: set[int] = set()
+        for attr in ("_quantized_keys", "_quantized_values", "keys", "values"):
+            total += _tensor_bytes(getattr(layer, attr, None), seen)
+    return total
+
+
+def make_cache(model: Any, kind: str = "dynamic", nbits: int = 4, residual_length: int = 16,
+               q_group_size: int = 64, backend: str | None = None):
+    """A transformers cache for `model`: "dynamic" (full precision) or "quantized" (`nbits` with the
+    installed backend; the last `residual_length` tokens stay in full precision)."""
+    from transformers import DynamicCache
+
+    if kind == "dynamic":
+        return DynamicCache(config=model.config)
+    if kind != "quantized":
+        raise unknown("cache kind", kind, ("dynamic", "quantized"))
+    backend = backend or quantized_cache_backend()
+    if backend is None:
+        raise MissingPackageError("hqq", "A quantized KV cache in transformers", extra="lab")
+    if backend not in QUANT_BACKENDS:
+        raise unknown("quantized-cache backend", backend, QUANT_BACKENDS)
+    from transformers import QuantizedCache
+
+    return QuantizedCache(backend=backend, config=model.config, nbits=nbits, residual_length=residual_length,
+                          q_group_size=q_group_size)
+
+
+@dataclass
+class CacheQuality:
+    """Teacher-forced decoding of one text with one cache, compared with a full-precision cache."""
+
+    label: str
+    cache_bytes: int
+    tokens: int  # tokens in the cache at the end
+    perplexity: float
+    top1_agreement: float  # share of steps whose most likely token equals the full-precision cache's
+    seconds: float
+
+
+def teacher_forced_logits(model: Any, ids: Any, prompt_tokens: int, cache: Any, progress: bool = False):
+    """Run the first `prompt_tokens` as a prompt, then the rest of `ids` one token at a time through
+    `cache` (as decoding would). Returns (logits for positions prompt_tokens-1 .. n-2, the cache)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    n = ids.shape[1]
+    if not 1 <= prompt_tokens < n:
+        raise LabkitError(f"prompt_tokens must be between 1 and {n - 1} (the text has {n} tokens), got {prompt_tokens}")
+    out_logits = []
+    with torch.inference_mode():
+        out = model(input_ids=ids[:, :prompt_tokens], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out_logits.append(out.logits[:, -1].float())
+        for i in tqdm(range(prompt_tokens, n - 1), disable=not progress, leave=False, desc="decoding"):
+            out = model(input_ids=ids[:, i:i + 1], past_key_values=cache, use_cache=True)
+            out_logits.append(out.logits[:, -1].float())
+    return torch.cat(out_logits), cache
+
+
+def quantized_cache_cost(model: Any, ids: Any, prompt_tokens: int, nbits: Sequence[int] = (4, 2),
+                         residual_length: int = 16, backend: str | None = None,
+                         progress: bool = False) -> list[CacheQuality]:
+    """Decode `ids` teacher-forced with a full-precision cache and with quantized caches; report each
+    cache's bytes, the perplexity of the text's next tokens, and top-1 agreement with full precision."""
+    import torch
+
+    targets = ids[0, prompt_tokens:]
+    results, reference = [], None
+    configs = [("dynamic", None)] + [("quantized", b) for b in nbits]
+    for kind, bits in configs:
+        cache = make_cache(model, kind, nbits=bits or 4, residual_length=residual_length, backend=backend)
+        start = time.perf_counter()
+        logits, cache = teacher_forced_logits(model, ids, prompt_tokens, cache, progress=progress)
+        seconds = time.perf_counter() - start
+        nll = torch.nn.functional.cross_entropy(logits, targets.to(logits.device))
+        top1 = logits.argmax(-1)
+        if reference is None:
+            reference = top1
+        label = "full precision" if kind == "dynamic" else f"int{bits} ({backend or quantized_cache_backend()})"
+        results.append(CacheQuality(label, quantized_cache_bytes(cache), int(ids.shape[1] - 1), math.exp(float(nll)),
+                                    float((top1 == reference).float().mean()), seconds))
+    return results
+
+
+# --- llama.cpp's own cache types
+
+LLAMA_CPP_CACHE_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml type ids (ggml.h: GGML_TYPE_*)
+LLAMA_CPP_KV_DTYPE = {"f16": "fp16", "q8_0": "Q8_0", "q4_0": "Q4_0"}  # the names labkit.vram knows
+
+
+@dataclass
+class LlamaCppCacheResult:
+    cache_type: str
+    reported_bytes: float | None  # what llama.cpp's log says its KV buffers take
+    formula_bytes: float  # labkit.vram for the context llama.cpp allocated
+    perplexity: float
+    top1_agreement: float  # against f16
+    seconds: float
+
+
+_KV_LOG = re.compile(r"llama_kv_cache(?:_unified)?(?:_iswa)?:\s+\w+\s+KV buffer size\s+=\s+([\d.]+)\s+MiB")
+
+
+def llama_cpp_cache_types(text: str, cache_types: Sequence[str] = ("f16", "q8_0", "q4_0"), n_ctx: int = 512,
+                          path: str | None = None) -> list[LlamaCppCacheResult]:
+    """Evaluate `text` with llama.cpp for each cache type (flash attention on: llama.cpp needs it for a
+    quantized V cache). Reports the KV buffer size from llama.cpp's own log, the formula, perplexity
+    and top-1 agreement with f16."""
+    import numpy as np
+
+    for ct in cache_types:
+        if ct not in LLAMA_CPP_CACHE_TYPES:
+            raise unknown("llama.cpp cache type", ct, LLAMA_CPP_CACHE_TYPES)
+    try:
+        import llama_cpp
+    except ImportError as err:
+        raise MissingPackageError("llama-cpp-python", "llama.cpp's quantized KV cache", extra="llama") from err
+    from .models import BUNDLED, bundled_gguf_path, validate_gguf
+
+    gguf = str(validate_gguf(path) if path else bundled_gguf_path())
+    results, reference = [], None
+    for ct in cache_types:
+        logs: list[str] = []
+        start = time.perf_counter()
+        llm = _llama_with_log(llama_cpp, logs, model_path=gguf, n_ctx=n_ctx, logits_all=True, verbose=True,
+                              flash_attn=True, type_k=LLAMA_CPP_CACHE_TYPES[ct], type_v=LLAMA_CPP_CACHE_TYPES[ct],
+                              n_gpu_layers=0, seed=0)
+        tokens = llm.tokenize(text.encode(), add_bos=True)[:n_ctx]
+        if len(tokens) < 2:
+            raise LabkitError("the text must be at least 2 tokens long")
+        llm.reset()
+        llm.eval(tokens)
+        scores = np.asarray(llm.scores[: len(tokens) - 1], dtype=np.float32)
+        seconds = time.perf_counter() - start
+        top = scores.max(axis=1)
+        log_norm = top + np.log(np.exp(scores - top[:, None]).sum(axis=1))
+        nll = float((log_norm - scores[np.arange(len(tokens) - 1), tokens[1:]]).mean())
+        top1 = scores.argmax(axis=1)
+        del scores
+        if reference is None:
+            reference = top1
+        sizes = [float(m) * 2**20 for m in _KV_LOG.findall("".join(logs))]
+        n_ctx_used = llm.n_ctx()
+        del llm
+        results.append(LlamaCppCacheResult(
+            ct, sum(sizes) if sizes else None,
+            vram.kv_cache_bytes(BUNDLED, n_ctx_used, kv_dtype=LLAMA_CPP_KV_DTYPE[ct]),
+            float(math.exp(nll)), float((top1 == reference).mean()), seconds))
+    return results
+
+
+def _llama_with_log(llama_cpp: Any, logs: list[str], **kwargs: Any):
+    """Build a llama_cpp.Llama while collecting llama.cpp's log lines (it reports its buffer sizes there)."""
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stderr(buffer):
+        llm = llama_cpp.Llama(**kwargs)
+    logs.append(buffer.getvalue())
+    return llm
+
+
+# ============================================================================ prefix caching
+
+
+def prefix_reuse_timings(llm: Any, document: str, questions: Sequence[str]) -> dict[str, float]:
+    """Time llama.cpp's prompt processing for `document + question`, first with an empty cache, then for
+    each further question with the document's cache kept (llama-cpp-python re-uses the longest
+    matching prefix of the previous prompt). One generated token each, so the time is the prefill."""
+    if not questions:
+        raise LabkitError("give at least one question")
+    llm.reset()
+    out: dict[str, float] = {}
+    for i, q in enumerate(questions):
+        prompt = f"{document}\n\n{q}\nAnswer:"
+        start = time.perf_counter()
+        llm.create_completion(prompt, max_tokens=1, temperature=0.0)
+        label = "first question (whole prompt)" if i == 0 else f"question {i + 1} (document cached)"
+        out[label] = time.perf_counter() - start
+    return out
+
+
+# ============================================================================ 4. needle in a haystack
+
+
+def filler_text() -> str:
+    """Plain prose with no numbers in it, to bury a needle in (datasets/kv_cache/filler.txt)."""
+    return (datasets_dir() / "kv_cache" / "filler.txt").read_text()
+
+
+@dataclass(frozen=True)
+class NeedleTrial:
+    context_tokens: int
+    depth: float  # 0 = the needle opens the context, 1 = it closes it
+    secret: str
+    answer: str
+    found: bool
+
+
+NEEDLE = "The secret number is {secret}."
+QUESTION = "\n\nQuestion: What is the secret number mentioned in the text above?\nAnswer: The secret number is"
+
+
+def build_haystack(count_tokens: Any, context_tokens: int, depth: float, needle: str, filler: str | None = None,
+                   question: str = QUESTION) -> str:
+    """A prompt of about `context_tokens` tokens: filler sentences with `needle` placed at `depth`
+    (0 = first, 1 = last before the question), then the question. `count_tokens(text) -> int`."""
+    _require_tokens("context_tokens", context_tokens)
+    if not 0.0 <= depth <= 1.0:
+        raise LabkitError(f"depth must be between 0 (start) and 1 (end), got {depth!r}")
+    fixed = count_tokens(needle + " " + question)
+    if fixed >= context_tokens:
+        raise LabkitError(f"the needle and the question take {fixed} tokens, more than the context of "
+                          f"{context_tokens}: use a context of at least {fixed + 1} tokens or a shorter needle.")
+    sentences = [s.strip() + "." for s in (filler or filler_text()).replace("\n", " ").split(".") if s.strip()]
+    budget = context_tokens - fixed
+    chosen: list[str] = []
+    used, i = 0, 0
+    while True:
+        s = sentences[i % len(sentences)]
+        cost = count_tokens(" " + s)
+        if used + cost > budget:
+            break
+        chosen.append(s)
+        used += cost
+        i += 1
+    at = round(depth * len(chosen))
+    return " ".join(chosen[:at] + [needle] + chosen[at:]) + question
+
+
+def needle_in_haystack(llm: Any, contexts: Sequence[int], depths: Sequence[float] = (0.0, 0.5, 1.0),
+                       trials: int = 1, seed: int = 0, progress: bool = True) -> list[NeedleTrial]:
+    """Bury "The secret number is NNNN." at each depth of a filler text of each context length and ask for
+    it back (greedy, a few tokens) with a llama.cpp model. Found = the answer starts with the number."""
+    from tqdm.auto import tqdm
+
+    require_positive("trials", trials)
+    for c in contexts:
+        _require_tokens("context", c)
+    n_ctx = llm.n_ctx()
+    if max(contexts) + 8 > n_ctx:
+        raise LabkitError(f"the longest context ({max(contexts)}) plus the answer does not fit the model's "
+                          f"n_ctx={n_ctx}: load it with a larger n_ctx.")
+    rng = random.Random(seed)
+    count = lambda text: len(llm.tokenize(text.encode(), add_bos=False))  # noqa: E731
+    filler = filler_text()
+    grid = [(c, d, t) for c in contexts for d in depths for t in range(trials)]
+    out = []
+    for c, d, _ in tqdm(grid, desc="needle", disable=not progress):
+        secret = str(rng.randint(1000, 9999))
+        prompt = build_haystack(count, c, d, NEEDLE.format(secret=secret), filler)
+        reply = llm.create_completion(prompt, max_tokens=5, temperature=0.0, top_k=1)["choices"][0]["text"]
+        answer = reply.strip()
+        out.append(NeedleTrial(c, d, secret, answer, answer.startswith(secret)))
+    return out
+
+
+def needle_accuracy(trials: Sequence[NeedleTrial]) -> dict[tuple[int, float], float]:
+    """Share found, per (context, depth)."""
+    cells: dict[tuple[int, float], list[bool]] = {}
+    for t in trials:
+        cells.setdefault((t.context_tokens, t.depth), []).append(t.found)
+    return {k: sum(v) / len(v) for k, v in cells.items()}
+
+
+def plot_needle(trials: Sequence[NeedleTrial]):
+    """A heat map: context length (rows) x needle depth (columns), share found."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    acc = needle_accuracy(trials)
+    contexts = sorted({c for c, _ in acc})
+    depths = sorted({d for _, d in acc})
+    grid = np.array([[acc[(c, d)] for d in depths] for c in contexts])
+    fig, ax = plt.subplots(figsize=(1.4 * len(depths) + 2.5, 0.6 * len(contexts) + 1.8))
+    im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+    ax.set_xticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+    ax.set_yticks(range(len(contexts)), [f"{c:,}" for c in contexts])
+    for i in range(len(contexts)):
+        for j in range(len(depths)):
+            ax.text(j, i, f"{grid[i, j]:.0%}", ha="center", va="center")
+    ax.set_xlabel("where the needle sits (0% = start of the context)")
+    ax.set_ylabel("context (tokens)")
+    ax.set_title("Needle found (greedy answer starts with the number)")
+    ax.grid(False)
+    fig.colorbar(im, ax=ax, fraction=0.05)
+    fig.tight_layout()
+    return fig
+
+
+# ============================================================================ 5. PagedAttention simulator
+
+# Request length mixes. Means from the vLLM paper's workloads (Kwon et al. 2023, §6.1, Fig. 11):
+# ShareGPT conversations average 161 prompt and 338 output tokens, Alpaca instructions 19 and 58.
+# The shapes here are log-normal with those means (the real traces are long-tailed too).
+LENGTH_MIXES: dict[str, dict[str, float]] = {
+    "sharegpt-like": {"prompt_mean": 161, "output_mean": 338, "sigma": 1.0},
+    "alpaca-like": {"prompt_mean": 19, "output_mean": 58, "sigma": 0.8},
+    "long prompts (RAG-like)": {"prompt_mean": 1200, "output_mean": 150, "sigma": 0.5},
+}
+ALLOCATORS = ("contiguous-max", "contiguous-pow2", "contiguous-oracle", "paged", "paged+prefix-sharing")
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt: int  # tokens, including any shared system prompt
+    output: int  # tokens it will generate
+    arrival_step: int = 0
+
+
+def sample_requests(n: int, mix: str = "sharegpt-like", max_seq_len: int = 2048, arrival_rate: float | None = None,
+                    shared_prefix: int = 0, seed: int = 0) -> list[Request]:
+    """`n` requests with log-normal prompt/output lengths (see LENGTH_MIXES), each fitting `max_seq_len`.
+
+    `arrival_rate`: requests per decode step (Poisson arrivals); None = all waiting at step 0.
+    `shared_prefix`: tokens of a system prompt every request starts with (added to its prompt).
+    """
+    require_positive("n", n)
+    if mix not in LENGTH_MIXES:
+        raise unknown("length mix", mix, LENGTH_MIXES)
+    _require_tokens("max_seq_len", max_seq_len)
+    require_positive("shared_prefix", shared_prefix, allow_zero=True)
+    if shared_prefix + 2 > max_seq_len:
+        raise LabkitError(f"shared_prefix={shared_prefix} leaves no room in max_seq_len={max_seq_len}")
+    if arrival_rate is not None:
+        require_positive("arrival_rate", arrival_rate)
+    m = LENGTH_MIXES[mix]
+    rng = random.Random(seed)
+
+    def draw(mean: float) -> int:
+        sigma = m["sigma"]
+        return max(1, round(rng.lognormvariate(math.log(mean) - sigma**2 / 2, sigma)))
+
+    out, t = [], 0.0
+    for _ in range(int(n)):
+        prompt = min(draw(m["prompt_mean"]), max_seq_len - shared_prefix - 1) + shared_prefix
+        output = min(draw(m["output_mean"]), max_seq_len - prompt)
+        if arrival_rate is not None:
+            t += rng.expovariate(arrival_rate)
+        out.append(Request(prompt, output, int(t)))
+    return out
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def reserved_slots(request: Request, allocator: str, max_seq_len: int) -> int:
+    """Token slots a contiguous allocator reserves for a request when it starts (the paper's three
+    Orca baselines): the maximum length, the next power of two of its true length, or exactly its
+    true length (an oracle that knows the output length in advance)."""
+    true_len = request.prompt + request.output
+    if allocator == "contiguous-max":
+        return max_seq_len
+    if allocator == "contiguous-pow2":
+        return min(max_seq_len, _next_pow2(true_len))
+    if allocator == "contiguous-oracle":
+        return true_len
+    raise unknown("contiguous allocator", allocator, ALLOCATORS[:3])
+
+
+def blocks_for(tokens: int, block_size: int) -> int:
+    """Blocks of `block_size` token slots that `tokens` tokens occupy."""
+    return -(-tokens // block_size)
+
+
+def paged_slack(lengths: Sequence[int], block_size: int) -> int:
+    """Empty slots in the last block of each sequence: paging's only waste."""
+    require_positive("block_size", block_size)
+    return sum(blocks_for(n, block_size) * block_size - n for n in lengths)
+
+
+@dataclass
+class ServingResult:
+    """One simulated serving run. Memory figures are time averages over the steps with work running."""
+
+    allocator: str
+    block_size: int
+    capacity_tokens: int
+    requests: int
+    finished: int
+    steps: int
+    generated_tokens: int
+    mean_running: float  # requests decoding at once, on average
+    max_running: int
+    memory: dict[str, float]  # share of the allocated KV memory: token states, reserved, fragmentation
+    waste_percent: float  # 100 - token states
+    preemptions: int
+    seconds: float  # simulated time (each step from the bandwidth model), or steps if none was given
+    timeline: dict[str, list[float]] = field(default_factory=dict, repr=False)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / self.seconds if self.seconds else float("nan")
+
+    def row(self) -> dict:
+        return {"allocator": self.allocator, "waste %": round(self.waste_percent, 1),
+                "token states %": round(self.memory["token states"], 1), "mean batch": round(self.mean_running, 1),
+                "max batch": self.max_running, "finished": f"{self.finished}/{self.requests}", "steps": self.steps,
+                "tokens/s": round(self.tokens_per_second, 1), "preemptions": self.preemptions}
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """Seconds per decode step from the bandwidth roofline: the weights once, plus every running
+    sequence's cache (labkit.bench.kv_cache_bytes_read's per-token figure times the tokens held)."""
+
+    weight_bytes: float
+    kv_bytes_per_token: float
+    bandwidth_bytes_per_s: float
+
+    def seconds(self, tokens_held: int) -> float:
+        return (self.weight_bytes + self.kv_bytes_per_token * tokens_held) / self.bandwidth_bytes_per_s
+
+
+def step_cost(model: str = "llama-3.1-8b", dtype: str = "bf16", bandwidth_bytes_per_s: float = 3.35e12) -> StepCost:
+    """The roofline step time of `model` (weights in `dtype`, bf16 cache) on a GPU of this bandwidth
+    (default: an H100 SXM's 3.35 TB/s)."""
+    from .bench import kv_cache_bytes_read
+
+    a = vram.architecture(model)
+    weights = sum(vram.weight_bytes(a, dtype).values())
+    per_token = kv_cache_bytes_read(a.num_layers, a.num_kv_heads, a.head_dim, 1) if not a.is_mla else \
+        sum(vram.kv_cache_bytes_per_token(a).values())
+    return StepCost(weights, per_token, bandwidth_bytes_per_s)
+
+
+def capacity_tokens(model: str, gpu_gib: float, dtype: str = "bf16", overhead_gib: float = 2.0) -> int:
+    """Tokens of KV cache that fit next to the weights on a GPU of `gpu_gib` (what vLLM pre-allocates)."""
+    require_positive("gpu_gib", gpu_gib)
+    a = vram.architecture(model)
+    free = gpu_gib * vram.GIB - sum(vram.weight_bytes(a, dtype).values()) - overhead_gib * vram.GIB
+    if free <= 0:
+        raise LabkitError(f"{model} in {dtype} does not fit {gpu_gib} GiB at all; no room for a cache.")
+    return int(free // sum(vram.kv_cache_bytes_per_token(a).values()))
+
+
+def simulate_serving(requests: Sequence[Request], capacity_tokens: int, allocator: str = "paged",
+                     block_size: int = 16, max_seq_len: int = 2048, shared_prefix: int = 0,
+                     cost: StepCost | None = None, max_steps: int = 200_000) -> ServingResult:
+    """Serve `requests` with continuous batching and one KV allocator, one decode step at a time.
+
+    Each step: requests that have arrived are admitted first-come-first-served while their memory
+    fits; every running request then adds one token to its cache; finished requests free theirs.
+    - contiguous-*: a request reserves one contiguous region up front (see `reserved_slots`) and
+      keeps it until it finishes. Waste = reserved-but-unused slots (for tokens not generated yet,
+      or never).
+    - paged: a request holds ceil(tokens / block_size) blocks, taking a new block only when the last
+      is full; when no block is free the newest request is preempted (its blocks freed, recomputed later).
+    - paged+prefix-sharing: as paged, but the full blocks of the `shared_prefix` are stored once.
+    Memory shares are averaged over steps, relative to the memory allocated at that step.
+    """
+    if allocator not in ALLOCATORS:
+        raise unknown("allocator", allocator, ALLOCATORS)
+    _require_tokens("capacity_tokens", capacity_tokens)
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise LabkitError(f"block_size must be a whole number of tokens, 1 or more; got {block_size!r}")
+    require_positive("shared_prefix", shared_prefix, allow_zero=True)
+    paged = allocator.startswith("paged")
+    sharing = allocator == "paged+prefix-sharing"
+    for r in requests:
+        if r.prompt + r.output > max_seq_len:
+            raise LabkitError(f"a request of {r.prompt}+{r.output} tokens exceeds max_seq_len={max_seq_len}")
+        if r.prompt < shared_prefix:
+            raise LabkitError(f"shared_prefix={shared_prefix} is longer than a request's prompt ({r.prompt})")
+    if (max_seq_len if not paged else blocks_for(max_seq_len, block_size) * block_size) > capacity_tokens:
+        raise LabkitError(f"capacity_tokens={capacity_tokens} cannot hold even one request of max_seq_len="
+                          f"{max_seq_len}: give the cache more memory or lower max_seq_len.")
+    total_blocks = capacity_tokens // block_size
+    shared_blocks = shared_prefix // block_size if sharing else 0  # full blocks of the common prefix
+    shared_tokens = shared_blocks * block_size
+
+    pending = sorted(range(len(requests)), key=lambda i: requests[i].arrival_step)
+    waiting: list[int] = []
+    running: list[dict] = []  # {"i", "held", "made", "slots"}  slots: reserved tokens or blocks
+    used_blocks = 0  # including the shared prefix's blocks while any request uses them
+    shared_live = False
+    reserved_total = 0
+    step = finished = generated = preemptions = 0
+    sum_alloc = sum_states = sum_reserved = sum_internal = 0.0
+    sum_running, max_running, seconds = 0, 0, 0.0
+    timeline: dict[str, list[float]] = {"allocated": [], "token states": [], "running": []}
+    nxt = 0
+
+    def own_blocks(tokens: int) -> int:
+        return blocks_for(tokens - shared_tokens, block_size) if tokens > shared_tokens else 0
+
+    while (nxt < len(pending) or waiting or running) and step < max_steps:
+        while nxt < len(pending) and requests[pending[nxt]].arrival_step <= step:
+            waiting.append(pending[nxt])
+            nxt += 1
+        # admit first come, first served while memory allows
+        while waiting:
+            r = requests[waiting[0]]
+            if paged:
+                need = own_blocks(r.prompt) + (0 if shared_live else shared_blocks)
+                if used_blocks + need + len(running) > total_blocks:  # keep one block of headroom per request
+                    break
+                used_blocks += need
+                shared_live = sharing
+                running.append({"i": waiting.pop(0), "held": r.prompt, "made": 0, "slots": own_blocks(r.prompt)})
+            else:
+                need = reserved_slots(r, allocator, max_seq_len)
+                if reserved_total + need > capacity_tokens:
+                    break
+                reserved_total += need
+                running.append({"i": waiting.pop(0), "held": r.prompt, "made": 0, "slots": need})
+        if not running:
+            step += 1
+            continue
+        # one decode step: every running request produces a token and stores its K/V
+        held = sum(s["held"] for s in running)
+        seconds += cost.seconds(held) if cost else 1.0
+        for s in list(running):
+            if s not in running:  # preempted earlier in this step
+                continue
+            s["held"] += 1
+            s["made"] += 1
+            generated += 1
+            if paged:
+                grow = own_blocks(s["held"]) - s["slots"]
+                while grow > 0 and used_blocks + grow > total_blocks:  # out of blocks: preempt the newest
+                    victim = running[-1]
+                    used_blocks -= victim["slots"]
+                    running.remove(victim)
+                    waiting.insert(0, victim["i"])
+                    generated -= victim["made"]
+                    preemptions += 1
+                    if victim is s:
+                        grow = 0
+                if s in running and grow > 0:
+                    used_blocks += grow
+                    s["slots"] += grow
+        # memory accounting for this step (before finished requests leave)
+        states = sum(s["held"] - (shared_tokens if sharing else 0) for s in running) + (
+            shared_tokens if sharing and running else 0)
+        if paged:
+            allocated = used_blocks * block_size
+            internal = allocated - states
+            reserved = 0
+        else:
+            allocated = reserved_total
+            reserved = sum(min(s["slots"], requests[s["i"]].prompt + requests[s["i"]].output) - s["held"]
+                           for s in running)
+            internal = allocated - states - reserved
+        sum_alloc += allocated
+        sum_states += states
+        sum_reserved += reserved
+        sum_internal += internal
+        sum_running += len(running)
+        max_running = max(max_running, len(running))
+        timeline["allocated"].append(allocated)
+        timeline["token states"].append(states)
+        timeline["running"].append(len(running))
+        for s in list(running):
+            if s["made"] >= requests[s["i"]].output:
+                running.remove(s)
+                finished += 1
+                if paged:
+                    used_blocks -= s["slots"]
+                else:
+                    reserved_total -= s["slots"]
+        if shared_live and not running:  # the last request using the shared prefix left: free its blocks
+            used_blocks -= shared_blocks
+            shared_live = False
+        step += 1
+    busy = len(timeline["running"]) or 1
+    memory = {"token states": 100 * sum_states / sum_alloc if sum_alloc else 0.0,
+              "reserved for later tokens": 100 * sum_reserved / sum_alloc if sum_alloc else 0.0,
+              "fragmentation": 100 * sum_internal / sum_alloc if sum_alloc else 0.0}
+    return ServingResult(
+        allocator=allocator, block_size=block_size if paged else 0, capacity_tokens=capacity_tokens,
+        requests=len(requests), finished=finished, steps=step, generated_tokens=generated,
+        mean_running=sum_running / busy, max_running=max_running, memory=memory,
+        waste_percent=100 - memory["token states"], preemptions=preemptions, seconds=seconds, timeline=timeline)
+
+
+def compare_allocators(n_requests: int = 300, mix: str = "sharegpt-like", capacity: int = 65536,
+                       block_size: int = 16, max_seq_len: int = 2048, arrival_rate: float | None = None,
+                       shared_prefix: int = 0, allocators: Sequence[str] = ALLOCATORS,
+                       cost: StepCost | None = None, seed: int = 0) -> list[ServingResult]:
+    """The same request stream served by each allocator."""
+    requests = sample_requests(n_requests, mix, max_seq_len, arrival_rate, shared_prefix, seed)
+    return [simulate_serving(requests, capacity, a, block_size, max_seq_len, shared_prefix, cost) for a in allocators]
+
+
+def serving_table(results: Sequence[ServingResult]) -> str:
+    rows = [r.row() for r in results]
+    keys = list(rows[0])
+    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
+    lines = ["  ".join(k.rjust(widths[k]) if i else k.ljust(widths[k]) for i, k in enumerate(keys))]
+    for r in rows:
+        lines.append("  ".join(str(r[k]).rjust(widths[k]) if i else str(r[k]).ljust(widths[k])
+                               for i, k in enumerate(keys)))
+    return "\n".join(lines)
+
+
+def plot_serving(results: Sequence[ServingResult], title: str = "Where the KV memory goes"):
+    """Left: the allocated KV memory split into token states / reserved / fragmentation per allocator.
+    Right: how many requests decode at once, over time."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1.1, 1]})
+    names = [r.allocator for r in results]
+    bottom = [0.0] * len(results)
+    for part, colour in (("token states", "tab:green"), ("reserved for later tokens", "tab:orange"),
+                         ("fragmentation", "tab:red")):
+        vals = [r.memory[part] for r in results]
+        left.barh(names, vals, left=bottom, color=colour, label=part)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    for i, r in enumerate(results):
+        left.text(101, i, f"{r.waste_percent:.0f}% waste", va="center", fontsize=8)
+    left.set_xlim(0, 125)
+    left.set_xlabel("% of allocated KV memory (time average)")
+    left.invert_yaxis()
+    left.legend(fontsize=7, loc="lower right")
+    left.set_title(title)
+    for r in results:
+        right.plot(r.timeline["running"], label=f"{r.allocator} (mean {r.mean_running:.0f})", lw=1)
+    right.set_xlabel("decode step")
+    right.set_ylabel("requests decoding at once")
+    right.set_title("Batch size the memory allows")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def paged_widget(n_requests: int = 200, capacity: int = 65536, model: str = "llama-3.1-8b"):
+    """Sliders for block size, load and shared prefix, a menu for the length mix: the table and the plot
+    update on every change. A thin view over `compare_allocators`."""
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    block = w.SelectionSlider(options=[1, 2, 4, 8, 16, 32, 64, 128, 256], value=16, description="block size")
+    load = w.FloatLogSlider(value=2.0, base=10, min=-1, max=1.5, step=0.1, description="arrivals/step")
+    prefix = w.IntSlider(value=0, min=0, max=512, step=32, description="shared prefix")
+    mix = w.Dropdown(options=list(LENGTH_MIXES), value="sharegpt-like", description="lengths")
+    table = w.HTML()
+    plot = w.Output()
+    cost = step_cost(model)
+
+    def update(*_):
+        results = compare_allocators(n_requests, mix.value, capacity, block.value, 2048, load.value,
+                                     prefix.value, cost=cost)
+        table.value = f"<pre class='kv-serving'>{serving_table(results)}</pre>"
+        with plot:
+            plot.clear_output(wait=True)
+            fig = plot_serving(results, f"{mix.value}, block {block.value}, {load.value:.1f} req/step")
+            display(fig)
+            plt.close(fig)
+
+    for control in (block, load, prefix, mix):
+        control.observe(update, names="value")
+    update()
+    return w.VBox([w.HBox([block, load]), w.HBox([prefix, mix]), table, plot])
+
+
+def prefix_sharing_saved_tokens(n_requests: int, shared_prefix: int, block_size: int) -> int:
+    """Token slots saved when `n_requests` running requests share the full blocks of a common prefix."""
+    require_positive("n_requests", n_requests)
+    require_positive("shared_prefix", shared_prefix, allow_zero=True)
+    require_positive("block_size", block_size)
+    return (n_requests - 1) * (shared_prefix // block_size) * block_size
+
+
+# ============================================================================ exercises
+
+
+@exercise("05.sliding_cache_bytes", hint="full-attention layers hold every token, sliding-window layers at most "
+          "the window: per layer 2 (K and V) x kv_heads x head_dim x tokens x bytes; add the layers up.")
+def _expected_sliding_cache_bytes(model: str, tokens: int, kv_dtype: str = "fp32") -> float:
+    return vram.kv_cache_bytes(model, tokens, kv_dtype=kv_dtype)
+
+
+@exercise("05.paged_slack_tokens", hint="each sequence fills whole blocks except its last one: "
+          "ceil(length / block_size) x block_size - length empty slots per sequence, summed.")
+def _expected_paged_slack(lengths: Sequence[int], block_size: int) -> int:
+    return paged_slack(lengths, block_size)
+
+
+@exercise("05.requests_that_fit", hint="contiguous: capacity // max_seq_len requests; paged: capacity // "
+          "(blocks per request x block_size), with blocks = ceil(actual length / block_size). Answer (contiguous, paged).")
+def _expected_requests_that_fit(capacity: int, max_seq_len: int, length: int, block_size: int) -> tuple[int, int]:
+    return capacity // max_seq_len, capacity // (blocks_for(length, block_size) * block_size)
+
+
+@exercise("05.prefix_saved_tokens", hint="every request but the first reuses the prefix's FULL blocks: "
+          "(requests - 1) x (prefix // block_size) x block_size slots.")
+def _expected_prefix_saved(n_requests: int, shared_prefix: int, block_size: int) -> int:
+    return prefix_sharing_saved_tokens(n_requests, shared_prefix, block_size)

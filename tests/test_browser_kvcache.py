@@ -1,0 +1,26 @@
+"""Layer 5 for notebook 05: the PagedAttention simulator widget in a real browser. Moving the block-size
+slider to its largest value must change the table, and make paging waste more (bigger last blocks)."""
+
+import re
+
+from browser_lab import browser_marks, press_slider, widget_page
+
+pytestmark = browser_marks()
+
+
+def paged_waste(table_text: str) -> float:
+    row = next(line for line in table_text.splitlines() if line.startswith("paged "))
+    return float(re.split(r"\s+", row.strip())[1])
+
+
+def test_paged_simulator_widget_reacts_to_the_block_size(tmp_path):
+    code = "from labkit import kvcache\nkvcache.paged_widget(n_requests=60, capacity=32768)"
+    with widget_page(tmp_path, code, ready="pre.kv-serving") as page:
+        table = page.locator("pre.kv-serving")
+        before = table.first.inner_text()
+        assert "contiguous-max" in before and "paged+prefix-sharing" in before
+        press_slider(page, nth=0, times=4)  # block size: 16 -> 32 -> 64 -> 128 -> 256
+        page.wait_for_function(
+            "before => document.querySelector('pre.kv-serving').innerText !== before", arg=before, timeout=30_000)
+        after = table.first.inner_text()
+    assert paged_waste(after) > paged_waste(before), (before, after)

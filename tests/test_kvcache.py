@@ -1,0 +1,279 @@
+"""labkit.kvcache: the real cache against the formula, cached vs uncached decoding, quantized caches,
+the needle-in-a-haystack prompt, and the PagedAttention simulator."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from labkit import LabkitError, kvcache, vram
+from labkit.models import build_random_model
+
+# Gemma 3's layout in miniature: 6 layers, every 6th global, a 16-token window, one KV head (MQA)
+TINY_GEMMA3 = dict(num_hidden_layers=6, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                   num_key_value_heads=1, head_dim=16, sliding_window=16, vocab_size=512,
+                   layer_types=["sliding_attention"] * 5 + ["full_attention"])
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma3():
+    return build_random_model("gemma-3-270m", dtype="fp32", device="cpu", **TINY_GEMMA3).model
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    return build_random_model("llama-3.2-1b", dtype="fp32", device="cpu", num_hidden_layers=2, hidden_size=64,
+                              intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                              vocab_size=256).model
+
+
+# ----------------------------------------------------------------------------- the real cache
+
+
+@pytest.mark.parametrize("tokens", [5, 15, 16, 40])
+def test_cache_storage_equals_the_formula_byte_for_byte(tiny_gemma3, tokens):
+    rows = kvcache.cache_by_layer(tiny_gemma3, tokens, decode_steps=2)
+    assert [r.kind for r in rows] == ["sliding"] * 5 + ["full"]
+    for r in rows:
+        assert r.measured_bytes == r.formula_bytes, kvcache.cache_table(rows)
+    held = tokens + 2
+    assert rows[-1].tokens_kept == held  # the global layer keeps everything
+    assert sum(r.measured_bytes for r in rows) == vram.kv_cache_bytes(tiny_gemma3.config, held, kv_dtype="fp32")
+
+
+def test_sliding_layers_keep_window_minus_one_and_spill_after_the_prompt(tiny_gemma3):
+    after_prompt = kvcache.cache_by_layer(tiny_gemma3, 40, decode_steps=0)
+    sliding = after_prompt[0]
+    assert sliding.tokens_kept == 15  # window - 1: the next token makes it 16
+    # storage still holds the whole prompt until the next step copies the window out
+    assert sliding.measured_bytes == 2 * 1 * 16 * 40 * 4 > sliding.formula_bytes
+
+
+def test_the_bundled_model_cache_matches_vram(bundled_dense):
+    rows = kvcache.cache_by_layer(bundled_dense.model, 40, decode_steps=1)
+    assert len(rows) == 18 and {r.kind for r in rows} == {"sliding", "full"}
+    assert all(r.measured_bytes == r.formula_bytes for r in rows)
+
+
+def test_per_layer_formula_sums_to_the_total():
+    for name in ("gemma-3-270m", "llama-3.1-8b", "deepseek-v2-lite", "gemma-2-2b"):
+        for tokens in (1, 600, 5000):
+            assert sum(vram.kv_cache_bytes_per_layer(name, tokens)) == pytest.approx(vram.kv_cache_bytes(name, tokens))
+
+
+def test_attention_families_order_the_cache():
+    rows = {r["model"]: r for r in kvcache.attention_family_table(["phi-3-mini", "llama-3.1-8b", "gemma-3-270m"])}
+    assert rows["phi-3-mini"]["attention"] == "MHA" and rows["llama-3.1-8b"]["attention"] == "GQA"
+    assert rows["gemma-3-270m"]["attention"] == "MQA"
+    assert rows["phi-3-mini"]["KiB/token"] > rows["llama-3.1-8b"]["KiB/token"] > rows["gemma-3-270m"]["KiB/token"]
+
+
+def test_cache_by_layer_rejects_bad_context(tiny_gemma3):
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(LabkitError, match="tokens"):
+            kvcache.cache_by_layer(tiny_gemma3, bad)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def test_cached_and_uncached_decoders_produce_identical_tokens(tiny_llama):
+    ids = torch.randint(0, 256, (1, 7), generator=torch.Generator().manual_seed(1))
+    a = kvcache.greedy_decode(tiny_llama, ids, 20, use_cache=False)
+    b = kvcache.greedy_decode(tiny_llama, ids, 20, use_cache=True)
+    assert a.tokens == b.tokens
+    assert a.sequence_lengths == b.sequence_lengths == list(range(7, 27))
+    # and both equal transformers' own greedy generate
+    ref = tiny_llama.generate(ids, max_new_tokens=20, min_new_tokens=20, do_sample=False, pad_token_id=0)
+    assert ref[0, 7:].tolist() == a.tokens
+
+
+def test_identical_tokens_on_the_bundled_model(bundled_dense):
+    ids = bundled_dense.tokenizer("The capital of France is", return_tensors="pt").input_ids
+    a = kvcache.greedy_decode(bundled_dense.model, ids, 8, use_cache=False)
+    b = kvcache.greedy_decode(bundled_dense.model, ids, 8, use_cache=True)
+    assert a.tokens == b.tokens
+
+
+def test_greedy_decode_rejects_bad_input(tiny_llama):
+    with pytest.raises(LabkitError, match="new_tokens"):
+        kvcache.greedy_decode(tiny_llama, torch.zeros(1, 3, dtype=torch.long), 0)
+    with pytest.raises(LabkitError, match="one sequence"):
+        kvcache.greedy_decode(tiny_llama, torch.zeros(2, 3, dtype=torch.long), 3)
+
+
+# ----------------------------------------------------------------------------- quantized caches
+
+
+def test_quantized_cache_is_smaller_and_close(tiny_llama):
+    if kvcache.quantized_cache_backend() is None:
+        pytest.skip("no quantized-cache backend installed (optimum-quanto or hqq)")
+    ids = torch.randint(0, 256, (1, 200), generator=torch.Generator().manual_seed(2))
+    full, int4, int2 = kvcache.quantized_cache_cost(tiny_llama, ids, prompt_tokens=64, nbits=(4, 2),
+                                                    residual_length=16)
+    assert full.top1_agreement == 1.0
+    assert int4.cache_bytes < 0.45 * full.cache_bytes  # 4 bits + scales vs 32 bits, plus a 16-token residual
+    assert int2.cache_bytes < int4.cache_bytes
+    assert int4.top1_agreement >= int2.top1_agreement - 0.05
+    assert math.isfinite(int4.perplexity) and int4.perplexity > 0
+
+
+def test_make_cache_rejects_unknown_kind(tiny_llama):
+    with pytest.raises(LabkitError, match="cache kind"):
+        kvcache.make_cache(tiny_llama, "paged")
+
+
+def test_llama_cpp_quantized_cache_types_shrink_the_cache():
+    pytest.importorskip("llama_cpp")
+    text = kvcache.filler_text()[:600]
+    f16, q8, q4 = kvcache.llama_cpp_cache_types(text, n_ctx=256)
+    assert f16.top1_agreement == 1.0
+    assert f16.reported_bytes and q8.reported_bytes and q4.reported_bytes
+    assert q8.reported_bytes == pytest.approx(f16.reported_bytes * 8.5 / 16, rel=0.01)
+    assert q4.reported_bytes == pytest.approx(f16.reported_bytes * 4.5 / 16, rel=0.01)
+    assert q8.top1_agreement > 0.8
+
+
+def test_llama_cpp_cache_types_reject_unknown_type():
+    with pytest.raises(LabkitError, match="q4_0"):
+        kvcache.llama_cpp_cache_types("hello", cache_types=("f16", "q3"))
+
+
+# ----------------------------------------------------------------------------- needle in a haystack
+
+
+def words(text):
+    return len(text.split())
+
+
+def test_haystack_puts_the_needle_at_the_depth():
+    needle = "The secret number is 4321."
+    first = kvcache.build_haystack(words, 300, 0.0, needle)
+    last = kvcache.build_haystack(words, 300, 1.0, needle)
+    middle = kvcache.build_haystack(words, 300, 0.5, needle)
+    assert first.startswith(needle)
+    assert last.split(kvcache.QUESTION)[0].endswith(needle)
+    at = middle.index(needle) / len(middle)
+    assert 0.35 < at < 0.65
+    assert 250 < words(middle) <= 300
+
+
+def test_haystack_rejects_a_needle_longer_than_the_context():
+    with pytest.raises(LabkitError, match="more than the context"):
+        kvcache.build_haystack(words, 10, 0.5, "word " * 20)
+    with pytest.raises(LabkitError, match="depth"):
+        kvcache.build_haystack(words, 100, 1.5, "x")
+    with pytest.raises(LabkitError, match="context_tokens"):
+        kvcache.build_haystack(words, 0, 0.5, "x")
+
+
+def test_needle_run_with_the_bundled_model(bundled_llama):
+    trials = kvcache.needle_in_haystack(bundled_llama.model, [96], depths=(0.0, 1.0), progress=False)
+    assert len(trials) == 2 and all(len(t.secret) == 4 for t in trials)
+    acc = kvcache.needle_accuracy(trials)
+    assert set(acc) == {(96, 0.0), (96, 1.0)} and all(0 <= v <= 1 for v in acc.values())
+
+
+# ----------------------------------------------------------------------------- the paged simulator
+
+
+def test_paged_waste_is_small_and_contiguous_max_is_large():
+    results = {r.allocator: r for r in kvcache.compare_allocators(n_requests=200, capacity=65536, block_size=16)}
+    assert results["contiguous-max"].waste_percent > 60  # the paper's 60-80% band for max-length reservation
+    assert results["paged"].waste_percent < 4
+    assert results["contiguous-oracle"].waste_percent < results["contiguous-pow2"].waste_percent < \
+        results["contiguous-max"].waste_percent
+    # max-length reservation fits capacity // 2048 = 32 requests at once; paging fits many more, and finishes sooner
+    assert results["contiguous-max"].max_running == 65536 // 2048
+    assert results["paged"].max_running > 3 * results["contiguous-max"].max_running
+    assert results["paged"].steps < results["contiguous-max"].steps
+    assert results["paged"].finished == results["contiguous-max"].finished == 200
+    for r in results.values():
+        assert sum(r.memory.values()) == pytest.approx(100)
+
+
+def test_paged_waste_is_only_the_last_block():
+    reqs = [kvcache.Request(prompt=10, output=1), kvcache.Request(prompt=33, output=1)]
+    r = kvcache.simulate_serving(reqs, capacity_tokens=4096, allocator="paged", block_size=16)
+    # one step: 11 and 34 tokens held, in 1 + 3 blocks of 16 = 64 slots
+    assert r.memory["token states"] == pytest.approx(100 * 45 / 64)
+    assert kvcache.paged_slack([11, 34], 16) == 64 - 45
+
+
+def test_block_size_trades_waste():
+    small, big = (kvcache.compare_allocators(150, block_size=b, allocators=("paged",))[0] for b in (8, 128))
+    assert small.waste_percent < big.waste_percent
+
+
+def test_prefix_sharing_saves_memory_and_fits_more():
+    common = dict(n_requests=200, capacity=8192, block_size=16, shared_prefix=256, mix="alpaca-like")
+    plain, shared = kvcache.compare_allocators(allocators=("paged", "paged+prefix-sharing"), **common)
+    assert shared.mean_running > plain.mean_running
+    assert kvcache.prefix_sharing_saved_tokens(10, 256, 16) == 9 * 256
+    assert kvcache.prefix_sharing_saved_tokens(10, 250, 16) == 9 * 240  # only full blocks are shared
+
+
+def test_preemption_when_blocks_run_out():
+    reqs = [kvcache.Request(prompt=8, output=200) for _ in range(8)]
+    r = kvcache.simulate_serving(reqs, capacity_tokens=512, allocator="paged", block_size=16, max_seq_len=256)
+    assert r.finished == 8 and r.preemptions > 0
+
+
+def test_throughput_follows_the_batch_the_memory_allows():
+    cost = kvcache.step_cost("llama-3.1-8b")
+    res = {r.allocator: r for r in kvcache.compare_allocators(200, capacity=65536, cost=cost,
+                                                              allocators=("contiguous-max", "paged"))}
+    assert res["paged"].tokens_per_second > 1.3 * res["contiguous-max"].tokens_per_second
+    # one request alone decodes at the roofline: bandwidth / (weights + its cache)
+    assert cost.seconds(0) == pytest.approx(sum(vram.weight_bytes("llama-3.1-8b").values()) / 3.35e12)
+
+
+def test_capacity_tokens_uses_the_vram_formulas():
+    n = kvcache.capacity_tokens("llama-3.1-8b", 80)
+    per = sum(vram.kv_cache_bytes_per_token("llama-3.1-8b").values())
+    assert n == int((80 * vram.GIB - sum(vram.weight_bytes("llama-3.1-8b").values()) - 2 * vram.GIB) // per)
+    with pytest.raises(LabkitError, match="does not fit"):
+        kvcache.capacity_tokens("llama-3.1-70b", 24)
+
+
+def test_simulator_rejects_bad_input():
+    reqs = kvcache.sample_requests(5)
+    with pytest.raises(LabkitError, match="block_size"):
+        kvcache.simulate_serving(reqs, 65536, block_size=0)
+    with pytest.raises(LabkitError, match="allocator"):
+        kvcache.simulate_serving(reqs, 65536, allocator="buddy")
+    with pytest.raises(LabkitError, match="cannot hold even one"):
+        kvcache.simulate_serving(reqs, 1000, allocator="contiguous-max")
+    with pytest.raises(LabkitError, match="length mix"):
+        kvcache.sample_requests(5, mix="poems")
+
+
+@settings(max_examples=25, deadline=None)
+@given(block=st.integers(1, 64), n=st.integers(1, 40), seed=st.integers(0, 1000))
+def test_simulator_invariants(block, n, seed):
+    reqs = kvcache.sample_requests(n, "alpaca-like", max_seq_len=512, seed=seed)
+    r = kvcache.simulate_serving(reqs, 8192, "paged", block_size=block, max_seq_len=512)
+    assert r.finished == n
+    assert r.generated_tokens == sum(q.output for q in reqs)
+    assert 0 <= r.waste_percent < 100
+    assert max(r.timeline["allocated"]) <= 8192
+
+
+@given(bad=st.one_of(st.integers(max_value=0), st.floats(allow_nan=True), st.booleans()))
+def test_bad_block_sizes_are_rejected(bad):
+    with pytest.raises(LabkitError):
+        kvcache.simulate_serving(kvcache.sample_requests(2), 65536, block_size=bad)
+
+
+def test_exercises_compute_their_answers():
+    from labkit.check import check
+
+    check("05.paged_slack_tokens", 64 - 45, lengths=[11, 34], block_size=16)
+    check("05.requests_that_fit", (32, 170), capacity=65536, max_seq_len=2048, length=380, block_size=16)
+    check("05.prefix_saved_tokens", 9 * 256, n_requests=10, shared_prefix=256, block_size=16)
+    check("05.sliding_cache_bytes", vram.kv_cache_bytes("gemma-3-270m", 2048, kv_dtype="fp32"),
+          model="gemma-3-270m", tokens=2048)
+    with pytest.raises(AssertionError, match="Hint"):
+        check("05.paged_slack_tokens", 45, lengths=[11, 34], block_size=16)
