@@ -333,3 +333,16 @@ def test_grade_class_refuses_bad_folders(tmp_path, capsys):
         grade_class(CORPUS / "submissions", CORPUS / "master", tmp_path / "r.txt")
     assert main(["grade", "a", "b", "--master", str(CORPUS / "master")]) == 2
     assert "one submissions folder" in capsys.readouterr().err
+
+
+def test_without_a_sandbox_the_report_header_says_so(monkeypatch):
+    import labkit.class_grading as cg
+
+    monkeypatch.setattr(cg.shutil, "which", lambda tool: None)  # no unshare, no ip: no sandbox
+    cg.detect_isolation.cache_clear()
+    try:
+        iso = cg.detect_isolation()
+        assert not iso.sandboxed and "WITH network access" in iso.description
+        assert iso.wrap(Path("/tmp/job")) == []
+    finally:
+        cg.detect_isolation.cache_clear()
