@@ -391,8 +391,12 @@ def merge(args) -> None:
     raw = json.loads(raw_path.read_text())
     env = new["environment"]
     cells = [c for c in raw["cells"] if c.get("pass", 1) != args.pass_number]
+    seen = set()
     for cell in new["cells"]:
-        cells.append({**cell, "pass": args.pass_number, "gpu": env["gpu"]})
+        key = tuple(cell.get(k) for k in ("arch", "dtype", "context", "batch"))
+        if key not in seen:  # a cell measured twice in one run: the first
+            seen.add(key)
+            cells.append({**cell, "pass": args.pass_number, "gpu": env["gpu"]})
     raw["cells"] = cells
     raw.setdefault("environments", {})[f"pass-{args.pass_number}"] = {**env, "command": args.measured_with}
     raw_path.write_text(json.dumps(raw, indent=1))
@@ -448,8 +452,8 @@ def markdown(raw: dict, rows: list[dict], skipped: list[dict], summary: dict) ->
     for key, extra in sorted(raw.get("environments", {}).items()):
         if key.startswith("pass-"):
             lines += [f"Pass {key.removeprefix('pass-')} was measured on {extra['gpu']} (torch {extra['torch']}, "
-                      f"CUDA {extra['cuda']}, transformers {extra['transformers']}) with `{extra.get('command', '')}`.",
-                      ""]
+                      f"CUDA {extra['cuda']}, transformers {extra['transformers']}) with `{extra.get('command', '')}`. "
+                      f"{extra.get('note', '')}", ""]
     if api.get("measured_total"):
         lines += [f"`measure_inference('{api['model']}', 'bf16', context=4096)` in a fresh process: "
                   f"{api['measured_total'] / 2**30:.3f} GiB measured, {api['estimate_total'] / 2**30:.3f} GiB estimated "

@@ -121,6 +121,7 @@ class Architecture:
     shared_expert_gate: bool = False  # Qwen2-MoE: a sigmoid gate (one nn.Linear(hidden, 1)) on the shared expert
     router_bias: bool = False  # GPT-OSS
     expert_bias: bool = False  # GPT-OSS: a bias per expert on gate_up and down
+    router_weights_fp32: bool = False  # Mixtral, DeepSeek: the routing weights stay float32 (others cast them back)
     dense_layers: int = 0  # leading layers with a dense MLP (DeepSeek's first_k_dense_replace)
     mlp_kinds: tuple[str, ...] = ()  # per layer "dense" or "moe" when not just leading dense layers (Qwen-MoE)
     # No formula for this model type: the weights are read off the model built on the meta device, the
@@ -344,6 +345,8 @@ def _parse(raw: dict, complete: bool = False) -> Architecture:
     if model_type in ("mixtral", "granitemoe", "gpt_oss"):
         fields.update(num_experts=int(get("num_local_experts")), experts_per_token=int(get("num_experts_per_tok")),
                       expert_intermediate=fields["intermediate_size"])
+    if model_type in ("mixtral", "deepseek_v2"):
+        fields["router_weights_fp32"] = True
     if model_type == "gpt_oss":
         # (from_pretrained keeps its norms in float32, _keep_in_fp32_modules; 141,120 parameters in the
         # 20B, so the formula follows from_config, which builds them in the model's dtype)
@@ -1117,7 +1120,11 @@ def _layer_steps(a: Architecture, kind: str, T: int, batch: int, context: int, e
             # GPT-OSS: the gathered biases, the output before and after its bias, then a clamped
             # gate and up and the temporaries of its gated activation (alpha * gate, sigmoid, up + 1)
             up = S * (h + 10 * ei) * e
-        down = S * h * (2 * e + 8)  # gathered inputs, expert outputs, weighted in float32
+        # gathered inputs, expert outputs, then the outputs weighted by the router and put back in token
+        # order: in float32 where the routing weights are float32 (Mixtral, DeepSeek), else in the
+        # compute dtype (measured on an H200: Qwen-MoE, OLMoE, Granite)
+        w = 4 if a.router_weights_fp32 else e
+        down = S * h * (2 * e + 2 * w)
         mlp["experts (grouped_mm)"] = max(up, down)
         mlp["router"] = T * a.num_experts * (e + 4)
         if a.shared_expert_gate:  # Qwen2-MoE runs its shared expert first and keeps its output meanwhile
