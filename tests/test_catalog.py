@@ -101,6 +101,16 @@ def _tiny_config(model_type: str, p: dict) -> dict:
                     n_shared_experts=p["shared"], q_lora_rank=p["q_lora"], kv_lora_rank=16,
                     qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, attention_bias=p["bias"],
                     n_group=1, topk_group=1)
+    topk = min(p["topk"], p["experts"])
+    if model_type in ("qwen2_moe", "qwen3_moe"):
+        base.update(num_experts=p["experts"], num_experts_per_tok=topk, moe_intermediate_size=p["inter"] // 2 + 1,
+                    decoder_sparse_step=1, mlp_only_layers=[])
+        if model_type == "qwen2_moe":
+            base.update(shared_expert_intermediate_size=p["inter"])
+    if model_type == "olmoe":
+        base.update(num_experts=p["experts"], num_experts_per_tok=topk)
+    if model_type in ("gpt_oss", "granitemoe"):
+        base.update(num_local_experts=p["experts"], num_experts_per_tok=topk)
     return base
 
 
