@@ -31,13 +31,17 @@ PY
 python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" $W/all/*.whl
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if ! python3 -c "import llama_cpp" 2>/dev/null; then
-  if ! ls $W/built/llama_cpp_python-*.whl >/dev/null 2>&1; then
-    sdist=$(ls $W/all/llama_cpp_python-*.tar.gz)
+  sdist=$(ls $W/all/llama_cpp_python-*.tar.gz 2>/dev/null | head -1 || true)
+  if ! ls $W/built/llama_cpp_python-*.whl >/dev/null 2>&1 && [ -n "$sdist" ]; then
     echo "building llama-cpp-python with CUDA from $sdist (about 5 minutes)"
     CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
       python3 -m pip wheel -q --no-deps --no-build-isolation -w $W/built "$sdist"
   fi
-  python3 -m pip install -q --no-index --no-deps --target "$SITE" $W/built/llama_cpp_python-*.whl
+  if ls $W/built/llama_cpp_python-*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --target "$SITE" $W/built/llama_cpp_python-*.whl
+  else
+    echo "note: no llama-cpp-python here (its source was not carried): notebooks that run llama.cpp will fail"
+  fi
 fi
 python3 -m ipykernel install --prefix /tmp/labkit-kernel --name python3 >/dev/null
 echo "JUPYTER_PATH=/tmp/labkit-kernel/share/jupyter PYTHONPATH=$PYTHONPATH"
