@@ -182,11 +182,11 @@ def online_softmax_update(state: SoftmaxState, scores, v_block) -> SoftmaxState:
 
 
 def tiled_attention(q, k, v, causal: bool = False, window: int | None = None, scale: float | None = None,
-                    block_q: int = 64, block_k: int = 64):
+                    block_q: int = 128, block_k: int = 128):
     """The same attention as naive_attention, one (block_q x block_k) tile at a time, never holding N x N.
 
-    Tiles that the mask hides entirely are skipped (that is why causal attention costs half).
-    Accumulates in fp32 and returns q's dtype.
+    Tiles that the mask hides entirely are skipped (that is why causal attention costs half); only
+    tiles on the mask's edge build a mask. Accumulates in fp32 and returns q's dtype.
     """
     import torch
 
@@ -207,12 +207,23 @@ def tiled_attention(q, k, v, causal: bool = False, window: int | None = None, sc
             if not _tile_visible(q0, q1, k0, k1, causal, window):
                 continue
             scores = qg[..., q0:q1, :] @ kt[..., k0:k1]
-            keep = attention_mask(q1 - q0, k1 - k0, causal, window, q.device, q_start=q0, k_start=k0)
-            if keep is not None:  # this tile's part of the mask only
+            if not _tile_fully_visible(q0, q1, k0, k1, causal, window):  # an edge tile: mask it
+                keep = attention_mask(q1 - q0, k1 - k0, causal, window, q.device, q_start=q0, k_start=k0)
                 scores = scores.masked_fill(~keep, float("-inf"))
             state = online_softmax_update(state, scores, vf[..., k0:k1, :])
         out[..., q0:q1, :] = state.output().to(q.dtype)
     return out.flatten(1, 2)
+
+
+def _tile_fully_visible(q0: int, q1: int, k0: int, k1: int, causal: bool, window: int | None) -> bool:
+    """True when the mask hides no (query, key) pair of the tile: it needs no mask at all."""
+    if causal and k1 - 1 > q0:  # the last key is after the first query
+        return False
+    if window is not None and (q1 - 1) - k0 >= window:  # the first key is out of the last query's window
+        return False
+    if window is not None and not causal and (k1 - 1) - q0 >= window:
+        return False
+    return True
 
 
 def _tile_visible(q0: int, q1: int, k0: int, k1: int, causal: bool, window: int | None) -> bool:
@@ -439,7 +450,7 @@ class AttentionRun:
         if self.error:
             return f"{what}  -- {self.error}"
         mem = f"{self.peak_bytes / 2**20:10.1f} MiB" if self.peak_bytes is not None else " " * 14
-        return (f"{what} {self.ms:9.2f} ms {mem} {self.tflops:8.2f} TFLOP/s  "
+        return (f"{what} {self.ms:9.2f} ms {mem} {self.tflops:8.3g} TFLOP/s  "
                 f"intensity {self.intensity:7.1f} FLOP/B")
 
 
@@ -638,7 +649,6 @@ def measure_transformers_attention(model: str = "qwen2.5-0.5b", implementations:
             rows.append(dict(model=model, implementation=impl, seq_len=seq_len, dtype=dtype, ms=None, peak_bytes=None,
                              layers=net.config.num_hidden_layers, random_weights=True, error="out of memory"))
             torch.cuda.empty_cache()
-    del net, loaded
     return rows
 
 
@@ -652,7 +662,6 @@ def equality_report(shapes: Sequence[dict] | None = None, dtype: Any = "fp32", d
     A problem is a dict of seq_len, heads, kv_heads, head_dim, causal, window (defaults: a few covering
     MHA, GQA, causal and a sliding window, with lengths that are not a multiple of the tile).
     """
-    import torch
     import torch.nn.functional as F
 
     shapes = shapes or [

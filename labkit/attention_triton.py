@@ -73,7 +73,7 @@ def _attend_tiles(acc, l_i, m_i, q, k_tile_ptrs, v_tile_ptrs, stride_kn, stride_
 
 @triton.autotune(configs=CONFIGS, key=["N_Q", "N_K", "HEAD_DIM", "CAUSAL"])
 @triton.jit
-def _flash_forward_kernel(Q, K, V, O, qk_scale,
+def _flash_forward_kernel(Q, K, V, Out, qk_scale,
                           stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
                           stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
                           HEADS, GROUP, N_Q, N_K,
@@ -114,8 +114,8 @@ def _flash_forward_kernel(Q, K, V, O, qk_scale,
 
     # 5. normalise once, write my tile of O
     acc = acc / l_i[:, None]
-    o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :]
-    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=offs_m[:, None] < N_Q)
+    o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :]
+    tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=offs_m[:, None] < N_Q)
 
 
 def flash_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
