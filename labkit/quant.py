@@ -619,9 +619,9 @@ class Windows:
 
 
 def windows_for(profile_name: str) -> Windows:
-    """The token budget per profile: the cpu profile scores 3 x 64 = 192 tokens; gpu 16 x 128 = 2,048."""
+    """The token budget per profile: the cpu profile scores 2 x 64 = 128 tokens; gpu 16 x 128 = 2,048."""
     if profile_name == "cpu":
-        return Windows(window=128, stride=64, n_windows=3)
+        return Windows(window=128, stride=64, n_windows=2)
     return Windows(window=256, stride=128, n_windows=16)
 
 
@@ -782,6 +782,19 @@ def measure_ladder(paths: dict[str, Path], ids: Sequence[int], windows: Windows,
         speed = decode_speed(paths[level], speed_tokens, speed_runs) if speed_tokens else float("nan")
         rows.append(quality_row(level, s, ref, paths[level], speed))
     return rows
+
+
+def markdown_table(rows: Sequence[dict], digits: int = 4) -> str:
+    """Any list of dicts as a Markdown table (floats to `digits` significant digits)."""
+    if not rows:
+        raise LabkitError("markdown_table needs at least one row")
+    keys = list(rows[0])
+
+    def cell(v: Any) -> str:
+        return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    return "\n".join(lines + ["| " + " | ".join(cell(r.get(k)) for k in keys) + " |" for r in rows])
 
 
 def ladder_markdown(rows: Sequence[dict]) -> str:

@@ -308,6 +308,8 @@ def test_bnb_load_on_cpu_measured_vs_estimated(fmt, bundled_dense):
     assert mem["measured"]["quantized"] == pytest.approx(mem["estimated"]["quantized"], rel=0.01)
     dense_bytes = sum(p.numel() * p.element_size() for p in bundled_dense.model.parameters())
     assert measured < dense_bytes
+    if fmt == "int8":
+        return  # LLM.int8() runs slow generic kernels on a CPU: its quality is scored on a GPU only
     ids = quant.tokenize_for_eval()
     w = quant.Windows(64, 32, 2)
     ref = quant.score(bundled_dense.model, ids, w, keep_full=True)
