@@ -556,6 +556,10 @@ def measure_attention(variant: str, seq_len: int, heads: int = 8, head_dim: int 
         run.error = "out of memory"
     except (LabkitError, MissingPackageError, NotImplementedError) as err:
         run.error = str(err).splitlines()[0]
+    except Exception as err:  # the Triton kernel failing to compile on an older GPU (e.g. bf16 on a T4)
+        if variant != "triton":
+            raise
+        run.error = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
     finally:
         q = k = v = None  # noqa: F841
         if torch.device(device).type == "cuda":
@@ -704,8 +708,8 @@ def plot_sweep(runs: Sequence[AttentionRun], title: str = "Attention: time and m
         if mem:
             ax_m.plot([n for n, _ in mem], [b / 2**20 for _, b in mem], "o-", color=line.get_color(), label=variant)
     all_n = sorted({r.seq_len for r in runs})
-    for name, estimate in (estimates or {}).items():
-        ax_m.plot(all_n, [estimate(n) / 2**20 for n in all_n], "--", label=f"{name} (estimate)")
+    for (name, estimate), colour in zip((estimates or {}).items(), ("black", "grey", "tab:olive", "tab:cyan")):
+        ax_m.plot(all_n, [estimate(n) / 2**20 for n in all_n], "--", color=colour, label=f"{name} (estimate)")
     for ax, label in ((ax_t, "milliseconds per call"), (ax_m, "peak extra memory (MiB)")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")

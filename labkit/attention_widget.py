@@ -27,9 +27,14 @@ def memory_report(seq_len: int, heads: int = 8, head_dim: int = 64, dtype: str =
         q, k, v = A.random_qkv(seq_len, heads, head_dim, dtype=dtype, device=device)
         import torch
 
-        with torch.no_grad():
-            report["naive_measured"] = A.peak_memory(lambda: A.naive_attention(q, k, v, causal=True), device)
-            report["fused_measured"] = A.peak_memory(lambda: A.sdpa(q, k, v, causal=True), device)
+        try:
+            with torch.no_grad():
+                report["naive_measured"] = A.peak_memory(lambda: A.naive_attention(q, k, v, causal=True), device)
+                report["fused_measured"] = A.peak_memory(lambda: A.sdpa(q, k, v, causal=True), device)
+        except torch.OutOfMemoryError:
+            report["naive_measured"] = report["fused_measured"] = None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
     return report
 
 
