@@ -144,10 +144,10 @@ class GpuOffer:
 
     @property
     def label(self) -> str:
-        return f"{self.gpu.removeprefix('NVIDIA ')} · {self.provider} (${self.usd_per_gpu_hour:.2f}/h)"
+        return f"{self.gpu.removeprefix('NVIDIA ')} · {self.provider} (${self.usd_per_gpu_hour:g}/h)"
 
     def cited(self) -> str:
-        return f"{self.provider} {self.offer}: ${self.usd_per_gpu_hour:.2f}/GPU-hour (read {self.read_on}; {self.source})"
+        return f"{self.provider} {self.offer}: ${self.usd_per_gpu_hour:g} per hour (read {self.read_on}; {self.source})"
 
 
 @dataclass(frozen=True)
