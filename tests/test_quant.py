@@ -308,10 +308,10 @@ def test_bnb_load_on_cpu_measured_vs_estimated(fmt, bundled_dense):
     assert mem["measured"]["quantized"] == pytest.approx(mem["estimated"]["quantized"], rel=0.01)
     dense_bytes = sum(p.numel() * p.element_size() for p in bundled_dense.model.parameters())
     assert measured < dense_bytes
-    if fmt == "int8":
-        return  # LLM.int8() runs slow generic kernels on a CPU: its quality is scored on a GPU only
+    if fmt != "nf4":
+        return  # bitsandbytes' CPU kernels are slow: quality is scored for NF4 only (the notebook does the same)
     ids = quant.tokenize_for_eval()
-    w = quant.Windows(64, 32, 2)
+    w = quant.Windows(64, 32, 1)
     ref = quant.score(bundled_dense.model, ids, w, keep_full=True)
     v = quant.score(loaded.model, ids, w, reference=ref).versus(ref)
     assert 0 < v["kld"] < 0.5 and v["top1_agreement"] > 0.6
