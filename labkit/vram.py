@@ -17,7 +17,15 @@ print side by side. `estimate_training` does the same for full fine-tuning, LoRA
 
 The benchmark `benchmarks/vram_accuracy.py` measures the estimate's error on an H100 for ten real
 architectures (random weights) in bf16, fp16, int8 and nf4 from 512 to 32k tokens: within 0.7% for
-bf16/fp16 and 3.6% for the quantized formats (benchmarks/results/vram_accuracy.md, and notebook 03).
+bf16/fp16 and 3.6% for the quantized formats (benchmarks/results/vram_accuracy.md, and notebook 03);
+a third pass on an H200 adds the mixture-of-experts families of transformers 5 (Qwen3-30B-A3B,
+Qwen1.5-MoE, OLMoE, Granite MoE, gpt-oss-20b) in bf16, within 0.25%.
+
+Any model a learner brings: `architecture` reads a shipped name, a config dict or transformers config,
+a config.json path or a Hub id (from the local cache offline). The formulas cover FORMULA_FAMILIES and
+are checked against the model transformers builds on the meta device (`weight_check`); other causal
+LMs get their weights from the meta tensors and a standard decoder layer for the rest. Models it
+cannot estimate (no attention, hybrids, not a causal LM, a missing field) raise a LabkitError.
 """
 
 from __future__ import annotations

@@ -205,8 +205,8 @@ def calculator(model: Any = "llama-3.1-8b", dtype: str = "bf16", context: int = 
     from .models import list_configs
 
     configs = list_configs()
-    for name in configs:  # read every config once now, so that each update stays well under 50 ms
-        vram.weight_check(name)
+    for name in configs:  # read every config once now, so that each update stays well under 50 ms (the
+        vram.architecture(name)  # first estimate of each model also builds it on the meta device once, ~0.3 s)
     options = [(n, n) for n in configs]
     if not (isinstance(model, str) and model in configs):
         options.insert(0, (f"yours: {vram.architecture(model).name}", model))
