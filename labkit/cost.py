@@ -839,8 +839,8 @@ def route(request: Request) -> Route:
     if request.volume == "high" and request.task in BULK_TASKS:
         return Route("local", "volume", f"high-volume {request.task}: cheapest per token on our own GPU")
     if request.complexity == "high" or request.task == "reasoning":
-        return Route("cloud", "complexity", f"{request.complexity}-complexity {request.task}: worth the "
-                                            "stronger (and dearer) model")
+        what = "a reasoning task" if request.task == "reasoning" else f"high-complexity {request.task}"
+        return Route("cloud", "complexity", f"{what}: worth the stronger (and dearer) model")
     return Route("local", "default", "nothing requires the cloud: local for cost control")
 
 
@@ -850,7 +850,7 @@ class EndpointError(LabkitError):
 
 @dataclass(frozen=True)
 class Endpoint:
-    """An OpenAI-compatible endpoint, priced per 1M tokens. `label` says what it is (shown everywhere).
+    """An OpenAI-compatible endpoint, priced per 1M tokens; `name` says what it is (it appears in every result).
 
     The course talks to servers on this machine only (`labkit.runtimes.openai_client`); pass
     `allow_remote=True` to reach a real provider's base URL with your key.
@@ -862,8 +862,7 @@ class Endpoint:
     api_key: str | None = None
     usd_per_1m_input: float = 0.0
     usd_per_1m_output: float = 0.0
-    label: str = ""
-    timeout_s: float = 30.0
+    timeout_s: float = 120.0
     allow_remote: bool = False
 
     def __post_init__(self) -> None:
