@@ -97,7 +97,7 @@ def test_tiled_never_holds_an_n_by_n_matrix():
     n, heads, d = 512, 2, 16
     q, k, v = A.random_qkv(n, heads, d)
     naive = A.peak_memory(lambda: A.naive_attention(q, k, v, causal=True), "cpu")
-    tiled = A.peak_memory(lambda: A.tiled_attention(q, k, v, causal=True, block_q=32, block_k=32), "cpu")
+    tiled = A.peak_memory(lambda: A.tiled_attention(q, k, v, causal=True, block_q=64, block_k=64), "cpu")
     assert naive >= A.scores_bytes(n, heads, "fp32")  # the N x N matrix is there
     assert tiled < A.scores_bytes(n, heads, "fp32") / 4  # and here it is not
 
@@ -175,7 +175,7 @@ def test_committed_gpu_results_load():
 
 @pytest.mark.slow
 def test_transformers_eager_and_sdpa_on_a_real_architecture():
-    rows = A.measure_transformers_attention("qwen2.5-0.5b", seq_len=64, runs=1, num_hidden_layers=1)
+    rows = A.measure_transformers_attention("smollm2-135m", seq_len=64, runs=1, num_hidden_layers=1)
     assert [r["implementation"] for r in rows] == ["eager", "sdpa"]
     assert all(r["ms"] > 0 and r["peak_bytes"] > 0 and r["random_weights"] for r in rows)
     with pytest.raises(LabkitError, match="Accepted"):
