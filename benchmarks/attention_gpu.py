@@ -45,8 +45,6 @@ def matmul_peak_tflops(device: str, n: int, runs: int = 10) -> float:
 
 def check_equal(device: str, dtypes: list[str], tiny: bool) -> list[dict]:
     """Max |triton - sdpa| over shapes, against SDPA's math backend in fp32 as the reference."""
-    import torch
-
     from labkit import attention as A
 
     rows = []
