@@ -371,8 +371,19 @@ def make_cache(model: Any, kind: str = "dynamic", nbits: int = 4, residual_lengt
         raise unknown("quantized-cache backend", backend, QUANT_BACKENDS)
     from transformers import QuantizedCache
 
-    return QuantizedCache(backend=backend, config=model.config, nbits=nbits, residual_length=residual_length,
-                          q_group_size=q_group_size)
+    if "sliding" not in vram.architecture(model.config).layer_types:
+        return QuantizedCache(backend=backend, config=model.config, nbits=nbits, residual_length=residual_length,
+                              q_group_size=q_group_size)
+    # transformers' QuantizedCache refuses models with sliding-window layers (Gemma 2/3). Build the same
+    # quantized layers for every layer: sliding layers then keep all tokens (quantized) instead of the
+    # window; the attention mask still applies the window, so the outputs are right, only the memory is
+    # that of all-global layers beyond the window.
+    from transformers.cache_utils import Cache, HQQQuantizedLayer, QuantoQuantizedLayer
+
+    layer_class = HQQQuantizedLayer if backend == "hqq" else QuantoQuantizedLayer
+    layers = [layer_class(nbits=nbits, residual_length=residual_length, q_group_size=q_group_size)
+              for _ in range(model.config.get_text_config(decoder=True).num_hidden_layers)]
+    return Cache(layers=layers)
 
 
 @dataclass

@@ -120,6 +120,14 @@ def test_quantized_cache_is_smaller_and_close(tiny_llama):
     assert math.isfinite(int4.perplexity) and int4.perplexity > 0
 
 
+def test_quantized_cache_on_a_model_with_sliding_layers(tiny_gemma3):
+    if kvcache.quantized_cache_backend() is None:
+        pytest.skip("no quantized-cache backend installed (hqq or optimum-quanto)")
+    ids = torch.randint(0, 512, (1, 40), generator=torch.Generator().manual_seed(3))
+    full, int4 = kvcache.quantized_cache_cost(tiny_gemma3, ids, prompt_tokens=8, nbits=(4,), residual_length=8)
+    assert int4.cache_bytes < full.cache_bytes and int4.top1_agreement > 0.5
+
+
 def test_make_cache_rejects_unknown_kind(tiny_llama):
     with pytest.raises(LabkitError, match="cache kind"):
         kvcache.make_cache(tiny_llama, "paged")
