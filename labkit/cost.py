@@ -995,7 +995,7 @@ def rows_markdown(rows: Sequence[dict]) -> str:
 
     def fmt(v: Any) -> str:
         if isinstance(v, float):
-            return f"{v:,.6f}" if abs(v) < 0.01 else f"{v:,.4g}"
+            return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}" if abs(v) >= 0.01 else f"{v:.6f}"
         return str(v).replace("|", "\\|")
 
     return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
