@@ -16,7 +16,7 @@ def _bill(page, css: str) -> float:
 
 
 def test_break_even_widget_in_jupyterlab_reacts_to_the_volume_slider(tmp_path):
-    with widget_page(tmp_path, CODE, ready=".labkit-break-even") as page:
+    with widget_page(tmp_path, CODE, ready=".labkit-break-even", timeout_s=400) as page:
         before = page.locator(".labkit-break-even").first.inner_text()
         api_before, self_before = _bill(page, ".api-bill"), _bill(page, ".self-bill")
         assert "GPT-4o" in before and "Break-even" in before and api_before > 0 and self_before > 0
