@@ -586,7 +586,8 @@ def tokenize_for_eval(text: str | None = None, gguf: str | Path | None = None) -
 
     llama_cpp = _require_llama_cpp()
     path = validate_gguf(gguf) if gguf is not None else bundled_gguf_path()
-    vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    with _captured_stderr():  # llama.cpp logs a context warning even for a vocabulary-only load
+        vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
     ids = vocab.tokenize((text if text is not None else evaluation_text()).encode(), add_bos=False, special=False)
     bos = vocab.token_bos()
     del vocab
