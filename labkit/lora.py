@@ -703,15 +703,16 @@ class TrainingMemory:
         return self.estimate / self.measured - 1
 
     def __str__(self) -> str:
-        return (f"measured {self.measured / 2**30:.2f} GiB, estimated {self.estimate / 2**30:.2f} GiB "
-                f"({self.error:+.1%}), {self.tokens_per_s:,.0f} tokens/s")
+        rate = f", {self.tokens_per_s:,.0f} tokens/s" if math.isfinite(self.tokens_per_s) else ""
+        return f"measured {self.measured / 2**30:.2f} GiB, estimated {self.estimate / 2**30:.2f} GiB ({self.error:+.1%}){rate}"
 
 
 def measure_training_step(model: Any, seq_len: int, batch: int = 1, steps: int = 2, vocab_size: int | None = None,
                           seed: int = 0) -> tuple[float, float]:
     """Run `steps` full training steps (forward on every position, backward, AdamW) on random tokens and return
     (peak bytes, tokens/s of the steps after the first). On CUDA the peak is torch's allocator peak (weights
-    included); on CPU it is the weights plus the peak of tensors created during the steps."""
+    included); on CPU it is the weights plus the peak of tensors created during the steps, and tokens/s is NaN
+    (the tensor tracker slows every operation)."""
     import torch
 
     from .vram import TensorMemoryTracker
@@ -749,6 +750,8 @@ def measure_training_step(model: Any, seq_len: int, batch: int = 1, steps: int =
         with TensorMemoryTracker() as tracker:
             run()
         peak = float(weights + tracker.peak)
+    if device.type != "cuda":  # the tracker watches every operation: its steps are no measure of speed
+        return peak, float("nan")
     later = times[1:] or times
     return peak, batch * seq_len * len(later) / sum(later)
 
