@@ -21,8 +21,11 @@ def test_break_even_widget_in_jupyterlab_reacts_to_the_volume_slider(tmp_path):
         api_before, self_before = _bill(page, ".api-bill"), _bill(page, ".self-bill")
         assert "GPT-4o" in before and "Break-even" in before and api_before > 0 and self_before > 0
         press_slider(page, nth=0, times=15)  # the first slider is tokens/month: 1.5 decades up
+        # every key press is one round trip to the kernel: wait for the last one, not the first
         page.wait_for_function(
-            "before => document.querySelector('.labkit-break-even').innerText !== before", arg=before, timeout=10_000)
+            "limit => { const b = document.querySelector('.labkit-break-even .api-bill');"
+            " return b !== null && parseFloat(b.innerText.replace(/[^0-9.]/g, '')) > limit; }",
+            arg=10 * api_before, timeout=60_000)
         api_after = _bill(page, ".api-bill")
         page.locator(".widget-output img, .widget-output .jp-RenderedImage").first.wait_for(timeout=10_000)
     assert api_after > 10 * api_before, "thirty times the volume must multiply the API bill"
