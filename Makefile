@@ -67,7 +67,7 @@ unit: setup-dev
 notebooks: setup-dev
 	$(NB_ENV) $(VENV)/bin/pytest -q -p no:cacheprovider -n 2 \
 	    --nbmake notebooks tests/test_student_versions.py \
-	    --nbmake-timeout=$(CELL_TIMEOUT) --timeout=$(NOTEBOOK_TIMEOUT)
+	    --nbmake-timeout=$(CELL_TIMEOUT) --timeout=$(NOTEBOOK_TIMEOUT) --durations=0
 
 test: lint unit notebooks
 
