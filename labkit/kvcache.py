@@ -514,8 +514,11 @@ def _llama_with_log(llama_cpp: Any, logs: list[str], **kwargs: Any):
     import contextlib
     import io
 
+    from .models import llama_cpp_logs
+
     buffer = io.StringIO()
-    with contextlib.redirect_stderr(buffer):
+    # labkit quiets llama.cpp's log (models.load_llama_cpp): turn it on while the buffer sizes are printed
+    with llama_cpp_logs(verbose=True), contextlib.redirect_stderr(buffer):
         llm = llama_cpp.Llama(**kwargs)
     logs.append(buffer.getvalue())
     return llm

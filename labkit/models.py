@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import warnings
@@ -200,6 +201,17 @@ def _route_llama_cpp_logs(verbose: bool) -> None:
         _LLAMA_LOG["callback"] = callback  # keep a reference: llama.cpp calls it from C
     _LLAMA_LOG["verbose"] = bool(verbose)
     llama_cpp.llama_log_set(_LLAMA_LOG["callback"], ctypes.c_void_p(0))
+
+
+@contextlib.contextmanager
+def llama_cpp_logs(verbose: bool = True):
+    """llama.cpp's log on (or off) for the code inside, then as it was: for code that reads the log."""
+    previous = _LLAMA_LOG["verbose"]
+    _route_llama_cpp_logs(verbose)
+    try:
+        yield
+    finally:
+        _route_llama_cpp_logs(previous)
 
 
 def _llama_cpp_params(llm) -> int:

@@ -93,9 +93,12 @@ def widget_page(tmp_path: Path, code: str, ready: str, timeout_s: float = 120):
             page.locator(".jp-Cell").first.click()
             # Run the cell once the kernel is ready: retry Shift+Enter until the widget appears.
             target = page.locator(ready)
+            prompt = page.locator(".jp-Cell").first.locator(".jp-InputPrompt")
             deadline = time.monotonic() + timeout_s
             while True:
-                if target.count() == 0:
+                # Press only while the cell is not running or queued ("[*]"): a slow cell must not be queued again.
+                running = prompt.count() > 0 and "*" in prompt.first.inner_text()
+                if target.count() == 0 and not running:
                     page.keyboard.press("Shift+Enter")
                 try:
                     target.first.wait_for(timeout=3000)
