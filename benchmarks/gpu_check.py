@@ -39,6 +39,18 @@ BENCHMARKS: dict[str, tuple[list[str], int]] = {
 }
 
 
+def libstdcxx_preload(env: dict) -> dict:
+    """Preload the system libstdc++ where one exists. Seen on the H200 image (2026-12-01): with torch imported
+    first, llama-cpp-python built there with CUDA (gcc 13 + nvcc 13) segfaults in llama_model::print_info while
+    loading any GGUF, because a C++ stream symbol resolves to libggml-cuda's own copy; preloading libstdc++
+    makes it resolve to the library's. Without it every notebook that loads the GGUF on the GPU dies."""
+    for candidate in ("/lib/x86_64-linux-gnu/libstdc++.so.6", "/usr/lib64/libstdc++.so.6"):
+        if Path(candidate).exists() and candidate not in env.get("LD_PRELOAD", ""):
+            env["LD_PRELOAD"] = ":".join(filter(None, [candidate, env.get("LD_PRELOAD")]))
+            break
+    return env
+
+
 def run_step(kind: str, name: str, cmd: list[str], timeout: int, env: dict, log: Path) -> dict:
     t0 = time.perf_counter()
     print(f"▶ {kind} {name}: {' '.join(cmd)}", flush=True)
@@ -73,6 +85,7 @@ def main() -> int:
     (out / "logs").mkdir(exist_ok=True)
     env = dict(os.environ, LABKIT_PROFILE="gpu", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MPLBACKEND="Agg",
                PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = libstdcxx_preload(env)
     wanted = set(args.only) if args.only else None
     device = f"{torch.cuda.get_device_name()} · torch {torch.__version__} · CUDA {torch.version.cuda}"
     print(f"gpu-check on {device}", flush=True)

@@ -4,6 +4,9 @@
 # Joins split files, installs the wheels into /tmp/labkit-site (the image's torch/transformers stay), builds
 # llama-cpp-python with CUDA once (about 5 minutes on 16 cores; the wheel is kept in .gpu-wheels/built/),
 # registers the notebook kernel and prints what it has. Then: PYTHONPATH=/tmp/labkit-site python3 benchmarks/gpu_check.py
+# NO_LLAMA_BUILD=1 skips the build (to run the notebooks that need no llama.cpp while it builds elsewhere).
+# In your own shell on that image, also export LD_PRELOAD=/lib/x86_64-linux-gnu/libstdc++.so.6 before Python
+# runs torch and llama.cpp together (gpu_check.py does it for its runs; see libstdcxx_preload there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SITE=/tmp/labkit-site
@@ -30,7 +33,7 @@ print(f"{len(list((w / 'all').iterdir()))} files ready ({len(whole)} joined from
 PY
 python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" $W/all/*.whl
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if ! python3 -c "import llama_cpp" 2>/dev/null; then
+if [ "${NO_LLAMA_BUILD:-0}" != 1 ] && ! python3 -c "import llama_cpp" 2>/dev/null; then
   sdist=$(ls $W/all/llama_cpp_python-*.tar.gz 2>/dev/null | head -1 || true)
   if ! ls $W/built/llama_cpp_python-*.whl >/dev/null 2>&1 && [ -n "$sdist" ]; then
     echo "building llama-cpp-python with CUDA from $sdist (about 5 minutes)"

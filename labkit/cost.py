@@ -235,6 +235,26 @@ def cheapest_gpu_offer(gpu: str) -> GpuOffer:
     return min((o for o in offers if o.gpu == name), key=lambda o: o.usd_per_gpu_hour)
 
 
+def offer_for_this_machine(gpu_name: str | None = None) -> GpuOffer:
+    """What renting a machine like this one costs per hour: the cheapest offer for its GPU, by the name torch
+    reports (e.g. 'NVIDIA H200', 'NVIDIA A100-SXM4-80GB', 'Tesla T4'); the 2-vCPU CPU offer when there is no GPU.
+    A GPU the rental table lacks (a desktop card, say) is priced as the CPU offer, with a printed note."""
+    import re
+
+    offers = gpu_offers()
+    cpu = min((o for o in offers if o.gpu.startswith("CPU")), key=lambda o: o.usd_per_gpu_hour)
+    if not gpu_name:
+        return cpu
+    words = set(re.sub(r"[-_]", " ", gpu_name).upper().split())
+    matching = [o for o in offers if not o.gpu.startswith("CPU")
+                and set(o.gpu.upper().removeprefix("NVIDIA ").split()) <= words]
+    if not matching:
+        print(f"note: no rental price for {gpu_name} in datasets/prices/gpu_rental.csv; priced as {cpu.gpu}")
+        return cpu
+    most_specific = max(len(o.gpu.split()) for o in matching)
+    return min((o for o in matching if len(o.gpu.split()) == most_specific), key=lambda o: o.usd_per_gpu_hour)
+
+
 def find_consumer_gpu(gpu: str) -> ConsumerGpu:
     return _pick(consumer_gpus(), gpu, lambda g: g.gpu, "consumer GPU")
 

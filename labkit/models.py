@@ -232,33 +232,81 @@ def dense_cache_path() -> Path:
     return cache_dir() / f"{BUNDLED}-dense"
 
 
+# The bundled tokenizer's ids for one probe sentence, as llama.cpp reads them from the GGUF (transformers 5.23
+# agrees). transformers 5.17 converted the GGUF's tokenizer differently (seen on a GPU image, 2026-12-01: 160
+# tokens for a 30-token training row, and the model then wrote "1 1 1 1 ..."), so every load checks these.
+TOKENIZER_PROBE = 'Weather to JSON: Leeds: cloudy, 13 degrees. -> {"city": "Leeds"}'
+TOKENIZER_PROBE_IDS = [26588, 531, 10434, 236787, 47233, 236787, 35898, 236764, 236743, 236770, 236800, 10674,
+                       236761, 3921, 3714, 13319, 1083, 623, 197857, 25938]
+_BUILT_WITH = "labkit-built-with.json"
+
+
+def bundled_tokenizer_matches(tokenizer) -> bool:
+    """True when `tokenizer` splits the probe sentence exactly as the bundled GGUF's own tokenizer does."""
+    return list(tokenizer(TOKENIZER_PROBE, add_special_tokens=False).input_ids) == TOKENIZER_PROBE_IDS
+
+
+def _build_dense_copy(dense: Path) -> None:
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = bundled_gguf_path()
+    print(f"First use: de-quantizing {gguf.name} for transformers (once; cached in {dense}) ...")
+    kwargs: dict[str, Any] = {"gguf_file": gguf.name, "dtype": torch_dtype("fp32")}
+    try:
+        from transformers import GgufConfig
+
+        kwargs["quantization_config"] = GgufConfig(dequantize=True)
+    except ImportError:  # older transformers de-quantize GGUF files by default
+        pass
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model.config.quantization_config = None
+    if hasattr(model, "hf_quantizer"):
+        model.hf_quantizer = None
+    _save_atomically(model, tokenizer, dense, {"transformers": transformers.__version__})
+
+
 def load_bundled_transformers(dtype: str = "fp32", device: str = "cpu") -> LoadedModel:
     """The bundled model in transformers. First call: de-quantize the GGUF (about a minute on 2 CPU
-    cores) and cache a dense safetensors copy; later calls load that copy in seconds."""
+    cores) and cache a dense safetensors copy; later calls load that copy in seconds.
+
+    The tokenizer is checked against the GGUF's own on every load. A copy made by another transformers
+    version whose tokenizer disagrees is made again once; if this version's own conversion disagrees too,
+    a warning says so and which version to install (the model's text would be nonsense)."""
+    import shutil
+
     import torch  # noqa: F401
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = normalize_dtype(dtype)
     dense = dense_cache_path()
     start = time.perf_counter()
-    if not (dense / "model.safetensors").exists():
-        gguf = bundled_gguf_path()
-        print(f"First use: de-quantizing {gguf.name} for transformers (once; cached in {dense}) ...")
-        kwargs: dict[str, Any] = {"gguf_file": gguf.name, "dtype": torch_dtype("fp32")}
-        try:
-            from transformers import GgufConfig
-
-            kwargs["quantization_config"] = GgufConfig(dequantize=True)
-        except ImportError:  # older transformers de-quantize GGUF files by default
-            pass
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model.config.quantization_config = None
-        if hasattr(model, "hf_quantizer"):
-            model.hf_quantizer = None
-        _save_atomically(model, tokenizer, dense)
-    model = AutoModelForCausalLM.from_pretrained(str(dense), dtype=torch_dtype(dtype)).to(device).eval()
+    built_now = not (dense / "model.safetensors").exists()
+    if built_now:
+        _build_dense_copy(dense)
     tokenizer = AutoTokenizer.from_pretrained(str(dense))
+    if not bundled_tokenizer_matches(tokenizer):
+        record = dense / _BUILT_WITH
+        built_with = json.loads(record.read_text()).get("transformers") if record.exists() else None
+        if not built_now and built_with != transformers.__version__:
+            print(f"The cached copy in {dense} was made by transformers {built_with or '(unknown)'}, and its "
+                  f"tokenizer disagrees with the GGUF's: making it again with {transformers.__version__} ...")
+            shutil.rmtree(dense, ignore_errors=True)
+            _build_dense_copy(dense)
+            tokenizer = AutoTokenizer.from_pretrained(str(dense))
+        if not bundled_tokenizer_matches(tokenizer):
+            from .versions import tested_versions
+
+            tested = tested_versions().get("transformers", "the tested version")
+            warnings.warn(
+                f"transformers {transformers.__version__} converts the bundled model's tokenizer differently from "
+                f"the GGUF file ({len(tokenizer(TOKENIZER_PROBE, add_special_tokens=False).input_ids)} tokens for "
+                f"a probe sentence that has {len(TOKENIZER_PROBE_IDS)}), so the model's text in transformers will be "
+                f"nonsense. Install the tested version: pip install transformers=={tested}; then delete {dense}.",
+                stacklevel=2)
+    model = AutoModelForCausalLM.from_pretrained(str(dense), dtype=torch_dtype(dtype)).to(device).eval()
     report = ModelReport(
         name=BUNDLED, source="bundled-dense", runtime="transformers", parameters=_count(model), dtype=dtype,
         bytes=_nbytes(model), licence=BUNDLED_LICENCE, random_weights=False, location=str(dense),
@@ -267,7 +315,7 @@ def load_bundled_transformers(dtype: str = "fp32", device: str = "cpu") -> Loade
     return LoadedModel(model, tokenizer, report)
 
 
-def _save_atomically(model, tokenizer, target: Path) -> None:
+def _save_atomically(model, tokenizer, target: Path, built_with: dict | None = None) -> None:
     """Save to a private folder, then rename it into place: two processes converting at once
     (parallel test workers, two notebooks) never see a half-written copy."""
     import os
@@ -276,6 +324,8 @@ def _save_atomically(model, tokenizer, target: Path) -> None:
     tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    if built_with:
+        (tmp / _BUILT_WITH).write_text(json.dumps(built_with))
     try:
         os.rename(tmp, target)
     except OSError:  # another process finished first; its copy is identical

@@ -19,10 +19,13 @@ map the codes back to real numbers. The course's path through it, top to bottom:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import io
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -398,7 +401,10 @@ def time_linear(formats: Sequence[str] = ("bf16", "int8", "nf4"), batches: Seque
         x = torch.randn(batch, in_features, dtype=dtype, device=device)
         for fmt, layer in layers.items():
             times = []
-            with torch.no_grad():
+            # LLM.int8() casts bf16 inputs to fp16 (part of its cost here) and warns on every call: thousands of
+            # lines in the notebook otherwise (seen on the H200 run of 04)
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
                 for _ in range(3):
                     layer(x)
                 for _ in range(3):
@@ -444,6 +450,9 @@ def _require_llama_cpp():
         import llama_cpp
     except ImportError as err:
         raise MissingPackageError("llama-cpp-python", "Quantizing with llama.cpp", extra="llama") from err
+    from .models import _LLAMA_LOG, _route_llama_cpp_logs
+
+    _route_llama_cpp_logs(_LLAMA_LOG["verbose"])  # llama-cpp-python's own callback prints every log line
     return llama_cpp
 
 
@@ -453,7 +462,7 @@ def quantize_gguf(source: str | Path, qtype: str, out_path: str | Path, threads:
     Written to a temporary name and renamed when complete: a failed or interrupted run leaves nothing.
     """
     from .gguf_files import read_gguf, require_disk_space
-    from .models import validate_gguf
+    from .models import llama_cpp_logs, validate_gguf
 
     llama_cpp = _require_llama_cpp()
     source = validate_gguf(source)
@@ -468,8 +477,12 @@ def quantize_gguf(source: str | Path, qtype: str, out_path: str | Path, threads:
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}")
     params.nthread = threads or os.cpu_count() or 2
     try:
-        with _captured_stderr() as log:  # llama.cpp prints a line per tensor; keep it out of the notebook
+        # llama.cpp logs a line per tensor: keep it out of the notebook, but read it (fallbacks, errors). It
+        # arrives through labkit's log callback (Python's sys.stderr) or, from C, on file descriptor 2.
+        python_side = io.StringIO()
+        with _captured_stderr() as log, contextlib.redirect_stderr(python_side), llama_cpp_logs(True):
             rc = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
+        log.text += python_side.getvalue()
         if rc != 0:
             raise LabkitError(f"llama.cpp could not quantize {source.name} to {qtype} (return code {rc}):\n"
                               f"{log.text[-1500:]}")

@@ -90,6 +90,21 @@ def test_lookups_pick_exact_names_before_substrings_and_the_cheapest_offer():
     assert table.count("\n") == len(cost.api_prices()) + 1 and "2026-12-01" in table and "](https://" in table
 
 
+def test_this_machine_is_priced_as_its_own_gpu(capsys):
+    """Seen on the H200 run of 08: the GPU machine's throughput was priced at the 2-vCPU CPU rate."""
+    offers = cost.gpu_offers()
+    for torch_name, table_name in [("NVIDIA H200", "NVIDIA H200"), ("NVIDIA H100 80GB HBM3", "NVIDIA H100 80GB"),
+                                   ("NVIDIA A100-SXM4-80GB", "NVIDIA A100 80GB"), ("Tesla T4", "NVIDIA T4"),
+                                   ("NVIDIA A10", "NVIDIA A10"), ("NVIDIA A10G", "NVIDIA A10G")]:
+        offer = cost.offer_for_this_machine(torch_name)
+        assert offer.gpu == table_name, torch_name
+        assert offer.usd_per_gpu_hour == min(o.usd_per_gpu_hour for o in offers if o.gpu == table_name)
+    cpu = cost.offer_for_this_machine(None)
+    assert cpu.gpu.startswith("CPU")
+    assert cost.offer_for_this_machine("NVIDIA GeForce RTX 4090") == cpu
+    assert "no rental price for NVIDIA GeForce RTX 4090" in capsys.readouterr().out
+
+
 # ----------------------------------------------------------------------------- formulas, worked by hand
 
 

@@ -126,3 +126,35 @@ def test_llama_cpp_offload_follows_the_build(bundled_llama):
         with pytest.warns(UserWarning, match="GGML_CUDA=on"):
             loaded = load_llama_cpp(n_ctx=256, n_gpu_layers=-1)
         assert loaded.report.device == "cpu"
+
+
+@pytest.mark.llama
+def test_bundled_tokenizer_probe_is_what_llama_cpp_reads_from_the_gguf(bundled_llama, bundled_dense):
+    from labkit.models import TOKENIZER_PROBE, TOKENIZER_PROBE_IDS, bundled_tokenizer_matches
+
+    from_gguf = bundled_llama.model.tokenize(TOKENIZER_PROBE.encode(), add_bos=False, special=False)
+    assert from_gguf == TOKENIZER_PROBE_IDS  # the constant is the GGUF's own tokenization, not a guess
+    assert bundled_tokenizer_matches(bundled_dense.tokenizer)
+
+
+def test_a_tokenizer_that_disagrees_with_the_gguf_is_flagged(bundled_dense, monkeypatch):
+    """The guard behind the transformers 5.17 failure: a copy this version made, whose tokenizer disagrees,
+    is not made again (that would repeat on every load) but warned about with the version to install."""
+    import labkit.models as models
+
+    assert models.bundled_tokenizer_matches(bundled_dense.tokenizer)
+    monkeypatch.setattr(models, "TOKENIZER_PROBE_IDS", models.TOKENIZER_PROBE_IDS[:-1])
+    assert not models.bundled_tokenizer_matches(bundled_dense.tokenizer)
+    rebuilt = []
+    monkeypatch.setattr(models, "_build_dense_copy", rebuilt.append)
+    record = models.dense_cache_path() / models._BUILT_WITH
+    saved = record.read_text() if record.exists() else None
+    try:
+        import transformers
+
+        record.write_text(f'{{"transformers": "{transformers.__version__}"}}')
+        with pytest.warns(UserWarning, match=r"pip install transformers==\d"):
+            models.load_bundled_transformers()
+        assert rebuilt == []
+    finally:
+        record.unlink() if saved is None else record.write_text(saved)
