@@ -63,10 +63,14 @@ unit: setup-dev
 	$(NB_ENV) $(VENV)/bin/pytest -q -p no:cacheprovider tests --ignore=tests/test_student_versions.py \
 	    --durations=5
 
-# Every notebook as written (nbmake), then its student version (every check must fail with its hint).
+# Every notebook once, under nbmake, in its paired form (labkit/grading.py): each exercise first as the
+# student gets it (its check must fail with its hint), then solved (it must pass); every other cell as written.
+# tests/test_student_versions.py proves statically that the cells after an exercise run the same either way.
 notebooks: setup-dev
+	@rm -rf build/paired
+	$(VENV)/bin/labkit paired notebooks/[0-9][0-9]_*.ipynb -o build/paired >/dev/null
 	$(NB_ENV) $(VENV)/bin/pytest -q -p no:cacheprovider -n 2 \
-	    --nbmake notebooks tests/test_student_versions.py \
+	    --nbmake build/paired tests/test_student_versions.py \
 	    --nbmake-timeout=$(CELL_TIMEOUT) --timeout=$(NOTEBOOK_TIMEOUT) --durations=0
 
 test: lint unit notebooks

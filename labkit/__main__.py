@@ -1,5 +1,6 @@
-"""Command line: `labkit doctor`, `labkit student NOTEBOOK...`, `labkit grade NOTEBOOK...` (your own
-notebooks), `labkit grade SUBMISSIONS_DIR --master NOTEBOOKS_DIR --out REPORT.csv` (a class)."""
+"""Command line: `labkit doctor`, `labkit student NOTEBOOK...`, `labkit paired NOTEBOOK...` (each exercise run
+as the student gets it, then solved: for `pytest --nbmake`), `labkit grade NOTEBOOK...` (your own notebooks),
+`labkit grade SUBMISSIONS_DIR --master NOTEBOOKS_DIR --out REPORT.csv` (a class)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ def main(argv: list[str] | None = None) -> int:
     stu = sub.add_parser("student", help="write student versions (solutions stripped)")
     stu.add_argument("notebooks", nargs="+", type=Path)
     stu.add_argument("-o", "--output", type=Path, default=Path("student"))
+    pai = sub.add_parser("paired", help="write paired versions: each exercise as the student gets it (its check must "
+                                        "fail with its hint), then solved (it must pass); run them with pytest --nbmake")
+    pai.add_argument("notebooks", nargs="+", type=Path)
+    pai.add_argument("-o", "--output", type=Path, default=Path("paired"))
     gra = sub.add_parser("grade", help="execute notebooks and report their checks; with --master, grade a class",
                          description="labkit grade NOTEBOOK...  runs your notebooks and reports each check. "
                                      "labkit grade SUBMISSIONS_DIR --master NOTEBOOKS_DIR --out REPORT.csv  grades "
@@ -46,6 +51,22 @@ def main(argv: list[str] | None = None) -> int:
             nbformat.write(student_version(nbformat.read(path, as_version=4)), target)
             print(f"wrote {target}")
         return 0
+    if args.command == "paired":
+        import nbformat
+
+        from .grading import paired_version, solution_leaks
+
+        args.output.mkdir(parents=True, exist_ok=True)
+        leaks = 0
+        for path in args.notebooks:
+            nb = nbformat.read(path, as_version=4)
+            for problem in solution_leaks(nb):
+                print(f"{path.name}: {problem}", file=sys.stderr)
+                leaks += 1
+            target = args.output / path.name
+            nbformat.write(paired_version(nb), target)
+            print(f"wrote {target}")
+        return 1 if leaks else 0
     if args.master is not None:
         from .errors import LabkitError, MissingPackageError
 
