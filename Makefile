@@ -12,6 +12,10 @@ KERNEL_NAME := python3
 PORT ?= 8888
 # Notebooks run offline, in the cpu profile, with a per-cell and a per-notebook time limit.
 NB_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 LABKIT_PROFILE=cpu MPLBACKEND=Agg
+# Tests run on 2 workers (pytest -n 2), one core each: llama.cpp's and torch's threads spin while they wait, and two
+# processes of 2 threads on 2 cores made llama.cpp cells up to 5x slower (labkit.hardware.cpu_threads).
+WORKERS ?= 2
+WORKER_ENV := LABKIT_THREADS=1 OMP_NUM_THREADS=1
 # JupyterLab refuses to run as root unless told; containers and GPU clouds often run as root.
 LAB_ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 CELL_TIMEOUT ?= 600
@@ -60,8 +64,8 @@ lint: setup-dev
 	$(VENV)/bin/ruff check labkit tests benchmarks notebooks
 
 unit: setup-dev
-	$(NB_ENV) $(VENV)/bin/pytest -q -p no:cacheprovider tests --ignore=tests/test_student_versions.py \
-	    --durations=5
+	$(NB_ENV) $(WORKER_ENV) $(VENV)/bin/pytest -q -p no:cacheprovider -n $(WORKERS) tests \
+	    --ignore=tests/test_student_versions.py --durations=15
 
 # Every notebook once, under nbmake, in its paired form (labkit/grading.py): each exercise first as the
 # student gets it (its check must fail with its hint), then solved (it must pass); every other cell as written.
@@ -69,7 +73,7 @@ unit: setup-dev
 notebooks: setup-dev
 	@rm -rf build/paired
 	$(VENV)/bin/labkit paired notebooks/[0-9][0-9]_*.ipynb -o build/paired >/dev/null
-	$(NB_ENV) $(VENV)/bin/pytest -q -p no:cacheprovider -n 2 \
+	$(NB_ENV) $(WORKER_ENV) $(VENV)/bin/pytest -q -p no:cacheprovider -n $(WORKERS) \
 	    --nbmake build/paired tests/test_student_versions.py \
 	    --nbmake-timeout=$(CELL_TIMEOUT) --timeout=$(NOTEBOOK_TIMEOUT) --durations=0
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import random
 
-from .hardware import detect_hardware
+from .hardware import cpu_threads, detect_hardware
 from .profiles import Profile, profile
 from .versions import warn_if_versions_differ
 
@@ -27,7 +26,7 @@ def start(notebook: str, seed: int = 0) -> Profile:
     np.random.seed(seed)
     torch.manual_seed(seed)
     if prof.device == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        torch.set_num_threads(cpu_threads())
     where = hw.gpu_name or f"CPU, {hw.cpu_cores} cores"
     print(f"LLM Field Lab · {notebook} · profile '{prof.name}' on {where}"
           f"{' (Colab)' if hw.in_colab else ''} · torch {torch.__version__}")

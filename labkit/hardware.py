@@ -96,6 +96,20 @@ def detect_hardware(check_online: bool = True) -> Hardware:
     )
 
 
+def cpu_threads() -> int:
+    """Threads labkit gives llama.cpp and torch on the CPU: all cores, or LABKIT_THREADS when set. `make test`
+    runs two notebooks at once on CI's 2 cores and sets it to 1: llama.cpp's threads spin while they wait, so two
+    processes of 2 threads each on 2 cores ran some cells 5x slower than one process alone."""
+    wanted = os.environ.get("LABKIT_THREADS", "").strip()
+    if wanted:
+        if not wanted.isdigit() or int(wanted) < 1:
+            from .errors import LabkitError
+
+            raise LabkitError(f"LABKIT_THREADS must be a whole number of 1 or more, got {wanted!r}")
+        return int(wanted)
+    return os.cpu_count() or 1
+
+
 def copy_rates(device: str | None = None, size_mib: int = 256, runs: int = 5) -> list[float]:
     """Bytes/s of each of `runs` timed copies of a `size_mib` buffer (after one untimed warm-up copy).
 

@@ -475,6 +475,7 @@ def llama_cpp_cache_types(text: str, cache_types: Sequence[str] = ("f16", "q8_0"
         import llama_cpp
     except ImportError as err:
         raise MissingPackageError("llama-cpp-python", "llama.cpp's quantized KV cache", extra="llama") from err
+    from .hardware import cpu_threads
     from .models import BUNDLED, bundled_gguf_path, validate_gguf
 
     gguf = str(validate_gguf(path) if path else bundled_gguf_path())
@@ -484,7 +485,7 @@ def llama_cpp_cache_types(text: str, cache_types: Sequence[str] = ("f16", "q8_0"
         start = time.perf_counter()
         llm = _llama_with_log(llama_cpp, logs, model_path=gguf, n_ctx=n_ctx, logits_all=True, verbose=True,
                               flash_attn=True, type_k=LLAMA_CPP_CACHE_TYPES[ct], type_v=LLAMA_CPP_CACHE_TYPES[ct],
-                              n_gpu_layers=0, seed=0)
+                              n_gpu_layers=0, seed=0, n_threads=cpu_threads())
         tokens = llm.tokenize(text.encode(), add_bos=True)[:n_ctx]
         if len(tokens) < 2:
             raise LabkitError("the text must be at least 2 tokens long")

@@ -158,13 +158,14 @@ def load_llama_cpp(path: str | Path | None = None, n_ctx: int = 2048, n_threads:
         from llama_cpp import Llama
     except ImportError as err:
         raise MissingPackageError("llama-cpp-python", "Running GGUF models in-process", extra="llama") from err
-    import os
+
+    from .hardware import cpu_threads
 
     gguf = validate_gguf(path) if path is not None else bundled_gguf_path()
     n_gpu_layers = resolve_n_gpu_layers(n_gpu_layers)
     _route_llama_cpp_logs(verbose)
     start = time.perf_counter()
-    llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(), seed=seed,
+    llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=n_threads or cpu_threads(), seed=seed,
                 verbose=verbose, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, logits_all=logits_all,
                 n_batch=n_batch)
     elapsed = time.perf_counter() - start

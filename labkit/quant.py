@@ -462,6 +462,7 @@ def quantize_gguf(source: str | Path, qtype: str, out_path: str | Path, threads:
     Written to a temporary name and renamed when complete: a failed or interrupted run leaves nothing.
     """
     from .gguf_files import read_gguf, require_disk_space
+    from .hardware import cpu_threads
     from .models import llama_cpp_logs, validate_gguf
 
     llama_cpp = _require_llama_cpp()
@@ -475,7 +476,7 @@ def quantize_gguf(source: str | Path, qtype: str, out_path: str | Path, threads:
     tmp = out_path.with_name(f".{out_path.name}.partial-{os.getpid()}")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}")
-    params.nthread = threads or os.cpu_count() or 2
+    params.nthread = threads or cpu_threads()
     try:
         # llama.cpp logs a line per tensor: keep it out of the notebook, but read it (fallbacks, errors). It
         # arrives through labkit's log callback (Python's sys.stderr) or, from C, on file descriptor 2.

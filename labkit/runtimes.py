@@ -445,6 +445,7 @@ class LlamaServer:
                  api_key: str | None = None, n_ctx: int = 2048, n_threads: int | None = None,
                  model_alias: str | None = None, chat_format: str | None = "gemma",
                  startup_timeout_s: float = 60.0, extra_args: Iterable[str] = (), n_gpu_layers: int | None = None):
+        from .hardware import cpu_threads
         from .models import check_n_gpu_layers
 
         if host not in LOOPBACK_HOSTS:
@@ -456,7 +457,7 @@ class LlamaServer:
         self.model_path = model_path
         self.host, self.requested_port, self.port = host, port, port
         self.api_key, self.n_ctx = api_key, n_ctx
-        self.n_threads = n_threads or os.cpu_count() or 1
+        self.n_threads = n_threads or cpu_threads()
         self.model = model_alias
         self.chat_format = chat_format
         self.startup_timeout_s = startup_timeout_s

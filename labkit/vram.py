@@ -1677,7 +1677,9 @@ def _measure_cpu_in_child(model: Any, dtype: str, context: int, batch: int, new_
 def _child_main(args: str) -> None:
     import torch
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    from .hardware import cpu_threads
+
+    torch.set_num_threads(cpu_threads())
     a = json.loads(args)
     numbers = _measure_here(a["model"], a["dtype"], a["context"], a["batch"], a["new_tokens"], a["weights"],
                             a["seed"], "cpu")

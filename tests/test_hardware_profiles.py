@@ -96,3 +96,19 @@ def test_copy_rates_refuses_bad_input(kwargs):
 
     with pytest.raises(LabkitError):
         copy_rates(**{"device": "cpu", "size_mib": 16, **kwargs})
+
+
+def test_cpu_threads_follow_labkit_threads(monkeypatch):
+    import os
+
+    from labkit.errors import LabkitError
+    from labkit.hardware import cpu_threads
+
+    monkeypatch.delenv("LABKIT_THREADS", raising=False)
+    assert cpu_threads() == (os.cpu_count() or 1)
+    monkeypatch.setenv("LABKIT_THREADS", "1")
+    assert cpu_threads() == 1
+    for bad in ("0", "-2", "two", "1.5"):
+        monkeypatch.setenv("LABKIT_THREADS", bad)
+        with pytest.raises(LabkitError, match="LABKIT_THREADS must be a whole number"):
+            cpu_threads()
