@@ -168,6 +168,7 @@ class NotebookGrade:
 class GradingLimits:
     cell_timeout: int = 120
     notebook_timeout: int = 600
+    threads: int = 1  # CPU threads per submission: the cores shared among the jobs (labkit.hardware.cpu_threads)
 
 
 def _stopped_reason(junit: Path, log: str, limits: GradingLimits) -> str | None:
@@ -252,7 +253,9 @@ def grade_notebook(student: str, master_path: Path, submission_path: Path | None
            "HOME": str(home), "TMPDIR": str(home), "MPLCONFIGDIR": str(home), "MPLBACKEND": "Agg",
            "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONDONTWRITEBYTECODE": "1",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYDEVD_DISABLE_FILE_VALIDATION": "1",
-           "LABKIT_PROFILE": os.environ.get("LABKIT_PROFILE", "cpu")}
+           "LABKIT_PROFILE": os.environ.get("LABKIT_PROFILE", "cpu"),
+           # jobs share the cores: llama.cpp's and torch's threads spin, and oversubscribed they ran 5x slower
+           "LABKIT_THREADS": str(limits.threads), "OMP_NUM_THREADS": str(limits.threads)}
     log_path = workdir / "pytest.log"
     stopped = None
     with open(log_path, "wb") as log:
@@ -367,10 +370,10 @@ def grade_class(submissions: str | Path, master: str | Path, out: str | Path, *,
         raise LabkitError(f"{master} holds no .ipynb files; --master takes the folder of master notebooks")
     if out.suffix != ".csv":
         raise LabkitError(f"--out must name a .csv file, got {out}")
-    limits = GradingLimits(cell_timeout, notebook_timeout)
+    jobs = max(1, jobs or os.cpu_count() or 1)
+    limits = GradingLimits(cell_timeout, notebook_timeout, threads=max(1, (os.cpu_count() or 1) // jobs))
     isolation = detect_isolation()
     students = _students(submissions)
-    jobs = max(1, jobs or os.cpu_count() or 1)
     started = time.monotonic()
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -471,7 +474,8 @@ def write_summary(report: ClassReport) -> None:
         f"# Grading report ({time.strftime('%Y-%m-%d %H:%M %Z')})", "",
         f"- Isolation: {report.isolation.description}.",
         *([f"- Hidden from submissions: {', '.join(str(h) for h in report.hidden)}."] if report.hidden else []),
-        f"- Limits: {report.limits.cell_timeout} s per cell, {report.limits.notebook_timeout} s per notebook.",
+        f"- Limits: {report.limits.cell_timeout} s per cell, {report.limits.notebook_timeout} s per notebook, "
+        f"{report.limits.threads} CPU thread(s) per submission.",
         f"- Graded by labkit {__version__} on Python {sys.version.split()[0]}, in {report.seconds:.0f} s.",
         f"- Files: {report.csv_path.name} (one row per student x exercise), {report.junit_path.name} (JUnit), "
         f"{report.feedback_dir.name}/ (one file per student).", "",

@@ -318,6 +318,8 @@ def test_corpus_reports_junit_feedback_and_header(graded_corpus):
     assert "1/4 exercises passed" in text and "Hint:" in text
     summary = out.with_suffix(".md").read_text()
     assert detect_isolation().description in summary and "| correct | 4/4 |" in summary
+    import os  # --jobs 2: the cores are shared, so each submission gets its share of threads
+    assert f"{max(1, (os.cpu_count() or 1) // 2)} CPU thread(s) per submission" in summary
     assert graded_corpus["code"] == 0
 
 
