@@ -210,7 +210,9 @@ def paired_version(nb):
             cells.extend(c for c in pending if c is not cell)
             cells.append(cell)
             pending = []
-    cells.extend(pending)  # a solution no check follows: run it as written too
+    if pending:
+        raise LabkitError(f"a solution with no check(...) after it (cell id {pending[0].get('id')}): every exercise "
+                          "needs its check cell")
     paired.cells = cells
     return paired
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from labkit.errors import LabkitError
 from labkit.grading import (
     execute,
     exercise_ids,
@@ -84,6 +85,10 @@ def test_solution_leaks_are_found():
     mutating = _tiny_notebook("share = 0.5\nimport torch\ntorch.manual_seed(0)")
     assert any("changes more than a name" in p for p in solution_leaks(mutating))
     assert solution_leaks(_tiny_notebook("share = 10 * 4 / 80")) == []
+    unchecked = _tiny_notebook("share = 0.5")
+    unchecked.cells = unchecked.cells[:2]
+    with pytest.raises(LabkitError, match="no check"):
+        paired_version(unchecked)
 
 
 def test_expect_check_failure_keeps_what_runs_before_the_check_and_drops_what_follows():
