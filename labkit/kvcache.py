@@ -471,12 +471,10 @@ def llama_cpp_cache_types(text: str, cache_types: Sequence[str] = ("f16", "q8_0"
     for ct in cache_types:
         if ct not in LLAMA_CPP_CACHE_TYPES:
             raise unknown("llama.cpp cache type", ct, LLAMA_CPP_CACHE_TYPES)
-    try:
-        import llama_cpp
-    except ImportError as err:
-        raise MissingPackageError("llama-cpp-python", "llama.cpp's quantized KV cache", extra="llama") from err
     from .hardware import cpu_threads
-    from .models import BUNDLED, bundled_gguf_path, validate_gguf
+    from .models import BUNDLED, bundled_gguf_path, require_llama_cpp, validate_gguf
+
+    llama_cpp = require_llama_cpp("llama.cpp's quantized KV cache")
 
     gguf = str(validate_gguf(path) if path else bundled_gguf_path())
     results, reference = [], None

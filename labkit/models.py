@@ -184,6 +184,17 @@ def load_llama_cpp(path: str | Path | None = None, n_ctx: int = 2048, n_threads:
 _LLAMA_LOG = {"callback": None, "verbose": False}
 
 
+def require_llama_cpp(purpose: str):
+    """The llama_cpp module, with labkit's log routing in place: llama-cpp-python's own log callback prints every
+    line llama.cpp logs (a quantizer run put thousands into notebook 04 on a GPU). Every labkit use imports it here."""
+    try:
+        import llama_cpp
+    except ImportError as err:
+        raise MissingPackageError("llama-cpp-python", purpose, extra="llama") from err
+    _route_llama_cpp_logs(_LLAMA_LOG["verbose"])
+    return llama_cpp
+
+
 def _route_llama_cpp_logs(verbose: bool) -> None:
     """Errors only from llama.cpp's log unless `verbose`. (llama-cpp-python's own filter reads ggml's log
     levels in an older order, so with verbose=False it still printed warnings such as

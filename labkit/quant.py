@@ -446,14 +446,9 @@ def llama_cpp_quant_types() -> list[str]:
 
 
 def _require_llama_cpp():
-    try:
-        import llama_cpp
-    except ImportError as err:
-        raise MissingPackageError("llama-cpp-python", "Quantizing with llama.cpp", extra="llama") from err
-    from .models import _LLAMA_LOG, _route_llama_cpp_logs
+    from .models import require_llama_cpp
 
-    _route_llama_cpp_logs(_LLAMA_LOG["verbose"])  # llama-cpp-python's own callback prints every log line
-    return llama_cpp
+    return require_llama_cpp("Quantizing with llama.cpp")
 
 
 def quantize_gguf(source: str | Path, qtype: str, out_path: str | Path, threads: int | None = None) -> Path:
