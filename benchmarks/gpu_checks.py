@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_checks.py --out /tmp/gpu_checks      # needs CUDA; about 2-3 minutes on an H100
 
-1. `vram.measure_inference` against `vram.estimate_inference` (what notebook 03 shows a learner with a
+1. `vram_measure.measure_inference` against `vram.estimate_inference` (what notebook 03 shows a learner with a
    GPU): real architectures, random weights, bf16, a few contexts.
 2. Notebook 02's GPU-only cell: `runtimes.generate_transformers` with plain `generate` and with
    `cache_implementation="static"` (compiled decode step), timed by `bench.benchmark` against the
@@ -39,13 +39,13 @@ def word_tokenizer(vocab_size: int):
 
 
 def check_memory(out: dict) -> None:
-    from labkit import vram
+    from labkit import vram, vram_measure
 
     rows = []
     for model, context in MEASURE_CELLS:
         est = vram.estimate_inference(model, "bf16", context=context, new_tokens=8)
         t0 = time.perf_counter()
-        meas = vram.measure_inference(model, "bf16", context=context, new_tokens=8)
+        meas = vram_measure.measure_inference(model, "bf16", context=context, new_tokens=8)
         err = 100 * (est.total - meas.total) / meas.total
         rows.append(dict(model=model, context=context, estimate_gib=est.total / 2**30,
                          measured_gib=meas.total / 2**30, error_percent=err, seconds=time.perf_counter() - t0))

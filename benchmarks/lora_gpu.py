@@ -32,18 +32,19 @@ SETUPS = [("lora", False), ("lora", True), ("qlora", False), ("qlora", True)]
 def build(model_name: str, method: str, device: str, tiny: bool):
     import torch
 
-    from labkit import models, vram
+    from labkit import models, vram_measure
 
     overrides = dict(num_hidden_layers=2, hidden_size=256, intermediate_size=512, num_attention_heads=4,
                      num_key_value_heads=2, head_dim=64, vocab_size=1024) if tiny else {}
     if method == "qlora" and device == "cuda" and not tiny:
-        return vram.load_for_measurement(model_name, "nf4", "cuda")
+        return vram_measure.load_for_measurement(model_name, "nf4", "cuda")
     dtype = "bf16" if device == "cuda" else "fp32"
     net = models.build_random_model(model_name, dtype=dtype, device=device, **overrides).model
     if method == "qlora" and device == "cuda":  # tiny on CUDA: quantize the small copy the same way
         state, config, cls = net.state_dict(), net.config, type(net)
         del net
-        net = cls.from_pretrained(None, config=config, state_dict=state, quantization_config=vram._bnb_config("nf4"),
+        net = cls.from_pretrained(None, config=config, state_dict=state,
+                                  quantization_config=vram_measure.bitsandbytes_config("nf4"),
                                   device_map={"": torch.cuda.current_device()}, dtype=torch.bfloat16)
     return net
 

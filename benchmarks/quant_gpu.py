@@ -41,13 +41,13 @@ def sync(device: str) -> None:
 
 
 def load(fmt: str, device: str, layers: int | None):
-    """The 8B architecture in `fmt` on `device` (labkit.vram.load_for_measurement: the one loader)."""
-    from labkit import vram
+    """The 8B architecture in `fmt` on `device` (labkit.vram_measure.load_for_measurement: the one loader)."""
+    from labkit import vram_measure
     from labkit.models import build_random_model
 
     if layers:  # smoke test: a 2-layer copy, bf16 only
         return build_random_model(MODEL, dtype="bf16", device=device, num_hidden_layers=layers).model
-    return vram.load_for_measurement(MODEL, fmt, device)
+    return vram_measure.load_for_measurement(MODEL, fmt, device)
 
 
 def decode_tokens_per_s(model, device: str, prompt_tokens: int = 32, new_tokens: int = 64) -> dict:

@@ -67,7 +67,7 @@ def environment() -> dict:
     import torch
     import transformers
 
-    from labkit import vram
+    from labkit import vram_measure
 
     info = {"torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
             "gpu": torch.cuda.get_device_name(0), "python": sys.version.split()[0]}
@@ -79,7 +79,7 @@ def environment() -> dict:
         info["bitsandbytes"] = None
     torch.cuda.init()
     torch.zeros(1, device="cuda")
-    info["context_at_start_bytes"] = vram.cuda_context_bytes()
+    info["context_at_start_bytes"] = vram_measure.cuda_context_bytes()
     a = torch.randn(1024, 1024, device="cuda", dtype=torch.bfloat16)
     before = torch.cuda.memory_allocated()
     b = a @ a
@@ -100,7 +100,7 @@ def environment() -> dict:
 def measure_cells(args) -> None:
     import torch
 
-    from labkit import vram
+    from labkit import vram, vram_measure
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -114,7 +114,7 @@ def measure_cells(args) -> None:
 
     if args.api_check:  # the public API end to end once: measure_inference must agree with the loop
         try:
-            m = vram.measure_inference(args.api_check, "bf16", context=4096, new_tokens=args.new_tokens)
+            m = vram_measure.measure_inference(args.api_check, "bf16", context=4096, new_tokens=args.new_tokens)
             e = vram.estimate_inference(args.api_check, "bf16", context=4096, new_tokens=args.new_tokens)
             record["api_check"] = {"model": args.api_check, "measured": m.parts(), "measured_total": m.total,
                                    "estimate_total": e.total}
@@ -148,7 +148,7 @@ def measure_cells(args) -> None:
                 continue
             t0 = time.perf_counter()
             try:
-                net = vram.load_for_measurement(arch, dtype, "cuda")
+                net = vram_measure.load_for_measurement(arch, dtype, "cuda")
             except Exception as err:
                 record["cells"].append({"arch": arch, "dtype": dtype, "status": f"load failed: {err!r}"[:500]})
                 log(arch, dtype, "load failed", repr(err)[:300])
@@ -238,7 +238,7 @@ def profile(args) -> None:
     """For each cell: replay the CUDA allocator's history and list what is alive at the peak."""
     import torch
 
-    from labkit import vram
+    from labkit import vram_measure
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -254,7 +254,7 @@ def profile(args) -> None:
             loaded.clear()
             gc.collect()
             torch.cuda.empty_cache()
-            loaded.update(key=(arch, dtype), net=vram.load_for_measurement(arch, dtype, "cuda"))
+            loaded.update(key=(arch, dtype), net=vram_measure.load_for_measurement(arch, dtype, "cuda"))
         net = loaded["net"]
         ids = torch.randint(3, 32000, (batch, context), device="cuda")
         torch.cuda.synchronize()
@@ -309,7 +309,7 @@ def peak_live_set(snap: dict) -> dict:
 def run_generate(net, context: int, batch: int, new_tokens: int, base: int) -> dict:
     import torch
 
-    from labkit import vram
+    from labkit import vram_measure
 
     ids = torch.randint(3, 32000, (batch, context), device="cuda")
     mask = torch.ones_like(ids)
@@ -325,8 +325,8 @@ def run_generate(net, context: int, batch: int, new_tokens: int, base: int) -> d
         "peak_allocated_bytes": torch.cuda.max_memory_allocated(),  # absolute: what the process's peak is
         "peak_reserved_bytes": torch.cuda.max_memory_reserved(),
         "allocated_after_bytes": torch.cuda.memory_allocated(),
-        "kv_end_bytes": vram._cache_bytes(out.past_key_values),
-        "context_bytes": vram.cuda_context_bytes(),
+        "kv_end_bytes": vram_measure.cache_storage_bytes(out.past_key_values),
+        "context_bytes": vram_measure.cuda_context_bytes(),
         "seconds": seconds,
     }
     free, total = torch.cuda.mem_get_info()

@@ -31,57 +31,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .attention_inputs import check_qkv
+from .bench import load_benchmark_results, median
 from .check import exercise, validator
+from .dtypes import bytes_per_weight, normalize_dtype, torch_dtype
 from .errors import LabkitError, MissingPackageError, unknown
+from .models import build_random_model
+from .vram_measure import TensorMemoryTracker
 
 SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")
 VARIANTS = ("naive", "tiled", "sdpa", *(f"sdpa:{b}" for b in SDPA_BACKENDS), "triton")
 BACKWARD_FACTOR = 2.5  # backward FLOPs / forward FLOPs (FlashAttention-2 paper, section 4.1)
 
 # ============================================================================ checking inputs
-
-
-@dataclass(frozen=True)
-class Shape:
-    batch: int
-    heads: int
-    kv_heads: int
-    n_q: int
-    n_k: int
-    head_dim: int
-
-    @property
-    def group(self) -> int:
-        """Query heads per key/value head (1 = plain multi-head attention)."""
-        return self.heads // self.kv_heads
-
-
-def check_qkv(q, k, v) -> Shape:
-    """The shape of an attention problem, or a LabkitError saying what does not match."""
-    import torch
-
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise LabkitError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise LabkitError(f"{name} must have 4 dimensions (batch, heads, tokens, head_dim), got shape {tuple(t.shape)}")
-    if k.shape != v.shape:
-        raise LabkitError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
-    b, h, n_q, d = q.shape
-    _, h_kv, n_k, d_k = k.shape
-    if k.shape[0] != b:
-        raise LabkitError(f"q and k must have the same batch size, got {b} and {k.shape[0]}")
-    if d_k != d:
-        raise LabkitError(f"q and k must have the same head_dim, got {d} and {d_k}")
-    if h_kv == 0 or h % h_kv:
-        raise LabkitError(f"q's heads ({h}) must be a multiple of k/v's heads ({h_kv}) (grouped-query attention)")
-    if min(n_q, n_k, d) == 0:
-        raise LabkitError(f"empty attention: n_q={n_q}, n_k={n_k}, head_dim={d}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise LabkitError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise LabkitError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
-    return Shape(b, h, h_kv, n_q, n_k, d)
 
 
 def _check_window(window: int | None) -> None:
@@ -324,6 +286,7 @@ def triton_attention(q, k, v, causal: bool = False, window: int | None = None, s
         raise LabkitError(f"the Triton kernel runs on an NVIDIA GPU (CUDA), and {where}. On this device use "
                           f"tiled_attention, naive_attention or sdpa (backends here: "
                           f"{', '.join(supported_sdpa_backends(q.dtype, q.shape[-1], q.device))})")
+    # imported here, not at the top: attention_triton imports triton, which only CUDA machines have
     from .attention_triton import flash_attention_forward
 
     return flash_attention_forward(q, k, v, causal=causal, scale=scale)
@@ -354,8 +317,6 @@ def attention_function(variant: str) -> Callable[..., Any]:
 
 
 def _bytes_per_value(dtype: Any) -> int:
-    from .dtypes import bytes_per_weight, normalize_dtype
-
     return int(bytes_per_weight(normalize_dtype(str(dtype))))
 
 
@@ -459,8 +420,6 @@ def random_qkv(seq_len: int, heads: int = 8, head_dim: int = 64, kv_heads: int |
     """Random q, k, v for one attention problem (standard normal, like real activations after a norm)."""
     import torch
 
-    from .dtypes import torch_dtype
-
     kv_heads = kv_heads or heads
     g = torch.Generator(device="cpu").manual_seed(seed)
     tdtype = torch_dtype(str(dtype).removeprefix("torch."))
@@ -475,8 +434,6 @@ def random_qkv(seq_len: int, heads: int = 8, head_dim: int = 64, kv_heads: int |
 def time_call(fn: Callable[[], Any], device: Any, runs: int = 3, warmup: int = 1) -> float:
     """Median milliseconds of fn() over `runs` calls after `warmup` calls (CUDA events on a GPU)."""
     import torch
-
-    from .bench import median
 
     device = torch.device(device)
     for _ in range(warmup):
@@ -499,7 +456,7 @@ def time_call(fn: Callable[[], Any], device: Any, runs: int = 3, warmup: int = 1
 
 def peak_memory(fn: Callable[[], Any], device: Any) -> float:
     """Extra bytes allocated at the peak of one fn() call: torch.cuda.max_memory_allocated on a GPU,
-    labkit.vram.TensorMemoryTracker on a CPU (the tensors PyTorch creates; a fused kernel's private
+    labkit.vram_measure.TensorMemoryTracker on a CPU (the tensors PyTorch creates; a fused kernel's private
     scratch buffers are not seen there)."""
     import torch
 
@@ -511,7 +468,6 @@ def peak_memory(fn: Callable[[], Any], device: Any) -> float:
         fn()
         torch.cuda.synchronize()
         return float(torch.cuda.max_memory_allocated() - base)
-    from .vram import TensorMemoryTracker
 
     with TensorMemoryTracker() as tracker:
         fn()
@@ -529,7 +485,6 @@ def measure_attention(variant: str, seq_len: int, heads: int = 8, head_dim: int 
     import torch
 
     fn = attention_function(variant)
-    from .dtypes import normalize_dtype
 
     dtype = normalize_dtype(str(dtype).removeprefix("torch."))
     kv_heads = kv_heads or heads
@@ -623,8 +578,6 @@ def measure_transformers_attention(model: str = "qwen2.5-0.5b", implementations:
     (e.g. num_hidden_layers=2 for a quick CPU run).
     """
     import torch
-
-    from .models import build_random_model
 
     accepted = ("eager", "sdpa")
     for impl in implementations:
@@ -760,8 +713,6 @@ def plot_tiles(seq_len: int = 16, block_q: int = 4, block_k: int = 4, causal: bo
 
 def load_gpu_results() -> dict | None:
     """The committed GPU benchmark (benchmarks/results/attention_gpu.json), or None when absent."""
-    from .bench import load_benchmark_results
-
     return load_benchmark_results("attention_gpu")
 
 

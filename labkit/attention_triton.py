@@ -24,6 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .attention_inputs import check_qkv
+from .errors import LabkitError
+
 LOG2_E = 1.4426950408889634
 
 if os.environ.get("TRITON_INTERPRET") == "1":  # the CPU interpreter: one small config, no tuning
@@ -121,9 +124,6 @@ def _flash_forward_kernel(Q, K, V, Out, qk_scale,
 def flash_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
                             scale: float | None = None) -> torch.Tensor:
     """softmax(Q K^T * scale) V by the Triton kernel. q: (batch, heads, n_q, d); k, v: (batch, kv_heads, n_k, d)."""
-    from .attention import check_qkv
-    from .errors import LabkitError
-
     s = check_qkv(q, k, v)
     if q.dtype not in (torch.float16, torch.bfloat16):
         raise LabkitError(f"the Triton kernel takes bf16 or fp16 inputs, got {str(q.dtype).removeprefix('torch.')}")

@@ -11,7 +11,9 @@ import psutil
 from .check import BITS_FOR_BYTES, GB_FOR_GIB, exercise
 from .dtypes import bytes_per_weight, normalize_dtype
 from .errors import LabkitError, require_positive, unknown
-from .models import LoadedModel
+from .formatting import GIB
+from .hardware import usable_memory
+from .models import LoadedModel, load_hub, load_llama_cpp
 from .runtimes import Generation, generate_llama_cpp, generate_transformers, render_chat
 
 # Parameter counts (billions) of sizes learners meet most, from the model cards.
@@ -43,8 +45,6 @@ def what_runs_where(memory_bytes: float, dtypes: tuple[str, ...] = ("bf16", "Q8_
     """For each common model size and format: weights, weights + 20 % headroom, and whether that fits
     the usable part of `memory_bytes` (the memory a device shows, less the course's safety margin:
     `labkit.hardware.usable_memory`)."""
-    from .hardware import GIB, usable_memory
-
     require_positive("memory_bytes", memory_bytes)
     usable = usable_memory(memory_bytes / GIB).bytes
     rows = []
@@ -193,8 +193,6 @@ def load_instruct_model(runtime: str = "transformers", dtype: str = "fp32", devi
     """Qwen2.5-0.5B-Instruct in `runtime` ("transformers": the Hub's safetensors; "llama.cpp": the
     Q4_K_M GGUF Qwen publishes). Downloads when online; offline it is read from the Hub cache if it was
     pre-cached, else this prints what the learner would see and returns None (never a traceback)."""
-    from .models import load_hub, load_llama_cpp
-
     if runtime == "transformers":
         try:
             loaded = load_hub(INSTRUCT_HUB_ID, dtype=dtype, device=device, fallback=False)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import hardware
+from .models import bundled_gguf_path
+from .profiles import profile
 from .versions import compare_versions, tested_versions
 
 # What each dependency is needed for, so a FAIL says what will not work.
@@ -53,13 +56,9 @@ class Finding:
 
 def diagnose(check_online: bool = True) -> list[Finding]:
     """Everything `labkit doctor` reports, as data (tested on its own)."""
-    from .hardware import detect_hardware
-    from .models import bundled_gguf_path
-    from .profiles import profile
-
     findings = []
     optional = optional_packages()
-    hw = detect_hardware(check_online=check_online)
+    hw = hardware.detect_hardware(check_online=check_online)
     for v in compare_versions():
         detail = f"installed {v.installed or '-':12} tested {v.tested}"
         status = v.status

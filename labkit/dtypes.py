@@ -7,7 +7,7 @@ are exact: a block of 32 weights stores one fp16 scale plus 32 x 8 (or 32 x 4) b
 
 from __future__ import annotations
 
-from .errors import unknown
+from .errors import LabkitError, unknown
 
 # name -> bits per weight (effective, scales included)
 BITS_PER_WEIGHT: dict[str, float] = {
@@ -60,7 +60,5 @@ def torch_dtype(dtype: str):
 
     canonical = normalize_dtype(dtype)
     if canonical not in TORCH_DTYPES:
-        from .errors import LabkitError
-
         raise LabkitError(f"{dtype!r} is a quantized format, not a torch dtype. Torch dtypes: {', '.join(TORCH_DTYPES)}")
     return getattr(torch, TORCH_DTYPES[canonical])

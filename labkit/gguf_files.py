@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from .errors import LabkitError, MissingPackageError, unknown
+from .models import validate_gguf
 
 # the float types `write_gguf_like` writes; one-dimensional tensors (norms, biases) always stay F32,
 # as llama.cpp's own converter keeps them
@@ -141,8 +142,6 @@ def _reader(path: str | Path):
     Parsing a header walks every tokenizer entry in Python (a second for a 262k vocabulary), so readers
     are kept per file version (path, size, modification time).
     """
-    from .models import validate_gguf
-
     path = validate_gguf(path).resolve()
     st = path.stat()
     return path, _cached_reader(str(path), st.st_size, st.st_mtime_ns)
@@ -241,8 +240,6 @@ def read_gguf(path: str | Path, max_array: int = 1024) -> GgufFile:
     Arrays longer than `max_array` (the tokenizer's vocabulary) are recorded as "<array of N>".
     Results are cached per file (path, size and modification time).
     """
-    from .models import validate_gguf
-
     p = validate_gguf(path).resolve()
     st = p.stat()
     return _read_cached(str(p), st.st_size, st.st_mtime_ns, max_array)

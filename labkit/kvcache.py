@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import vram
+from .architecture import architecture
 from .check import exercise
 from .errors import LabkitError, MissingPackageError, require_positive, unknown
 from .paths import datasets_dir
@@ -85,7 +86,7 @@ def cache_by_layer(model: Any, tokens: int, decode_steps: int = 1, seed: int = 0
 
     _require_tokens("tokens", tokens)
     require_positive("decode_steps", decode_steps, allow_zero=True)
-    arch = vram.architecture(model)
+    arch = architecture(model)
     param = next(model.parameters())
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, arch.vocab_size, (1, tokens), generator=gen).to(param.device)
@@ -123,7 +124,7 @@ def attention_family_table(models: Sequence[str], tokens: int = 32768, kv_dtype:
     _require_tokens("tokens", tokens)
     rows = []
     for name in models:
-        a = vram.architecture(name)
+        a = architecture(name)
         per = sum(vram.kv_cache_bytes_per_token(a, kv_dtype).values())
         rows.append({"model": name, "attention": a.kv_grouping.split(" ")[0], "query heads": a.num_heads,
                      "KV heads": 1 if a.is_mla else a.num_kv_heads,
@@ -140,7 +141,7 @@ def plot_attention_families(models: Sequence[str], tokens: Sequence[int] = (1024
     colours = {"MHA": "tab:red", "GQA": "tab:blue", "MQA": "tab:green", "MLA": "tab:purple"}
     fig, ax = plt.subplots(figsize=(8.5, 4.5))
     for name in models:
-        a = vram.architecture(name)
+        a = architecture(name)
         family = a.kv_grouping.split(" ")[0]
         gib = [vram.kv_cache_bytes(a, t, kv_dtype=kv_dtype) / vram.GIB for t in tokens]
         style = "--" if "sliding" in a.layer_types else "-"
@@ -371,7 +372,7 @@ def make_cache(model: Any, kind: str = "dynamic", nbits: int = 4, residual_lengt
         raise unknown("quantized-cache backend", backend, QUANT_BACKENDS)
     from transformers import QuantizedCache
 
-    if "sliding" not in vram.architecture(model.config).layer_types:
+    if "sliding" not in architecture(model.config).layer_types:
         return QuantizedCache(backend=backend, config=model.config, nbits=nbits, residual_length=residual_length,
                               q_group_size=q_group_size)
     # transformers' QuantizedCache refuses models with sliding-window layers (Gemma 2/3). Build the same
@@ -781,7 +782,7 @@ def step_cost(model: str = "llama-3.1-8b", dtype: str = "bf16", bandwidth_bytes_
     (default: an H100 SXM's 3.35 TB/s)."""
     from .bench import kv_cache_bytes_read
 
-    a = vram.architecture(model)
+    a = architecture(model)
     weights = sum(vram.weight_bytes(a, dtype).values())
     per_token = kv_cache_bytes_read(a.num_layers, a.num_kv_heads, a.head_dim, 1) if not a.is_mla else \
         sum(vram.kv_cache_bytes_per_token(a).values())
@@ -791,7 +792,7 @@ def step_cost(model: str = "llama-3.1-8b", dtype: str = "bf16", bandwidth_bytes_
 def capacity_tokens(model: str, gpu_gib: float, dtype: str = "bf16", overhead_gib: float = 2.0) -> int:
     """Tokens of KV cache that fit next to the weights on a GPU of `gpu_gib` (what vLLM pre-allocates)."""
     require_positive("gpu_gib", gpu_gib)
-    a = vram.architecture(model)
+    a = architecture(model)
     free = gpu_gib * vram.GIB - sum(vram.weight_bytes(a, dtype).values()) - overhead_gib * vram.GIB
     if free <= 0:
         raise LabkitError(f"{model} in {dtype} does not fit {gpu_gib} GiB at all; no room for a cache.")

@@ -24,9 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import vram
 from .check import exercise, validator
 from .errors import LabkitError, MissingPackageError, unknown
+from .gguf_files import write_gguf_like
+from .models import bundled_gguf_path, dense_cache_path, load_bundled_transformers
 from .paths import cache_dir, datasets_dir
+from .runtimes import render_chat
+from .vram_measure import TensorMemoryTracker, cuda_context_bytes
 
 # ============================================================================ 1. the task
 
@@ -57,8 +62,6 @@ def check_rows(rows: list[dict]) -> list[dict]:
 
 def chat_prompt(sentence: str) -> str:
     """The text the model sees: the user's request in Gemma's chat template, ending where the model speaks."""
-    from .runtimes import render_chat
-
     return render_chat([{"role": "user", "content": f"{INSTRUCTION} {sentence}"}], style="gemma")
 
 
@@ -348,8 +351,6 @@ def load_bundled_qlora(device: str = "cpu", gradient_checkpointing: bool = False
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from .models import dense_cache_path, load_bundled_transformers
-
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as err:
@@ -586,8 +587,6 @@ def train_bundled_adapter(steps: int, device: str = "cpu", output_dir: str | Pat
     """Load the bundled model, add peft LoRA (BUNDLED_SETUP, overridable) and train it on the task.
 
     Returns (peft_model, tokenizer, TrainResult). Resumes from `output_dir` (default: `course_run_dir`)."""
-    from .models import load_bundled_transformers
-
     chosen = {**BUNDLED_SETUP, **setup}
     loaded = load_bundled_transformers(dtype="fp32" if device == "cpu" else "bf16", device=device)
     peft_model = add_lora(loaded.model, chosen["rank"], chosen["alpha"], chosen["target_modules"], seed=chosen["seed"])
@@ -679,9 +678,6 @@ def to_gguf_tensors(state_dict: dict) -> dict:
 def export_gguf(merged_model: Any, out_path: str | Path, template: str | Path | None = None) -> Path:
     """Write the merged model as an F16 GGUF that llama.cpp, Ollama and LM Studio load: metadata and tokenizer
     copied from `template` (default: the bundled GGUF), the tensors from the merged weights."""
-    from .gguf_files import write_gguf_like
-    from .models import bundled_gguf_path
-
     template = Path(template) if template is not None else bundled_gguf_path()
     tensors = to_gguf_tensors(merged_model.state_dict())
     return write_gguf_like(template, tensors, out_path, dtype="F16", progress=True,
@@ -714,8 +710,6 @@ def measure_training_step(model: Any, seq_len: int, batch: int = 1, steps: int =
     included); on CPU it is the weights plus the peak of tensors created during the steps, and tokens/s is NaN
     (the tensor tracker slows every operation)."""
     import torch
-
-    from .vram import TensorMemoryTracker
 
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -761,8 +755,6 @@ def training_memory(model: Any, method: str, seq_len: int, batch: int = 1, rank:
                     steps: int = 2) -> TrainingMemory:
     """Measure training steps of `model` (adapters already added; method "lora" or "qlora") and put
     `vram.estimate_training` for the same architecture and setup beside it."""
-    from . import vram
-
     peak, rate = measure_training_step(model, seq_len, batch, steps)
     device = next(model.parameters()).device.type
     config = getattr(model, "get_base_model", lambda: model)().config
@@ -770,7 +762,7 @@ def training_memory(model: Any, method: str, seq_len: int, batch: int = 1, rank:
                                  seq_len=seq_len, batch=batch, gradient_checkpointing=gradient_checkpointing,
                                  device="cuda" if device == "cuda" else "cpu")
     if device == "cuda":
-        measured = peak + vram.cuda_context_bytes()
+        measured = peak + cuda_context_bytes()
         estimate = est.total
     else:  # the CPU figure counts tensors only: compare with the estimate without its fixed runtime overhead
         measured, estimate = peak, est.total - vram.CPU_OVERHEAD_BYTES
@@ -783,8 +775,6 @@ def training_memory(model: Any, method: str, seq_len: int, batch: int = 1, rank:
 def lora_plan(model: str = "llama-3.1-8b", rank: int = 16, target_modules: Any = "all-linear", seq_len: int = 2048,
               batch: int = 1, gradient_checkpointing: bool = False) -> list[dict]:
     """Trainable parameters and training memory of full fine-tuning, LoRA and QLoRA for one setup (one row each)."""
-    from . import vram
-
     rows = []
     for method in ("full", "lora", "qlora"):
         est = vram.estimate_training(model, method, lora_rank=rank, target_modules=target_modules, seq_len=seq_len,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import html
 
 from . import lora
+from .errors import unknown
+from .models import list_configs
 
 MODULE_CHOICES = {
     "q, v (attention, the LoRA paper)": ("q_proj", "v_proj"),
@@ -17,8 +19,6 @@ MODULE_CHOICES = {
 def plan_html(model: str, rank: int, modules: str, seq_len: int, gradient_checkpointing: bool = False) -> str:
     """The planner's output as an HTML <pre> table (what the widget shows)."""
     if modules not in MODULE_CHOICES:
-        from .errors import unknown
-
         raise unknown("module choice", modules, MODULE_CHOICES)
     rows = lora.lora_plan(model, rank=rank, target_modules=MODULE_CHOICES[modules], seq_len=seq_len,
                           gradient_checkpointing=gradient_checkpointing)
@@ -33,8 +33,6 @@ def planner(model: str = "llama-3.1-8b", rank: int = 16, modules: str = "all lin
             seq_len: int = 2048):
     """Sliders for rank and sequence length, a choice of modules and model; the table updates as they move."""
     import ipywidgets as w
-
-    from .models import list_configs
 
     controls = {
         "rank": w.SelectionSlider(options=[1, 2, 4, 8, 16, 32, 64, 128, 256], value=rank, description="rank r"),

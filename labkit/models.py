@@ -23,7 +23,9 @@ from typing import Any
 
 from .dtypes import normalize_dtype, torch_dtype
 from .errors import LabkitError, MissingPackageError, unknown
+from .hardware import cpu_threads, detect_hardware, is_online
 from .paths import cache_dir, datasets_dir
+from .versions import tested_versions
 
 BUNDLED = "gemma-3-270m"
 BUNDLED_LICENCE = "Gemma Terms of Use (open-weight, commercial use allowed with restrictions)"
@@ -158,8 +160,6 @@ def load_llama_cpp(path: str | Path | None = None, n_ctx: int = 2048, n_threads:
         from llama_cpp import Llama
     except ImportError as err:
         raise MissingPackageError("llama-cpp-python", "Running GGUF models in-process", extra="llama") from err
-
-    from .hardware import cpu_threads
 
     gguf = validate_gguf(path) if path is not None else bundled_gguf_path()
     n_gpu_layers = resolve_n_gpu_layers(n_gpu_layers)
@@ -309,8 +309,6 @@ def load_bundled_transformers(dtype: str = "fp32", device: str = "cpu") -> Loade
             _build_dense_copy(dense)
             tokenizer = AutoTokenizer.from_pretrained(str(dense))
         if not bundled_tokenizer_matches(tokenizer):
-            from .versions import tested_versions
-
             tested = tested_versions().get("transformers", "the tested version")
             warnings.warn(
                 f"transformers {transformers.__version__} converts the bundled model's tokenizer differently from "
@@ -350,8 +348,6 @@ def _save_atomically(model, tokenizer, target: Path, built_with: dict | None = N
 def load_hub(model_id: str, dtype: str = "bf16", device: str = "cpu", fallback: bool = True) -> LoadedModel:
     """Load a Hub model by id. Offline (or unreachable), say so and load the bundled model instead."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .hardware import is_online
 
     if "/" not in model_id:
         raise LabkitError(f"{model_id!r} is not a Hub id. Hub ids look like 'Qwen/Qwen2.5-0.5B-Instruct'.")
@@ -480,8 +476,6 @@ def load_model(name: str = BUNDLED, runtime: str = "transformers", dtype: str | 
     if runtime not in RUNTIMES:
         raise unknown("runtime", runtime, RUNTIMES)
     if device is None:
-        from .hardware import detect_hardware
-
         device = detect_hardware(check_online=False).device
     if random_weights:
         if runtime != "transformers":
@@ -524,8 +518,6 @@ def precache(model_ids: list[str]) -> list[Path]:
 
     Offline, says so and downloads nothing. Each download shows a progress bar.
     """
-    from .hardware import is_online
-
     if not is_online():
         print("Offline: nothing downloaded. Run precache(...) on a machine with internet, then copy "
               "the Hub cache (~/.cache/huggingface/hub) to the classroom machines, or set HF_HOME "

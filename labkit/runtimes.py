@@ -34,7 +34,9 @@ from urllib.parse import urlparse
 
 from .check import BITS_FOR_BYTES, GIB_FOR_GB, exercise
 from .dtypes import BITS_PER_WEIGHT
-from .errors import LabkitError, MissingPackageError, require_positive
+from .errors import LabkitError, MissingPackageError, require_positive, unknown
+from .hardware import cpu_threads
+from .models import BUNDLED, bundled_gguf_path, check_n_gpu_layers, resolve_n_gpu_layers, validate_gguf
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -445,9 +447,6 @@ class LlamaServer:
                  api_key: str | None = None, n_ctx: int = 2048, n_threads: int | None = None,
                  model_alias: str | None = None, chat_format: str | None = "gemma",
                  startup_timeout_s: float = 60.0, extra_args: Iterable[str] = (), n_gpu_layers: int | None = None):
-        from .hardware import cpu_threads
-        from .models import check_n_gpu_layers
-
         if host not in LOOPBACK_HOSTS:
             raise LabkitError(f"host {host!r} would expose the server to the network. Accepted: "
                               f"{', '.join(LOOPBACK_HOSTS)}.")
@@ -492,7 +491,6 @@ class LlamaServer:
         except ImportError as err:
             raise MissingPackageError("llama-cpp-python[server]", "The local OpenAI-compatible server",
                                       extra="llama") from err
-        from .models import BUNDLED, bundled_gguf_path, resolve_n_gpu_layers, validate_gguf
 
         path = bundled_gguf_path() if self.model_path is None else validate_gguf(self.model_path)
         self.model = self.model or (BUNDLED if self.model_path is None else path.stem)
@@ -607,8 +605,6 @@ _BOS = {"gemma": "<bos>", "chatml": "", "llama3": "<|begin_of_text|>"}
 def render_chat(messages: list[dict], style: str = "gemma", add_generation_prompt: bool = True) -> str:
     """The exact text a chat becomes before tokenization, in one of CHAT_TEMPLATES' styles."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    from .errors import unknown
 
     if style not in CHAT_TEMPLATES:
         raise unknown("chat template", style, CHAT_TEMPLATES)

@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import vram
+from .architecture import architecture, weight_check
 from .dtypes import normalize_dtype
 from .errors import unknown
+from .hardware import detect_hardware, find_gpu, usable_memory
+from .models import list_configs
 
 METHODS = ("inference", "full", "lora", "qlora")
 COLORS = {"weights": "#4C72B0", "kv_cache": "#DD8452", "gradients": "#8172B3", "optimizer_states": "#937860",
@@ -57,8 +60,6 @@ class Calculation:
 def your_device() -> tuple[str, float] | None:
     """(name, usable GiB) of this machine's GPU, or of its RAM when there is no GPU: the total it shows,
     less the safety margin every fit verdict keeps (labkit.hardware.usable_memory)."""
-    from .hardware import detect_hardware, usable_memory
-
     hw = detect_hardware(check_online=False)
     if hw.device == "cuda" and hw.vram_total_bytes:
         return f"yours: {hw.gpu_name}", usable_memory(hw.vram_total_bytes / vram.GIB).bytes / vram.GIB
@@ -70,15 +71,13 @@ def calculate(model: Any = "llama-3.1-8b", dtype: str = "bf16", context: int = 4
               include_yours: bool = True, gradient_checkpointing: bool = True) -> Calculation:
     """The estimate for one setting (per GPU when split over `n_gpus`), against a row of GPUs.
 
-    model: anything `labkit.vram.architecture` reads: a shipped name, the path of a config.json, a
+    model: anything `labkit.architecture.architecture` reads: a shipped name, the path of a config.json, a
     Hub id (from your local Hugging Face cache when offline), a config dict or a transformers config.
     method: "inference" (generate `context` tokens' worth), or training one step on `batch` x
     `context` tokens: "full" (mixed-precision AdamW), "lora", "qlora" (an NF4 base).
     gradient_checkpointing: training only; keep each layer's input and recompute the rest during
     the backward pass (on by default, as fine-tuning recipes for large models run).
     """
-    from .hardware import find_gpu, usable_memory
-
     if method not in METHODS:
         raise unknown("method", method, METHODS)
     notes: list[str] = []
@@ -96,7 +95,7 @@ def calculate(model: Any = "llama-3.1-8b", dtype: str = "bf16", context: int = 4
             notes.append(f"gradient checkpointing {'on' if gradient_checkpointing else 'off'}")
     beyond = vram.window_warning(model, context) if est.inputs.get("beyond_max_context") else ""
     notes += [str(w.message) for w in caught if str(w.message) != beyond]
-    check = vram.weight_check(model)
+    check = weight_check(model)
     if not check.agree:  # a model type without a formula, or one the formula misses parts of
         notes.append(str(check))
     est = vram.split_tensor_parallel(est, n_gpus)
@@ -182,7 +181,7 @@ def plot_context_sweep(model: str, dtype: str = "bf16", contexts: tuple[int, ...
     ax.plot(contexts, [e.activations / vram.GIB for e in ests], "o-", color=COLORS["activations"], label="activations")
     ax.plot(contexts, [e.total / vram.GIB for e in ests], "k--", label="total (estimate)")
     ax.set_xscale("log", base=2)
-    window = vram.architecture(model).max_position
+    window = architecture(model).max_position
     if window and window < max(contexts):  # grey out what the model cannot read
         ax.axvspan(window, max(contexts), color="0.85", alpha=0.6, zorder=0,
                    label=f"beyond its {window:,}-token window")
@@ -197,19 +196,17 @@ def calculator(model: Any = "llama-3.1-8b", dtype: str = "bf16", context: int = 
                method: str = "inference", n_gpus: int = 1, gradient_checkpointing: bool = True):
     """The interactive calculator (ipywidgets): pick a model, dtype, context, batch, method and GPUs.
 
-    `model` may be a shipped name or anything `labkit.vram.architecture` reads (a config.json path,
+    `model` may be a shipped name or anything `labkit.architecture.architecture` reads (a config.json path,
     a Hub id, a config dict); the "your model" box takes a path or a Hub id too.
     """
     import ipywidgets as w
 
-    from .models import list_configs
-
     configs = list_configs()
     for name in configs:  # read every config once now, so that each update stays well under 50 ms (the
-        vram.architecture(name)  # first estimate of each model also builds it on the meta device once, ~0.3 s)
+        architecture(name)  # first estimate of each model also builds it on the meta device once, ~0.3 s)
     options = [(n, n) for n in configs]
     if not (isinstance(model, str) and model in configs):
-        options.insert(0, (f"yours: {vram.architecture(model).name}", model))
+        options.insert(0, (f"yours: {architecture(model).name}", model))
     dtypes = ["fp32", "fp16", "bf16", "int8", "nf4", *vram.GGUF_DTYPES]
     controls = {
         "model": w.Dropdown(options=options, value=model, description="model"),
@@ -230,7 +227,7 @@ def calculator(model: Any = "llama-3.1-8b", dtype: str = "bf16", context: int = 
         if not text:
             return
         try:
-            label = f"yours: {vram.architecture(text).name}"
+            label = f"yours: {architecture(text).name}"
         except Exception as err:  # the LabkitError says what is wrong; no traceback in the widget
             out.value = f"<pre style='color:#a00'>{html.escape(str(err))}</pre>"
             return

@@ -1,9 +1,83 @@
+"""Fixtures every test file may use. The testing layers (unit tests, notebooks, student versions, grading,
+browser, GPU) are described in docs/architecture.md, "Tests"."""
+
+import copy
 import os
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# One tiny config per family the estimator models. Wide enough in the sequence (N up to 512) that the
+# per-token tensors dominate, as they do at real sizes.
+TINY_CONFIGS = {
+    "llama": dict(model_type="llama", hidden_size=64, intermediate_size=256, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, vocab_size=512, max_position_embeddings=4096,
+                  tie_word_embeddings=False),
+    "qwen2": dict(model_type="qwen2", hidden_size=64, intermediate_size=224, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=1, vocab_size=512, max_position_embeddings=4096,
+                  tie_word_embeddings=True),
+    "gemma2": dict(model_type="gemma2", hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=512, sliding_window=64,
+                   max_position_embeddings=4096, query_pre_attn_scalar=16),
+    "gemma3": dict(model_type="gemma3_text", hidden_size=64, intermediate_size=256, num_hidden_layers=3,
+                   num_attention_heads=4, num_key_value_heads=1, head_dim=32, vocab_size=512, sliding_window=64,
+                   layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                   max_position_embeddings=4096, query_pre_attn_scalar=32),
+    "phi3": dict(model_type="phi3", hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=4, vocab_size=512, sliding_window=63,
+                 max_position_embeddings=4096, original_max_position_embeddings=4096, pad_token_id=0),
+    "mixtral": dict(model_type="mixtral", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                    vocab_size=512, max_position_embeddings=4096),
+    "deepseek_v2": dict(model_type="deepseek_v2", hidden_size=64, intermediate_size=256, moe_intermediate_size=32,
+                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=32,
+                        q_lora_rank=None, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
+                        n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, first_k_dense_replace=1,
+                        vocab_size=512, max_position_embeddings=4096, rope_scaling=None),
+    # the families added for models learners bring (transformers 5): q/k norms, shared experts, sinks ...
+    "qwen3": dict(model_type="qwen3", hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=512,
+                  max_position_embeddings=4096, tie_word_embeddings=False),
+    "olmo2": dict(model_type="olmo2", hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, vocab_size=512, max_position_embeddings=4096),
+    "qwen2_moe": dict(model_type="qwen2_moe", hidden_size=64, intermediate_size=160, moe_intermediate_size=32,
+                      shared_expert_intermediate_size=96, num_experts=8, num_experts_per_tok=2,
+                      decoder_sparse_step=1, mlp_only_layers=[0], num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=512, max_position_embeddings=4096),
+    "qwen3_moe": dict(model_type="qwen3_moe", hidden_size=64, intermediate_size=160, moe_intermediate_size=32,
+                      num_experts=8, num_experts_per_tok=2, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=16, vocab_size=512, max_position_embeddings=4096),
+    "olmoe": dict(model_type="olmoe", hidden_size=64, intermediate_size=32, num_experts=8, num_experts_per_tok=2,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
+                  max_position_embeddings=4096),
+    "gpt_oss": dict(model_type="gpt_oss", hidden_size=64, intermediate_size=32, num_local_experts=4,
+                    num_experts_per_tok=2, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                    head_dim=16, vocab_size=512, sliding_window=64, max_position_embeddings=4096,
+                    layer_types=["sliding_attention", "full_attention"]),
+    "granitemoe": dict(model_type="granitemoe", hidden_size=64, intermediate_size=32, num_local_experts=4,
+                       num_experts_per_tok=2, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       vocab_size=512, max_position_embeddings=4096),
+}
+
+
+@pytest.fixture
+def tiny_configs() -> dict[str, dict]:
+    """One tiny config per model family labkit models (a fresh copy: a test may change it)."""
+    return copy.deepcopy(TINY_CONFIGS)
+
+
+@pytest.fixture
+def tiny_config(tiny_configs) -> dict:
+    """The tiny Llama most tests build: 3 layers, hidden 64, 4 heads over 2 KV heads, vocabulary 512."""
+    return tiny_configs["llama"]
+
+
+@pytest.fixture(params=sorted(TINY_CONFIGS))
+def tiny_family(request) -> str:
+    """Each family of TINY_CONFIGS in turn (a test taking it runs once per family)."""
+    return request.param
 
 
 @pytest.fixture(scope="session")

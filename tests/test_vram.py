@@ -1,9 +1,11 @@
-"""labkit.vram: the formulas pinned against what transformers actually allocates (tiny configs, CPU),
-against the H100 measurements committed under benchmarks/results/, and bad input."""
+"""labkit.vram: the estimates pinned against what transformers actually allocates (tiny configs, CPU), against
+the H100 measurements committed under benchmarks/results/, and bad input. The model's shape is tested in
+test_architecture.py, the measuring in test_vram_measure.py, the calculator in test_vram_widget.py."""
 
 import json
 import math
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -14,107 +16,23 @@ from hypothesis import strategies as st
 from labkit import vram
 from labkit.check import check
 from labkit.errors import LabkitError
-from labkit.models import build_random_model, list_configs
+from labkit.models import build_random_model, load_config, to_transformers_config
+from labkit.vram_measure import TensorMemoryTracker, cache_storage_bytes
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
-# One tiny config per family the estimator models. Wide enough in the sequence (N up to 512) that the
-# per-token tensors dominate, as they do at real sizes.
-TINY = {
-    "llama": dict(model_type="llama", hidden_size=64, intermediate_size=256, num_hidden_layers=3,
-                  num_attention_heads=4, num_key_value_heads=2, vocab_size=512, max_position_embeddings=4096,
-                  tie_word_embeddings=False),
-    "qwen2": dict(model_type="qwen2", hidden_size=64, intermediate_size=224, num_hidden_layers=3,
-                  num_attention_heads=4, num_key_value_heads=1, vocab_size=512, max_position_embeddings=4096,
-                  tie_word_embeddings=True),
-    "gemma2": dict(model_type="gemma2", hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=512, sliding_window=64,
-                   max_position_embeddings=4096, query_pre_attn_scalar=16),
-    "gemma3": dict(model_type="gemma3_text", hidden_size=64, intermediate_size=256, num_hidden_layers=3,
-                   num_attention_heads=4, num_key_value_heads=1, head_dim=32, vocab_size=512, sliding_window=64,
-                   layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-                   max_position_embeddings=4096, query_pre_attn_scalar=32),
-    "phi3": dict(model_type="phi3", hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=4, vocab_size=512, sliding_window=63,
-                 max_position_embeddings=4096, original_max_position_embeddings=4096, pad_token_id=0),
-    "mixtral": dict(model_type="mixtral", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
-                    vocab_size=512, max_position_embeddings=4096),
-    "deepseek_v2": dict(model_type="deepseek_v2", hidden_size=64, intermediate_size=256, moe_intermediate_size=32,
-                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=32,
-                        q_lora_rank=None, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
-                        n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, first_k_dense_replace=1,
-                        vocab_size=512, max_position_embeddings=4096, rope_scaling=None),
-    # the families added for models learners bring (transformers 5): q/k norms, shared experts, sinks ...
-    "qwen3": dict(model_type="qwen3", hidden_size=64, intermediate_size=192, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=512,
-                  max_position_embeddings=4096, tie_word_embeddings=False),
-    "olmo2": dict(model_type="olmo2", hidden_size=64, intermediate_size=192, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, vocab_size=512, max_position_embeddings=4096),
-    "qwen2_moe": dict(model_type="qwen2_moe", hidden_size=64, intermediate_size=160, moe_intermediate_size=32,
-                      shared_expert_intermediate_size=96, num_experts=8, num_experts_per_tok=2,
-                      decoder_sparse_step=1, mlp_only_layers=[0], num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=512, max_position_embeddings=4096),
-    "qwen3_moe": dict(model_type="qwen3_moe", hidden_size=64, intermediate_size=160, moe_intermediate_size=32,
-                      num_experts=8, num_experts_per_tok=2, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, head_dim=16, vocab_size=512, max_position_embeddings=4096),
-    "olmoe": dict(model_type="olmoe", hidden_size=64, intermediate_size=32, num_experts=8, num_experts_per_tok=2,
-                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
-                  max_position_embeddings=4096),
-    "gpt_oss": dict(model_type="gpt_oss", hidden_size=64, intermediate_size=32, num_local_experts=4,
-                    num_experts_per_tok=2, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                    head_dim=16, vocab_size=512, sliding_window=64, max_position_embeddings=4096,
-                    layer_types=["sliding_attention", "full_attention"]),
-    "granitemoe": dict(model_type="granitemoe", hidden_size=64, intermediate_size=32, num_local_experts=4,
-                       num_experts_per_tok=2, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                       vocab_size=512, max_position_embeddings=4096),
-}
-
-
-def build(family: str, dtype: str = "fp32"):
-    return build_random_model(TINY[family], dtype=dtype, device="cpu").model
-
 
 def generate(model, context: int, new_tokens: int = 2, track: bool = False):
+    """Greedy generate on random ids; with `track`, a TensorMemoryTracker counts every tensor it creates."""
     ids = torch.randint(3, 500, (1, context))
-    tracker = vram.TensorMemoryTracker()
-    with torch.no_grad():
-        if track:
-            with tracker:
-                out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                                     min_new_tokens=new_tokens, do_sample=False, return_dict_in_generate=True,
-                                     pad_token_id=0)
-        else:
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                                 min_new_tokens=new_tokens, do_sample=False, return_dict_in_generate=True,
-                                 pad_token_id=0)
+    tracker = TensorMemoryTracker()
+    with torch.no_grad(), (tracker if track else nullcontext()):
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                             min_new_tokens=new_tokens, do_sample=False, return_dict_in_generate=True, pad_token_id=0)
     return out, tracker
 
 
-# ----------------------------------------------------------------------------- parameters and weights
-
-
-@pytest.mark.parametrize("family", sorted(TINY))
-def test_parameter_count_matches_the_built_model(family):
-    model = build(family)
-    assert vram.parameter_count(TINY[family]) == sum(p.numel() for p in model.parameters())
-
-
-@pytest.mark.parametrize("name", list_configs())
-def test_parameter_count_of_every_shipped_config_is_exact(name):
-    model = build_random_model(name, device="meta").model
-    assert vram.parameter_count(name) == sum(p.numel() for p in model.parameters())
-
-
-@pytest.mark.parametrize("family", sorted(TINY))
-def test_linear_tensors_are_exactly_the_nn_linear_layers_bitsandbytes_replaces(family):
-    model = build(family)
-    linear = sum(m.weight.numel() for name, m in model.named_modules()
-                 if type(m) is torch.nn.Linear and name != "lm_head")
-    tensors = vram.formula_weight_tensors(TINY[family])
-    assert sum(t.numel for t in tensors if t.kind == "linear") == linear
-    experts = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n)  # GPT-OSS: biases too
-    assert sum(t.numel for t in tensors if t.kind == "experts") == experts
+# ----------------------------------------------------------------------------- weights
 
 
 def test_quantized_weight_bytes_follow_bitsandbytes_storage():
@@ -150,17 +68,22 @@ def test_weights_match_what_the_h100_allocated():
         assert estimate == pytest.approx(measured, rel=0.01), (arch, dtype)
 
 
+def test_gpt_oss_weights_are_priced_at_the_bytes_the_model_holds(tiny_configs):
+    net = build_random_model(tiny_configs["gpt_oss"], dtype="bf16", device="meta").model
+    built = sum(p.numel() * p.element_size() for p in net.parameters())
+    assert sum(vram.weight_bytes(tiny_configs["gpt_oss"], "bf16").values()) == built
+
+
 # ----------------------------------------------------------------------------- KV cache
 
 
-@pytest.mark.parametrize("family", sorted(TINY))
-def test_kv_cache_matches_the_tensors_generate_keeps(family):
-    model = build(family)
+def test_kv_cache_matches_the_tensors_generate_keeps(tiny_family, tiny_configs):
+    model = build_random_model(tiny_configs[tiny_family], dtype="fp32").model
     context, new = 200, 3
     out, _ = generate(model, context, new)
-    kept = vram._cache_bytes(out.past_key_values)
+    kept = cache_storage_bytes(out.past_key_values)
     # the last generated token is never fed back, so the cache holds context + new - 1 tokens
-    assert kept == vram.kv_cache_bytes(TINY[family], context + new - 1, kv_dtype="fp32")
+    assert kept == vram.kv_cache_bytes(tiny_configs[tiny_family], context + new - 1, kv_dtype="fp32")
 
 
 def test_kv_formula_gqa_mqa_mha_sliding_and_mla():
@@ -190,45 +113,32 @@ def test_kv_equals_weights_tokens():
 # ----------------------------------------------------------------------------- the prefill peak
 
 
-@pytest.mark.parametrize("family", sorted(TINY))
 @pytest.mark.parametrize("context", [128, 512])
-def test_peak_of_generate_matches_the_tensors_transformers_allocates(family, context):
+def test_peak_of_generate_matches_the_tensors_transformers_allocates(tiny_family, tiny_configs, context):
     """Every tensor created during generate is counted (TensorMemoryTracker); the estimate's KV cache +
     activations must match its peak: the prefill's largest step, masks, RoPE, sliding-window spill..."""
-    model = build(family)
+    model = build_random_model(tiny_configs[tiny_family], dtype="fp32").model
     _, tracker = generate(model, context, new_tokens=2, track=True)
-    est = vram.estimate_inference(TINY[family], "fp32", context=context, new_tokens=2, device="cpu")
+    est = vram.estimate_inference(tiny_configs[tiny_family], "fp32", context=context, new_tokens=2, device="cpu")
     assert est.kv_cache + est.activations == pytest.approx(tracker.peak, rel=0.06), est.details
 
 
-def test_bf16_adds_the_float32_copies_of_rmsnorm_and_softmax():
-    model = build("gemma2", "bf16")
+def test_bf16_adds_the_float32_copies_of_rmsnorm_and_softmax(tiny_configs):
+    model = build_random_model(tiny_configs["gemma2"], dtype="bf16").model
     _, tracker = generate(model, 256, track=True)
-    est = vram.estimate_inference(TINY["gemma2"], "bf16", context=256, new_tokens=2, device="cpu")
+    est = vram.estimate_inference(tiny_configs["gemma2"], "bf16", context=256, new_tokens=2, device="cpu")
     assert est.kv_cache + est.activations == pytest.approx(tracker.peak, rel=0.06)
     assert any("eager" in k for k in est.details)
 
 
-def test_phi3_reruns_the_prompt_when_generation_crosses_its_original_length():
-    cfg = dict(TINY["phi3"], original_max_position_embeddings=128)
+def test_phi3_reruns_the_prompt_when_generation_crosses_its_original_length(tiny_configs):
+    cfg = dict(tiny_configs["phi3"], original_max_position_embeddings=128)
     model = build_random_model(cfg, dtype="fp32").model
     _, tracker = generate(model, 128, new_tokens=3, track=True)
     est = vram.estimate_inference(cfg, "fp32", context=128, new_tokens=3, device="cpu")
     plain = vram.estimate_inference(cfg, "fp32", context=128, new_tokens=0, device="cpu")
     assert est.total > plain.total
     assert est.kv_cache + est.activations == pytest.approx(tracker.peak, rel=0.06)
-
-
-def test_tracker_counts_views_once_and_forgets_freed_tensors():
-    with vram.TensorMemoryTracker() as t:
-        a = torch.ones(1000)  # 4000 bytes
-        b = a.view(10, 100)  # a view: no new storage
-        c = a * 2
-        del c
-        d = torch.ones(10)
-    assert t.peak == 8000
-    assert t.current == 4040
-    del a, b, d
 
 
 # ----------------------------------------------------------------------------- accuracy on the H100
@@ -271,14 +181,14 @@ def test_full_finetune_is_16_bytes_per_parameter_with_mixed_precision_adamw():
     assert vram.estimate_training("llama-3.1-8b", "full", optimizer="sgd").optimizer_states == p * 4
 
 
-def test_lora_trainable_parameters_match_peft():
+def test_lora_trainable_parameters_match_peft(tiny_config):
     from peft import LoraConfig, get_peft_model
 
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    model = build("llama")
+    model = build_random_model(tiny_config, dtype="fp32").model
     peft_model = get_peft_model(model, LoraConfig(r=8, target_modules=targets))
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    est = vram.estimate_training(TINY["llama"], "lora", lora_rank=8, target_modules=targets)
+    est = vram.estimate_training(tiny_config, "lora", lora_rank=8, target_modules=targets)
     assert est.inputs["trainable_parameters"] == trainable
     # Llama 3.1 8B, r=16 on all seven projections: the figure peft prints is 41,943,040
     big = vram.estimate_training("llama-3.1-8b", "lora", lora_rank=16, target_modules="all-linear")
@@ -382,11 +292,11 @@ def test_context_beyond_the_model_maximum_warns_and_still_computes():
     assert est.notes
 
 
-def test_measure_refuses_up_front_when_the_estimate_does_not_fit():
-    with pytest.raises(LabkitError, match="does not fit the free memory"):
-        vram.measure_inference("llama-3.1-70b", "fp32", context=4096, device="cpu")
-    with pytest.raises(LabkitError, match="GGUF"):
-        vram.measure_inference("llama-3.2-1b", "Q4_K_M", device="cpu")
+def test_context_beyond_the_window_is_flagged_in_the_tables():
+    rows = vram.hardware_table(["phi-3-mini", "llama-3.1-8b"], dtypes=("bf16",), context=8192)
+    assert [("⚠" in str(r.values())) for r in rows] == [True, False]
+    kv = vram.kv_table(["phi-3-mini", "qwen2.5-0.5b"], tokens=65536)
+    assert ["⚠" in str(r.values()) for r in kv] == [True, True]
 
 
 LLAMA_CPP_RSS = """
@@ -417,66 +327,54 @@ def test_llama_cpp_estimate_matches_the_process_growth_on_cpu():
         assert est.total == pytest.approx(grown, rel=0.1), (context, est)
 
 
-@pytest.mark.slow
-def test_measure_inference_on_cpu_agrees_with_the_estimate():
-    measured = vram.measure_inference("smollm2-135m", "fp32", context=512, new_tokens=4, device="cpu")
-    est = vram.estimate_inference("smollm2-135m", "fp32", context=512, new_tokens=4, device="cpu")
-    assert measured.kind == "measured"
-    tensors = measured.weights + measured.kv_cache + measured.activations
-    assert tensors == pytest.approx(est.weights + est.kv_cache + est.activations, rel=0.05)
-    assert measured.total == pytest.approx(est.total, rel=0.3)  # the RSS overhead varies by machine
-    assert "measured" in est.table(measured)
-
-
 def test_repr_is_in_gib():
     text = repr(vram.estimate_inference("llama-3.1-8b"))
     assert "GiB" in text and "weights=14.96" in text
 
 
-# ----------------------------------------------------------------------------- widget and exercises
+# ----------------------------------------------------------------------------- any model a learner brings
 
 
-def test_calculator_function_rows_and_html():
-    from labkit import vram_widget
-
-    calc = vram_widget.calculate("llama-3.1-8b", "bf16", context=4096)
-    names = [r.name for r in calc.rows]
-    assert names[:6] == ["T4", "RTX 3060", "RTX 4090", "A100 40GB", "A100 80GB", "H100 80GB"]
-    assert names[-1].startswith("yours")
-    assert [r.fits for r in calc.rows[:6]] == [False, False, True, True, True, True]
-    page = vram_widget.bars_html(calc)
-    assert "RTX 4090" in page and "❌" in page and "KV cache" in page
-    split = vram_widget.calculate("llama-3.1-70b", "bf16", context=4096, n_gpus=4)
-    assert "per GPU" in vram_widget.bars_html(split)
-    train = vram_widget.calculate("llama-3.1-8b", "Q4_K_M", method="qlora")
-    assert train.notes and train.estimate.optimizer_states > 0
-    with pytest.raises(LabkitError, match="unknown method"):
-        vram_widget.calculate(method="rlhf")
+def test_a_qwen3_moe_is_counted_with_all_its_experts_not_as_dense():
+    """The issue's example: Qwen3-30B-A3B was counted as a 3.3 B dense model and its memory 9x too low."""
+    est = vram.estimate_inference("qwen3-30b-a3b", "bf16", context=4096)
+    assert est.weights / vram.GIB > 56  # 30.5 B parameters x 2 bytes
+    assert not vram.fits(est, "A100 40GB") and vram.fits(est, "H100")
+    assert any("equal the meta-device model's" in n for n in est.notes)
 
 
-def test_calculator_widget_updates_when_a_control_moves():
-    pytest.importorskip("ipywidgets")
-    from labkit import vram_widget
-
-    box = vram_widget.calculator()
-    before = box.output.value
-    box.controls["context"].value = 131072
-    assert box.output.value != before and "131072" not in before
-    box.controls["dtype"].value = "Q2_K"
-    assert "Q2_K" in box.output.value
+def test_a_model_type_without_a_formula_is_estimated_from_the_meta_device():
+    cfg = dict(model_type="starcoder2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, vocab_size=300, max_position_embeddings=2048)
+    net = build_random_model(cfg, device="meta").model
+    est = vram.estimate_inference(cfg, "bf16", context=1024, device="cpu")
+    assert est.weights == pytest.approx(sum(p.numel() for p in net.parameters()) * 2)
+    assert any("no formula" in n for n in est.notes)
 
 
-def test_plots_draw(tmp_path):
-    import matplotlib
+def test_estimate_reads_a_config_json_path_a_folder_a_transformers_config_and_a_dict(tmp_path):
+    raw = load_config("qwen3-30b-a3b")
+    folder = tmp_path / "my-moe"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(raw))
+    expected = vram.estimate_inference("qwen3-30b-a3b").total
+    for source in (str(folder / "config.json"), folder, str(folder), raw, to_transformers_config(raw)):
+        assert vram.estimate_inference(source).total == expected, source
 
-    matplotlib.use("Agg")
-    from labkit import vram_widget
 
-    fig = vram_widget.plot_breakdown({"a": vram.estimate_inference("llama-3.2-1b"),
-                                      "b": vram.estimate_training("llama-3.2-1b", "qlora")})
-    fig.savefig(tmp_path / "a.png")
-    fig = vram_widget.plot_context_sweep("qwen2.5-0.5b")
-    assert len(fig.axes[0].lines) == 4
+@pytest.mark.parametrize("config, message", [
+    (dict(model_type="mamba", hidden_size=64, num_hidden_layers=2, vocab_size=100), "no attention layers"),
+    (dict(model_type="llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=100,
+          rope_parameters={"rope_type": "no-such-rope"}), "transformers cannot build"),
+])
+def test_configs_it_cannot_estimate_are_refused_with_what_is_wrong(config, message):
+    """labkit.architecture refuses them (test_architecture.py has every case); the estimate passes that on."""
+    with pytest.raises(LabkitError, match=message) as info:
+        vram.estimate_inference(config)
+    assert "Traceback" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------- exercises
 
 
 def test_exercises_pass_with_the_right_answer_and_fail_with_a_wrong_one():
@@ -498,230 +396,3 @@ def test_exercises_pass_with_the_right_answer_and_fail_with_a_wrong_one():
     check("03.min_gpus", 2, model="llama-3.1-70b", dtype="bf16", context=8192, gb=80)
     with pytest.raises(AssertionError, match="does NOT fit|fewest"):
         check("03.min_gpus", 1, model="llama-3.1-70b", dtype="bf16", context=8192, gb=80)
-
-
-# ----------------------------------------------------------------------------- any model a learner brings
-
-
-def _family_config(family: str, d: dict) -> dict:
-    """A random small config of `family` from drawn sizes `d` (hypothesis)."""
-    heads = d["heads"]
-    base = dict(model_type=family, hidden_size=d["hidden"], num_hidden_layers=d["layers"], num_attention_heads=heads,
-                num_key_value_heads=heads // d["kv_div"], intermediate_size=d["inter"], vocab_size=d["vocab"],
-                tie_word_embeddings=d["tie"], max_position_embeddings=4096)
-    experts = dict(num_experts=d["experts"], num_experts_per_tok=min(d["top_k"], d["experts"]))
-    if family == "qwen2":
-        base["tie_word_embeddings"] = True
-    if family in ("qwen3", "qwen3_moe"):
-        base["head_dim"] = d["head_dim"]
-    if family == "gemma2":
-        base.update(head_dim=d["head_dim"], query_pre_attn_scalar=d["head_dim"], sliding_window=32)
-    if family == "gemma3_text":
-        base.update(head_dim=d["head_dim"], query_pre_attn_scalar=d["head_dim"], sliding_window=32)
-    if family == "phi3":
-        base.update(pad_token_id=0, original_max_position_embeddings=4096)
-    if family in ("mixtral", "granitemoe", "gpt_oss"):
-        base.update(num_local_experts=d["experts"], num_experts_per_tok=experts["num_experts_per_tok"])
-    if family == "gpt_oss":
-        base.update(head_dim=d["head_dim"], sliding_window=32,
-                    layer_types=[("sliding_attention", "full_attention")[i % 2] for i in range(d["layers"])])
-    if family == "olmoe":
-        base.update(experts)
-    if family in ("qwen2_moe", "qwen3_moe"):
-        base.update(experts, moe_intermediate_size=d["moe_inter"], decoder_sparse_step=d["sparse_step"],
-                    mlp_only_layers=[0] if d["dense_first"] else [])
-        if family == "qwen2_moe":
-            base["shared_expert_intermediate_size"] = d["inter"] + 8
-    if family == "deepseek_v2":
-        base.update(experts, n_routed_experts=d["experts"], n_shared_experts=d["sparse_step"] - 1,
-                    moe_intermediate_size=d["moe_inter"], kv_lora_rank=16, q_lora_rank=None if d["tie"] else 24,
-                    qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8, first_k_dense_replace=1,
-                    num_key_value_heads=heads, rope_scaling=None)
-    return base
-
-
-_drawn = st.fixed_dictionaries({
-    "hidden": st.sampled_from([32, 64]), "heads": st.sampled_from([2, 4]), "kv_div": st.sampled_from([1, 2]),
-    "layers": st.integers(1, 3), "inter": st.integers(8, 48), "vocab": st.integers(16, 80), "tie": st.booleans(),
-    "head_dim": st.sampled_from([8, 16]), "experts": st.integers(2, 6), "top_k": st.integers(1, 2),
-    "moe_inter": st.integers(4, 24), "sparse_step": st.integers(1, 2), "dense_first": st.booleans(),
-})
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.sampled_from([f for f in vram.FORMULA_FAMILIES if f != "gemma3"]), _drawn)
-def test_formula_count_equals_the_meta_device_count_for_random_configs_of_every_family(family, d):
-    """The formulas the course teaches give exactly the parameters transformers creates, tensor kind by kind
-    (gemma3 is the multimodal wrapper of gemma3_text: its vision tower comes from the meta count)."""
-    cfg = _family_config(family, d)
-    check = vram.weight_check(cfg)
-    assert check.formula is not None and check.agree, (cfg, check)
-    assert vram.parameter_count(cfg) == check.meta
-    net = build_random_model(cfg, device="meta").model
-    assert check.meta == sum(p.numel() for p in net.parameters())
-
-
-NEW_SHIPPED = {  # published totals and active parameters (model cards), in billions; True: the publisher
-    # leaves the input embedding (a lookup) out of the active count, as DeepSeek does
-    "qwen3-30b-a3b": (30.5, 3.3, False), "qwen1.5-moe-a2.7b": (14.3, 2.7, False), "olmoe-1b-7b": (6.9, 1.3, False),
-    "gpt-oss-20b": (20.9, 3.6, True), "granite-3.0-3b-a800m": (3.3, 0.8, True), "qwen3-8b": (8.2, 8.2, False),
-    "olmo-2-7b": (7.3, 7.3, False),
-}
-
-
-@pytest.mark.parametrize("name", sorted(NEW_SHIPPED))
-def test_new_families_total_and_active_parameters_match_the_model_cards(name):
-    total, active, without_embedding = NEW_SHIPPED[name]
-    assert vram.weight_check(name).agree, vram.weight_check(name)
-    assert vram.parameter_count(name) / 1e9 == pytest.approx(total, abs=0.05)
-    embedding = sum(t.numel for t in vram.weight_tensors(name) if t.kind == "embedding")
-    counted = vram.active_parameter_count(name) - (embedding if without_embedding else 0)
-    assert counted / 1e9 == pytest.approx(active, abs=0.06)
-
-
-def test_a_qwen3_moe_is_counted_with_all_its_experts_not_as_dense():
-    """The issue's example: Qwen3-30B-A3B was counted as a 3.3 B dense model and its memory 9x too low."""
-    est = vram.estimate_inference("qwen3-30b-a3b", "bf16", context=4096)
-    assert est.weights / vram.GIB > 56  # 30.5 B parameters x 2 bytes
-    assert not vram.fits(est, "A100 40GB") and vram.fits(est, "H100")
-    assert any("equal the meta-device model's" in n for n in est.notes)
-
-
-def test_gpt_oss_sinks_and_expert_biases_are_counted_and_priced():
-    net = build_random_model(TINY["gpt_oss"], dtype="bf16", device="meta").model
-    tensors = {t.name: t for t in vram.weight_tensors(TINY["gpt_oss"])}
-    assert tensors["layers.self_attn.sinks"].numel == 2 * 4  # one per head and layer
-    assert tensors["layers.mlp.experts.gate_up_proj_bias"].numel == 2 * 4 * 2 * 32
-    built = sum(p.numel() * p.element_size() for p in net.parameters())
-    assert sum(vram.weight_bytes(TINY["gpt_oss"], "bf16").values()) == built
-
-
-def test_a_model_type_without_a_formula_is_read_off_the_meta_device():
-    cfg = dict(model_type="starcoder2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2, vocab_size=300, max_position_embeddings=2048)
-    net = build_random_model(cfg, device="meta").model
-    check = vram.weight_check(cfg)
-    assert check.formula is None and check.meta == sum(p.numel() for p in net.parameters())
-    est = vram.estimate_inference(cfg, "bf16", context=1024, device="cpu")
-    assert est.weights == pytest.approx(sum(p.numel() for p in net.parameters()) * 2)
-    assert any("no formula" in n for n in est.notes)
-    with pytest.raises(LabkitError, match="no formula"):
-        vram.formula_weight_tensors(cfg)
-
-
-def test_estimate_reads_a_config_json_path_a_folder_a_transformers_config_and_a_dict(tmp_path):
-    from labkit.models import load_config, to_transformers_config
-
-    raw = load_config("qwen3-30b-a3b")
-    folder = tmp_path / "my-moe"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(raw))
-    expected = vram.estimate_inference("qwen3-30b-a3b").total
-    for source in (str(folder / "config.json"), folder, str(folder), raw, to_transformers_config(raw)):
-        assert vram.estimate_inference(source).total == expected, source
-    assert vram.architecture(folder / "config.json").name == "my-moe"
-
-
-def _fake_hub_cache(root: Path, repo_id: str, config: dict) -> None:
-    """The layout huggingface_hub keeps: models--org--name/refs/main and snapshots/<commit>/config.json."""
-    repo = root / f"models--{repo_id.replace('/', '--')}"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text("0" * 40)
-    snapshot = repo / "snapshots" / ("0" * 40)
-    snapshot.mkdir(parents=True)
-    (snapshot / "config.json").write_text(json.dumps(config))
-
-
-def test_hub_ids_come_from_the_local_cache_offline_with_a_clear_message_when_missing(tmp_path, monkeypatch):
-    from labkit.models import load_config
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    _fake_hub_cache(tmp_path, "learner/tiny-olmoe", dict(TINY["olmoe"]))
-    assert vram.architecture("learner/tiny-olmoe").model_type == "olmoe"
-    assert vram.estimate_inference("learner/tiny-olmoe", device="cpu").total > 0
-    _fake_hub_cache(tmp_path, "Qwen/Qwen3-30B-A3B", load_config("qwen3-30b-a3b"))
-    assert vram.parameter_count("Qwen/Qwen3-30B-A3B") == vram.parameter_count("qwen3-30b-a3b")
-    with pytest.raises(LabkitError, match="not in your local Hugging Face cache.*HF_HUB_OFFLINE.*precache"):
-        vram.estimate_inference("someone/not-downloaded")
-
-
-REFUSALS = [
-    (dict(model_type="mamba", hidden_size=64, num_hidden_layers=2, vocab_size=100), "no attention layers"),
-    (dict(model_type="rwkv", hidden_size=64, num_hidden_layers=2, vocab_size=100), "no attention layers"),
-    (dict(model_type="llama", hidden_size=64, num_attention_heads=4, vocab_size=100), "'num_hidden_layers'"),
-    (dict(model_type="mixtral", hidden_size=64, num_hidden_layers=2, num_attention_heads=4), "'vocab_size'"),
-    (dict(model_type="llama", hidden_size=64, num_hidden_layers=0, num_attention_heads=4, vocab_size=100),
-     "positive whole number"),
-    (dict(model_type="not-a-model", hidden_size=64), "transformers cannot build"),
-    (dict(model_type="t5", d_model=64, num_layers=2, num_heads=4, vocab_size=100), "no causal language model"),
-    (dict(model_type="qwen3_next", hidden_size=64, num_hidden_layers=4, num_attention_heads=4, vocab_size=100),
-     "layers without standard attention"),
-    (dict(model_type="llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=100,
-          rope_parameters={"rope_type": "no-such-rope"}), "transformers cannot build"),
-]
-
-
-@pytest.mark.parametrize("config, message", REFUSALS, ids=[f"{c['model_type']}-{m[:12]}" for c, m in REFUSALS])
-def test_configs_it_cannot_estimate_are_refused_with_what_is_wrong(config, message):
-    with pytest.raises(LabkitError, match=message) as info:
-        vram.estimate_inference(config)
-    assert "Traceback" not in str(info.value)
-
-
-def test_paths_and_names_that_do_not_exist_are_refused(tmp_path):
-    with pytest.raises(LabkitError, match="no such config file"):
-        vram.estimate_inference(str(tmp_path / "missing" / "config.json"))
-    (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(LabkitError, match="not a JSON config file"):
-        vram.estimate_inference(str(tmp_path / "bad.json"))
-    with pytest.raises(LabkitError, match="unknown model config 'llama-9-1t'.*Hub id"):
-        vram.estimate_inference("llama-9-1t")
-
-
-def test_context_beyond_the_window_is_flagged_in_tables_and_the_calculator():
-    from labkit import vram_widget
-
-    rows = vram.hardware_table(["phi-3-mini", "llama-3.1-8b"], dtypes=("bf16",), context=8192)
-    assert [("⚠" in str(r.values())) for r in rows] == [True, False]
-    kv = vram.kv_table(["phi-3-mini", "qwen2.5-0.5b"], tokens=65536)
-    assert ["⚠" in str(r.values()) for r in kv] == [True, True]
-    calc = vram_widget.calculate("phi-3-mini", "bf16", context=8192)
-    assert calc.beyond_window and str(calc).startswith("⚠")
-    assert "labkit-beyond-window" in vram_widget.bars_html(calc)
-    fine = vram_widget.calculate("phi-3-mini", "bf16", context=2048)
-    assert not fine.beyond_window and "labkit-beyond-window" not in vram_widget.bars_html(fine)
-    train = vram_widget.calculate("phi-3-mini", "bf16", context=8192, method="lora")
-    assert train.beyond_window
-
-
-def test_calculator_training_has_gradient_checkpointing():
-    """The 70B QLoRA notebook 03 suggests fits one 80 GB GPU with checkpointing, not without."""
-    from labkit import vram_widget
-
-    on = vram_widget.calculate("llama-3.1-70b", "bf16", context=4096, method="qlora", gradient_checkpointing=True)
-    off = vram_widget.calculate("llama-3.1-70b", "bf16", context=4096, method="qlora", gradient_checkpointing=False)
-    h100 = lambda c: next(r for r in c.rows if r.name == "H100 80GB")  # noqa: E731
-    assert h100(on).fits and not h100(off).fits
-    assert on.estimate.activations < off.estimate.activations / 5
-    assert "gradient checkpointing on" in on.notes
-
-
-def test_calculator_widget_takes_the_learners_own_model_and_checkpointing(tmp_path):
-    pytest.importorskip("ipywidgets")
-    from labkit import vram_widget
-    from labkit.models import load_config
-
-    (tmp_path / "config.json").write_text(json.dumps(load_config("olmoe-1b-7b")))
-    box = vram_widget.calculator()
-    box.controls["method"].value = "qlora"
-    before = box.output.value
-    box.controls["gradient_checkpointing"].value = False
-    assert box.output.value != before
-    box.own_model.value = str(tmp_path)
-    assert box.controls["model"].value == str(tmp_path)
-    assert "olmo" in box.output.value.lower() or tmp_path.name in box.output.value
-    box.own_model.value = "mamba-state-spaces/not-cached"
-    assert "color:#a00" in box.output.value  # the refusal, shown in the widget
-    mine = vram_widget.calculator(load_config("qwen3-8b"))
-    assert mine.controls["model"].options[0][0].startswith("yours")

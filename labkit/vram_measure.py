@@ -1,0 +1,326 @@
+"""Measuring memory on this machine, beside labkit.vram's estimates (notebooks 03, 06, 07).
+
+- `TensorMemoryTracker`: the peak of the tensors PyTorch creates inside a `with` block, on any device
+  (the CPU counterpart of torch.cuda.max_memory_allocated);
+- `cuda_context_bytes`: what this process holds on the GPU outside PyTorch's allocator;
+- `measure_inference`: load a model (random weights at true size, or the bundled real one), generate,
+  and report the same parts as `vram.estimate_inference`: on CUDA in this process, on CPU in a fresh
+  child process (a long-lived one reuses memory it freed and hides the increase);
+- `load_for_measurement`: the model `measure_inference` runs (bitsandbytes int8 / nf4 on CUDA too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from typing import Any
+
+import psutil
+
+from .architecture import read_config
+from .dtypes import normalize_dtype
+from .errors import LabkitError, MissingPackageError, unknown
+from .formatting import GIB
+from .hardware import cpu_threads, detect_hardware
+from .models import BUNDLED, build_random_model, dense_cache_path, load_bundled_transformers
+from .vram import FLOAT_DTYPES, GGUF_DTYPES, MemoryEstimate, estimate_inference
+
+# torch, transformers, pynvml and bitsandbytes are imported inside the functions that need them: importing
+# labkit stays quick and works on machines without them (the CPU child process imports torch itself).
+
+class TensorMemoryTracker:
+    """Count the bytes of every tensor PyTorch creates inside a `with` block, on any device, and
+    keep the peak: the CPU counterpart of torch.cuda.max_memory_allocated().
+
+        with TensorMemoryTracker() as t:
+            model.generate(...)
+        t.peak   # bytes alive at the highest point (tensors that existed before are not counted)
+
+    It watches every operation (a TorchDispatchMode), so it slows the block down a little; views
+    share their base's storage and are counted once.
+    """
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        tracker = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                return tracker._run(func, args, kwargs or {})
+
+        self._mode = _Mode()
+        self._live: dict[int, tuple[Any, int]] = {}
+        self.current = 0
+        self.peak = 0
+
+    def __enter__(self) -> TensorMemoryTracker:
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)
+        self._sweep()
+
+    def _sweep(self) -> None:
+        for key, (ref, size) in list(self._live.items()):
+            if ref.expired():
+                del self._live[key]
+                self.current -= size
+
+    def _run(self, func, args, kwargs):
+        import torch
+        from torch.multiprocessing.reductions import StorageWeakRef
+        from torch.utils._pytree import tree_flatten
+
+        self._sweep()
+        out = func(*args, **kwargs)
+        self._sweep()
+        inputs = {StorageWeakRef(t.untyped_storage()).cdata for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, torch.Tensor) and t.device.type != "meta"}
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                storage = t.untyped_storage()
+                ref = StorageWeakRef(storage)
+                if ref.cdata not in self._live and ref.cdata not in inputs:
+                    self._live[ref.cdata] = (ref, storage.nbytes())
+                    self.current += storage.nbytes()
+        self.peak = max(self.peak, self.current)
+        return out
+
+
+
+
+def cuda_context_bytes() -> float:
+    """GPU memory this process holds outside PyTorch's allocator (the CUDA context, loaded kernels,
+    cuDNN/cuBLAS handles): the driver's count for this process minus PyTorch's reserved memory.
+
+    Uses NVML's per-process figure when it is available, else the device's used memory (which
+    counts other processes too)."""
+    import torch
+
+    reserved = torch.cuda.memory_reserved()
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        index = torch.cuda.current_device()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            if proc.pid == os.getpid() and proc.usedGpuMemory:
+                return float(proc.usedGpuMemory - reserved)
+    except Exception:  # NVML missing, or PIDs hidden by a container: fall back below
+        pass
+    free, total = torch.cuda.mem_get_info()
+    return float(total - free - reserved)
+
+
+def _rss_bytes(kind: str = "VmRSS") -> int:
+    try:
+        with open("/proc/self/status") as f:
+            match = re.search(rf"{kind}:\s+(\d+) kB", f.read())
+        return int(match.group(1)) * 1024 if match else 0
+    except OSError:
+        info = psutil.Process().memory_info()
+        return int(getattr(info, "peak_wset", info.rss)) if kind == "VmHWM" else int(info.rss)
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux: write 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def cache_storage_bytes(cache: Any) -> float:
+    """Bytes of the storage a transformers cache object holds."""
+    seen: dict[int, int] = {}
+    for layer in getattr(cache, "layers", []):
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if t is not None and hasattr(t, "untyped_storage"):
+                st = t.untyped_storage()
+                seen[st.data_ptr()] = st.nbytes()
+    return float(sum(seen.values()))
+
+
+def bitsandbytes_config(dtype: str):
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if dtype == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="fp4" if dtype == "int4" else "nf4",
+                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def load_for_measurement(model: Any, dtype: str, device: str, weights: str = "random"):
+    """The model `measure_inference` runs: random weights at true size (or the bundled real model)."""
+    import torch
+
+    if weights == "bundled":
+        if model not in (BUNDLED, None):
+            raise LabkitError(f"weights='bundled' is only for {BUNDLED!r}, the model the course ships.")
+        return load_bundled_transformers(dtype=dtype, device=device).model
+    if weights != "random":
+        raise unknown("weights", weights, ("random", "bundled"))
+    if isinstance(model, (str, os.PathLike)):  # a shipped name, a config.json path or a Hub id
+        model = read_config(str(model))
+    if isinstance(model, dict) and model.get("quantization_config"):
+        # a pre-quantized checkpoint's config (GPT-OSS ships MXFP4 experts): random weights in `dtype`
+        model = {k: v for k, v in model.items() if k != "quantization_config"}
+    if dtype in FLOAT_DTYPES:
+        return build_random_model(model, dtype=dtype, device=device).model
+    if device != "cuda":
+        raise LabkitError(f"{dtype} (bitsandbytes) is measured on a CUDA GPU; on CPU use fp32 or bf16.")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise MissingPackageError("bitsandbytes", f"Measuring {dtype}", extra="gpu") from err
+    dense = build_random_model(model, dtype="bf16", device="cuda").model
+    state = dense.state_dict()
+    config = dense.config
+    cls = type(dense)
+    del dense
+    quantized = cls.from_pretrained(None, config=config, state_dict=state, quantization_config=bitsandbytes_config(dtype),
+                                    device_map={"": torch.cuda.current_device()}, dtype=torch.bfloat16)
+    del state
+    gc.collect()
+    torch.cuda.empty_cache()
+    return quantized.eval()
+
+
+def measure_inference(model: Any, dtype: str = "bf16", context: int = 4096, batch: int = 1, new_tokens: int = 8,
+                      device: str | None = None, weights: str = "random", check_fit: bool = True,
+                      seed: int = 0) -> MemoryEstimate:
+    """Run the real thing and measure its peak memory, in the same shape as `estimate_inference`.
+
+    Loads `model` (random weights at true size from a shipped config, or `weights="bundled"` for
+    the course's real Gemma 3 270M), feeds a random prompt of `context` tokens (x `batch`) and
+    generates `new_tokens`.
+    - CUDA: torch.cuda.max_memory_allocated() over loading and generating, plus this process's
+      CUDA context (cuda_context_bytes()).
+    - CPU: in a fresh Python process (a long-lived one reuses memory it freed earlier and hides the
+      increase), the peak resident set (RSS) increase from before the model is loaded to the end of
+      generation; TensorMemoryTracker splits it into tensors (weights, KV, activations) and the
+      rest (overhead).
+    Refuses up front (LabkitError) when the estimate does not fit the free memory.
+    """
+    import torch
+
+    dtype = normalize_dtype(dtype)
+    device = device or detect_hardware(check_online=False).device
+    if device not in ("cuda", "cpu"):
+        raise unknown("device for measurement", device, ("cuda", "cpu"))
+    if dtype in GGUF_DTYPES:
+        raise LabkitError(f"{dtype} is a GGUF type: measure it in llama.cpp (labkit.runtimes); transformers "
+                          "de-quantizes GGUF weights.")
+    if weights not in ("random", "bundled"):
+        raise unknown("weights", weights, ("random", "bundled"))
+    est_model = "gemma-3-270m" if weights == "bundled" else model
+    est = estimate_inference(est_model, dtype, context, batch, new_tokens, device=device)
+    if check_fit:
+        if device == "cuda":
+            free = torch.cuda.mem_get_info()[0] + torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+        else:
+            free = psutil.virtual_memory().available
+        if est.total > free:
+            raise LabkitError(
+                f"not running: the estimate ({est.total / GIB:.1f} GiB) does not fit the free memory of this "
+                f"{device} ({free / GIB:.1f} GiB). Try a shorter context, a smaller batch, a quantized dtype "
+                "(int8, nf4) or a smaller model. (check_fit=False runs it anyway, at the risk of running out of memory.)")
+    if device == "cpu":
+        numbers = _measure_cpu_in_child(model, dtype, context, batch, new_tokens, weights, seed)
+    else:
+        numbers = _measure_here(model, dtype, context, batch, new_tokens, weights, seed, "cuda")
+    return MemoryEstimate(
+        weights=numbers["weights"], kv_cache=numbers["kv_cache"],
+        activations=max(0.0, numbers["peak"] - numbers["weights"] - numbers["kv_cache"]),
+        overhead=numbers["overhead"], kind="measured", label=f"{est.inputs['model']} {dtype} on {device}",
+        details={"peak (weights + KV + activations)": numbers["peak"], "seconds": numbers["seconds"]},
+        inputs=dict(est.inputs, weights=weights),
+    )
+
+
+def _measure_here(model: Any, dtype: str, context: int, batch: int, new_tokens: int, weights: str, seed: int,
+                  device: str) -> dict[str, float]:
+    """Load, generate, and return peak / weights / kv_cache / overhead in bytes (this process)."""
+    import torch
+
+    gc.collect()
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_bytes()
+    net = load_for_measurement(model, dtype, device, weights)
+    if device == "cuda":
+        weights_bytes = float(torch.cuda.memory_allocated() - base)
+        torch.cuda.reset_peak_memory_stats()  # the peak of generating, not of loading
+    else:
+        weights_bytes = float(sum(t.numel() * t.element_size() for t in [*net.parameters(), *net.buffers()]))
+        loaded = _rss_bytes()
+        exact = _reset_peak_rss()
+    config = net.config.get_text_config() if hasattr(net.config, "get_text_config") else net.config
+    ids = torch.randint(3, min(config.vocab_size, 32000), (batch, context), device=device)
+    tracker = TensorMemoryTracker() if device == "cpu" else contextlib.nullcontext()
+    with torch.no_grad(), tracker:
+        out = net.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max(new_tokens, 1),
+                           min_new_tokens=max(new_tokens, 1), do_sample=False, return_dict_in_generate=True,
+                           pad_token_id=0)
+    kv = cache_storage_bytes(out.past_key_values)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        peak = float(torch.cuda.max_memory_allocated() - base)
+        overhead = cuda_context_bytes()
+    else:
+        high = _rss_bytes("VmHWM") if exact else _rss_bytes()
+        peak_rss = max(high, loaded) - base  # what the process grew by, at most
+        peak = weights_bytes + tracker.peak  # tensors: the weights and the most alive during generate
+        overhead = max(0.0, peak_rss - peak)  # the rest: allocator, thread pools, kernels loaded on first use
+    del out, net, ids
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return {"peak": peak, "weights": weights_bytes, "kv_cache": kv, "overhead": float(overhead),
+            "seconds": time.perf_counter() - start}
+
+
+def _measure_cpu_in_child(model: Any, dtype: str, context: int, batch: int, new_tokens: int, weights: str,
+                          seed: int) -> dict[str, float]:
+    if not isinstance(model, (str, dict)):
+        raise LabkitError("on CPU, measure_inference runs in a fresh process: pass a shipped config name, a "
+                          "config.json path, a Hub id or a config dict (or weights='bundled'), not a model object.")
+    args = json.dumps(dict(model=model, dtype=dtype, context=context, batch=batch, new_tokens=new_tokens,
+                           weights=weights, seed=seed))
+    code = "import sys, labkit.vram_measure as m; m._child_main(sys.argv[1])"
+    env = dict(os.environ, TRANSFORMERS_VERBOSITY="error")
+    if weights == "bundled":
+        if not (dense_cache_path() / "model.safetensors").exists():  # convert the GGUF once, not while measuring
+            prepare = "from labkit.models import load_bundled_transformers as f; f()"
+            subprocess.run([sys.executable, "-c", prepare], check=True, env=env)
+    done = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, env=env)
+    for line in done.stdout.splitlines():
+        if line.startswith("LABKIT_VRAM "):
+            return json.loads(line.removeprefix("LABKIT_VRAM "))
+    raise LabkitError(f"the measuring process failed:\n{done.stderr[-2000:]}")
+
+
+def _child_main(args: str) -> None:
+    import torch
+
+    torch.set_num_threads(cpu_threads())
+    a = json.loads(args)
+    numbers = _measure_here(a["model"], a["dtype"], a["context"], a["batch"], a["new_tokens"], a["weights"],
+                            a["seed"], "cpu")
+    print("LABKIT_VRAM " + json.dumps(numbers), flush=True)
