@@ -36,3 +36,10 @@ def require_positive(name: str, value: float, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         bound = "zero or more" if allow_zero else "greater than zero"
         raise LabkitError(f"{name} must be {bound}, got {value!r}")
+
+
+def require_tokens(name: str, value: object) -> int:
+    """Raise LabkitError unless value is a whole number of tokens, 1 or more; return it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise LabkitError(f"{name} must be a whole number of tokens, 1 or more; got {value!r}")
+    return value

@@ -11,13 +11,12 @@ This module, in the order of notebook 05:
 2. a greedy decoder written out step by step, with and without the cache (`greedy_decode`);
 3. quantized caches: transformers' `QuantizedCache` (`quantized_cache_cost`) and llama.cpp's
    q8_0 / q4_0 cache types (`llama_cpp_cache_types`);
-4. a needle in a haystack (`needle_in_haystack`): can the bundled model find a fact by position?
-5. a PagedAttention simulator (`simulate_serving`, `compare_allocators`): contiguous max-length
-   reservation against paged blocks, after Kwon et al., "Efficient Memory Management for Large
-   Language Model Serving with PagedAttention", SOSP 2023 (arXiv:2309.06180).
+4. prefix caching in llama.cpp (`prefix_reuse_timings`) and a needle in a haystack
+   (`needle_in_haystack`): can the bundled model find a fact by position?
 
-The byte formulas are labkit.vram's (`kv_cache_bytes`, `kv_cache_bytes_per_layer`,
-`kv_cache_bytes_per_token`) and labkit.bench's (`kv_cache_bytes_read`); nothing here recomputes them.
+How servers manage the cache (the PagedAttention simulator) is labkit.paged. The byte formulas are
+labkit.vram's (`kv_cache_bytes`, `kv_cache_bytes_per_layer`, `kv_cache_bytes_per_token`); nothing here
+recomputes them.
 """
 
 from __future__ import annotations
@@ -27,13 +26,16 @@ import random
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import vram
 from .architecture import architecture
+from .bench import load_benchmark_results
 from .check import exercise
-from .errors import LabkitError, MissingPackageError, require_positive, unknown
+from .errors import LabkitError, MissingPackageError, require_positive, require_tokens, unknown
+from .hardware import cpu_threads
+from .models import BUNDLED, bundled_gguf_path, llama_cpp_logs, require_llama_cpp, validate_gguf
 from .paths import datasets_dir
 
 # ============================================================================ 1. the real cache
@@ -68,12 +70,6 @@ def cache_layer_bytes(cache: Any) -> list[int]:
     return [_storage_bytes([getattr(layer, "keys", None), getattr(layer, "values", None)]) for layer in layers]
 
 
-def _require_tokens(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise LabkitError(f"{name} must be a whole number of tokens, 1 or more; got {value!r}")
-    return value
-
-
 def cache_by_layer(model: Any, tokens: int, decode_steps: int = 1, seed: int = 0) -> list[LayerCache]:
     """Run `model` on `tokens` prompt tokens, then `decode_steps` single-token steps, and report its cache
     layer by layer beside the formula for the tokens it then holds (`tokens + decode_steps`).
@@ -84,7 +80,7 @@ def cache_by_layer(model: Any, tokens: int, decode_steps: int = 1, seed: int = 0
     """
     import torch
 
-    _require_tokens("tokens", tokens)
+    require_tokens("tokens", tokens)
     require_positive("decode_steps", decode_steps, allow_zero=True)
     arch = architecture(model)
     param = next(model.parameters())
@@ -121,7 +117,7 @@ def cache_table(rows: Sequence[LayerCache]) -> str:
 
 def attention_family_table(models: Sequence[str], tokens: int = 32768, kv_dtype: str = "bf16") -> list[dict]:
     """Per model: how its attention shares K/V (MHA, GQA, MQA, MLA), KiB per token and the cache at `tokens`."""
-    _require_tokens("tokens", tokens)
+    require_tokens("tokens", tokens)
     rows = []
     for name in models:
         a = architecture(name)
@@ -158,8 +154,6 @@ def plot_attention_families(models: Sequence[str], tokens: Sequence[int] = (1024
 
 def committed_gpu_results(results: dict | None = None) -> dict | None:
     """The committed results of benchmarks/kv_cache_gpu.py (Llama 3.1 8B architecture on a GPU), or None."""
-    from .bench import load_benchmark_results
-
     results = results if results is not None else load_benchmark_results("kv_cache_gpu")
     if not results or not [r for r in results.get("bf16", []) if "decode_tokens_per_s" in r]:
         return None
@@ -249,7 +243,7 @@ def greedy_decode(model: Any, input_ids: Any, new_tokens: int, use_cache: bool =
     """
     import torch
 
-    _require_tokens("new_tokens", new_tokens)
+    require_tokens("new_tokens", new_tokens)
     if getattr(input_ids, "ndim", 0) != 2 or input_ids.shape[0] != 1 or input_ids.shape[1] < 1:
         raise LabkitError("input_ids must be a (1, n) tensor of token ids with n >= 1 (one sequence).")
     from tqdm.auto import tqdm
@@ -472,8 +466,6 @@ def llama_cpp_cache_types(text: str, cache_types: Sequence[str] = ("f16", "q8_0"
     for ct in cache_types:
         if ct not in LLAMA_CPP_CACHE_TYPES:
             raise unknown("llama.cpp cache type", ct, LLAMA_CPP_CACHE_TYPES)
-    from .hardware import cpu_threads
-    from .models import BUNDLED, bundled_gguf_path, require_llama_cpp, validate_gguf
 
     llama_cpp = require_llama_cpp("llama.cpp's quantized KV cache")
 
@@ -513,8 +505,6 @@ def _llama_with_log(llama_cpp: Any, logs: list[str], **kwargs: Any):
     """Build a llama_cpp.Llama while collecting llama.cpp's log lines (it reports its buffer sizes there)."""
     import contextlib
     import io
-
-    from .models import llama_cpp_logs
 
     buffer = io.StringIO()
     # labkit quiets llama.cpp's log (models.load_llama_cpp): turn it on while the buffer sizes are printed
@@ -569,7 +559,7 @@ def build_haystack(count_tokens: Any, context_tokens: int, depth: float, needle:
                    question: str = QUESTION) -> str:
     """A prompt of about `context_tokens` tokens: filler sentences with `needle` placed at `depth`
     (0 = first, 1 = last before the question), then the question. `count_tokens(text) -> int`."""
-    _require_tokens("context_tokens", context_tokens)
+    require_tokens("context_tokens", context_tokens)
     if not 0.0 <= depth <= 1.0:
         raise LabkitError(f"depth must be between 0 (start) and 1 (end), got {depth!r}")
     fixed = count_tokens(needle + " " + question)
@@ -600,7 +590,7 @@ def needle_in_haystack(llm: Any, contexts: Sequence[int], depths: Sequence[float
 
     require_positive("trials", trials)
     for c in contexts:
-        _require_tokens("context", c)
+        require_tokens("context", c)
     n_ctx = llm.n_ctx()
     if max(contexts) + 8 > n_ctx:
         raise LabkitError(f"the longest context ({max(contexts)}) plus the answer does not fit the model's "
@@ -652,382 +642,6 @@ def plot_needle(trials: Sequence[NeedleTrial]):
     return fig
 
 
-# ============================================================================ 5. PagedAttention simulator
-
-# Request length mixes. Means from the vLLM paper's workloads (Kwon et al. 2023, §6.1, Fig. 11):
-# ShareGPT conversations average 161 prompt and 338 output tokens, Alpaca instructions 19 and 58.
-# The shapes here are log-normal with those means (the real traces are long-tailed too).
-LENGTH_MIXES: dict[str, dict[str, float]] = {
-    "sharegpt-like": {"prompt_mean": 161, "output_mean": 338, "sigma": 1.0},
-    "alpaca-like": {"prompt_mean": 19, "output_mean": 58, "sigma": 0.8},
-    "long prompts (RAG-like)": {"prompt_mean": 1200, "output_mean": 150, "sigma": 0.5},
-}
-ALLOCATORS = ("contiguous-max", "contiguous-pow2", "contiguous-oracle", "paged", "paged+prefix-sharing")
-
-
-@dataclass(frozen=True)
-class Request:
-    prompt: int  # tokens, including any shared system prompt
-    output: int  # tokens it will generate
-    arrival_step: int = 0
-
-
-def sample_requests(n: int, mix: str = "sharegpt-like", max_seq_len: int = 2048, arrival_rate: float | None = None,
-                    shared_prefix: int = 0, seed: int = 0) -> list[Request]:
-    """`n` requests with log-normal prompt/output lengths (see LENGTH_MIXES), each fitting `max_seq_len`.
-
-    `arrival_rate`: requests per decode step (Poisson arrivals); None = all waiting at step 0.
-    `shared_prefix`: tokens of a system prompt every request starts with (added to its prompt).
-    """
-    require_positive("n", n)
-    if mix not in LENGTH_MIXES:
-        raise unknown("length mix", mix, LENGTH_MIXES)
-    _require_tokens("max_seq_len", max_seq_len)
-    require_positive("shared_prefix", shared_prefix, allow_zero=True)
-    if shared_prefix + 2 > max_seq_len:
-        raise LabkitError(f"shared_prefix={shared_prefix} leaves no room in max_seq_len={max_seq_len}")
-    if arrival_rate is not None:
-        require_positive("arrival_rate", arrival_rate)
-    m = LENGTH_MIXES[mix]
-    rng = random.Random(seed)
-
-    def draw(mean: float) -> int:
-        sigma = m["sigma"]
-        return max(1, round(rng.lognormvariate(math.log(mean) - sigma**2 / 2, sigma)))
-
-    out, t = [], 0.0
-    for _ in range(int(n)):
-        prompt = min(draw(m["prompt_mean"]), max_seq_len - shared_prefix - 1) + shared_prefix
-        output = min(draw(m["output_mean"]), max_seq_len - prompt)
-        if arrival_rate is not None:
-            t += rng.expovariate(arrival_rate)
-        out.append(Request(prompt, output, int(t)))
-    return out
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-def reserved_slots(request: Request, allocator: str, max_seq_len: int) -> int:
-    """Token slots a contiguous allocator reserves for a request when it starts (the paper's three
-    Orca baselines): the maximum length, the next power of two of its true length, or exactly its
-    true length (an oracle that knows the output length in advance)."""
-    true_len = request.prompt + request.output
-    if allocator == "contiguous-max":
-        return max_seq_len
-    if allocator == "contiguous-pow2":
-        return min(max_seq_len, _next_pow2(true_len))
-    if allocator == "contiguous-oracle":
-        return true_len
-    raise unknown("contiguous allocator", allocator, ALLOCATORS[:3])
-
-
-def blocks_for(tokens: int, block_size: int) -> int:
-    """Blocks of `block_size` token slots that `tokens` tokens occupy."""
-    return -(-tokens // block_size)
-
-
-def paged_slack(lengths: Sequence[int], block_size: int) -> int:
-    """Empty slots in the last block of each sequence: paging's only waste."""
-    require_positive("block_size", block_size)
-    return sum(blocks_for(n, block_size) * block_size - n for n in lengths)
-
-
-@dataclass
-class ServingResult:
-    """One simulated serving run. Memory figures are time averages over the steps with work running."""
-
-    allocator: str
-    block_size: int
-    capacity_tokens: int
-    requests: int
-    finished: int
-    steps: int
-    generated_tokens: int
-    mean_running: float  # requests decoding at once, on average
-    max_running: int
-    memory: dict[str, float]  # share of the allocated KV memory: token states, reserved, fragmentation
-    waste_percent: float  # 100 - token states
-    preemptions: int
-    seconds: float  # simulated time (each step from the bandwidth model), or steps if none was given
-    timeline: dict[str, list[float]] = field(default_factory=dict, repr=False)
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.generated_tokens / self.seconds if self.seconds else float("nan")
-
-    def row(self) -> dict:
-        return {"allocator": self.allocator, "waste %": round(self.waste_percent, 1),
-                "token states %": round(self.memory["token states"], 1), "mean batch": round(self.mean_running, 1),
-                "max batch": self.max_running, "finished": f"{self.finished}/{self.requests}", "steps": self.steps,
-                "tokens/s": round(self.tokens_per_second, 1), "preemptions": self.preemptions}
-
-
-@dataclass(frozen=True)
-class StepCost:
-    """Seconds per decode step from the bandwidth roofline: the weights once, plus every running
-    sequence's cache (labkit.bench.kv_cache_bytes_read's per-token figure times the tokens held)."""
-
-    weight_bytes: float
-    kv_bytes_per_token: float
-    bandwidth_bytes_per_s: float
-
-    def seconds(self, tokens_held: int) -> float:
-        return (self.weight_bytes + self.kv_bytes_per_token * tokens_held) / self.bandwidth_bytes_per_s
-
-
-def step_cost(model: str = "llama-3.1-8b", dtype: str = "bf16", bandwidth_bytes_per_s: float = 3.35e12) -> StepCost:
-    """The roofline step time of `model` (weights in `dtype`, bf16 cache) on a GPU of this bandwidth
-    (default: an H100 SXM's 3.35 TB/s)."""
-    from .bench import kv_cache_bytes_read
-
-    a = architecture(model)
-    weights = sum(vram.weight_bytes(a, dtype).values())
-    per_token = kv_cache_bytes_read(a.num_layers, a.num_kv_heads, a.head_dim, 1) if not a.is_mla else \
-        sum(vram.kv_cache_bytes_per_token(a).values())
-    return StepCost(weights, per_token, bandwidth_bytes_per_s)
-
-
-def capacity_tokens(model: str, gpu_gib: float, dtype: str = "bf16", overhead_gib: float = 2.0) -> int:
-    """Tokens of KV cache that fit next to the weights on a GPU of `gpu_gib` (what vLLM pre-allocates)."""
-    require_positive("gpu_gib", gpu_gib)
-    a = architecture(model)
-    free = gpu_gib * vram.GIB - sum(vram.weight_bytes(a, dtype).values()) - overhead_gib * vram.GIB
-    if free <= 0:
-        raise LabkitError(f"{model} in {dtype} does not fit {gpu_gib} GiB at all; no room for a cache.")
-    return int(free // sum(vram.kv_cache_bytes_per_token(a).values()))
-
-
-def simulate_serving(requests: Sequence[Request], capacity_tokens: int, allocator: str = "paged",
-                     block_size: int = 16, max_seq_len: int = 2048, shared_prefix: int = 0,
-                     cost: StepCost | None = None, max_steps: int = 200_000) -> ServingResult:
-    """Serve `requests` with continuous batching and one KV allocator, one decode step at a time.
-
-    Each step: requests that have arrived are admitted first-come-first-served while their memory
-    fits; every running request then adds one token to its cache; finished requests free theirs.
-    - contiguous-*: a request reserves one contiguous region up front (see `reserved_slots`) and
-      keeps it until it finishes. Waste = reserved-but-unused slots (for tokens not generated yet,
-      or never).
-    - paged: a request holds ceil(tokens / block_size) blocks, taking a new block only when the last
-      is full; when no block is free the newest request is preempted (its blocks freed, recomputed later).
-    - paged+prefix-sharing: as paged, but the full blocks of the `shared_prefix` are stored once.
-    Memory shares are averaged over steps, relative to the memory allocated at that step.
-    """
-    if allocator not in ALLOCATORS:
-        raise unknown("allocator", allocator, ALLOCATORS)
-    _require_tokens("capacity_tokens", capacity_tokens)
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise LabkitError(f"block_size must be a whole number of tokens, 1 or more; got {block_size!r}")
-    require_positive("shared_prefix", shared_prefix, allow_zero=True)
-    paged = allocator.startswith("paged")
-    sharing = allocator == "paged+prefix-sharing"
-    for r in requests:
-        if r.prompt + r.output > max_seq_len:
-            raise LabkitError(f"a request of {r.prompt}+{r.output} tokens exceeds max_seq_len={max_seq_len}")
-        if r.prompt < shared_prefix:
-            raise LabkitError(f"shared_prefix={shared_prefix} is longer than a request's prompt ({r.prompt})")
-    if (max_seq_len if not paged else blocks_for(max_seq_len, block_size) * block_size) > capacity_tokens:
-        raise LabkitError(f"capacity_tokens={capacity_tokens} cannot hold even one request of max_seq_len="
-                          f"{max_seq_len}: give the cache more memory or lower max_seq_len.")
-    total_blocks = capacity_tokens // block_size
-    shared_blocks = shared_prefix // block_size if sharing else 0  # full blocks of the common prefix
-    shared_tokens = shared_blocks * block_size
-
-    pending = sorted(range(len(requests)), key=lambda i: requests[i].arrival_step)
-    waiting: list[int] = []
-    running: list[dict] = []  # {"i", "held", "made", "slots"}  slots: reserved tokens or blocks
-    used_blocks = 0  # including the shared prefix's blocks while any request uses them
-    shared_live = False
-    reserved_total = 0
-    step = finished = generated = preemptions = 0
-    sum_alloc = sum_states = sum_reserved = sum_internal = 0.0
-    sum_running, max_running, seconds = 0, 0, 0.0
-    timeline: dict[str, list[float]] = {"allocated": [], "token states": [], "running": []}
-    nxt = 0
-
-    def own_blocks(tokens: int) -> int:
-        return blocks_for(tokens - shared_tokens, block_size) if tokens > shared_tokens else 0
-
-    while (nxt < len(pending) or waiting or running) and step < max_steps:
-        while nxt < len(pending) and requests[pending[nxt]].arrival_step <= step:
-            waiting.append(pending[nxt])
-            nxt += 1
-        # admit first come, first served while memory allows
-        while waiting:
-            r = requests[waiting[0]]
-            if paged:
-                need = own_blocks(r.prompt) + (0 if shared_live else shared_blocks)
-                if used_blocks + need + len(running) > total_blocks:  # keep one block of headroom per request
-                    break
-                used_blocks += need
-                shared_live = sharing
-                running.append({"i": waiting.pop(0), "held": r.prompt, "made": 0, "slots": own_blocks(r.prompt)})
-            else:
-                need = reserved_slots(r, allocator, max_seq_len)
-                if reserved_total + need > capacity_tokens:
-                    break
-                reserved_total += need
-                running.append({"i": waiting.pop(0), "held": r.prompt, "made": 0, "slots": need})
-        if not running:
-            step += 1
-            continue
-        # one decode step: every running request produces a token and stores its K/V
-        held = sum(s["held"] for s in running)
-        seconds += cost.seconds(held) if cost else 1.0
-        for s in list(running):
-            if s not in running:  # preempted earlier in this step
-                continue
-            s["held"] += 1
-            s["made"] += 1
-            generated += 1
-            if paged:
-                grow = own_blocks(s["held"]) - s["slots"]
-                while grow > 0 and used_blocks + grow > total_blocks:  # out of blocks: preempt the newest
-                    victim = running[-1]
-                    used_blocks -= victim["slots"]
-                    running.remove(victim)
-                    waiting.insert(0, victim["i"])
-                    generated -= victim["made"]
-                    preemptions += 1
-                    if victim is s:
-                        grow = 0
-                if s in running and grow > 0:
-                    used_blocks += grow
-                    s["slots"] += grow
-        # memory accounting for this step (before finished requests leave)
-        states = sum(s["held"] - (shared_tokens if sharing else 0) for s in running) + (
-            shared_tokens if sharing and running else 0)
-        if paged:
-            allocated = used_blocks * block_size
-            internal = allocated - states
-            reserved = 0
-        else:
-            allocated = reserved_total
-            reserved = sum(min(s["slots"], requests[s["i"]].prompt + requests[s["i"]].output) - s["held"]
-                           for s in running)
-            internal = allocated - states - reserved
-        sum_alloc += allocated
-        sum_states += states
-        sum_reserved += reserved
-        sum_internal += internal
-        sum_running += len(running)
-        max_running = max(max_running, len(running))
-        timeline["allocated"].append(allocated)
-        timeline["token states"].append(states)
-        timeline["running"].append(len(running))
-        for s in list(running):
-            if s["made"] >= requests[s["i"]].output:
-                running.remove(s)
-                finished += 1
-                if paged:
-                    used_blocks -= s["slots"]
-                else:
-                    reserved_total -= s["slots"]
-        if shared_live and not running:  # the last request using the shared prefix left: free its blocks
-            used_blocks -= shared_blocks
-            shared_live = False
-        step += 1
-    busy = len(timeline["running"]) or 1
-    memory = {"token states": 100 * sum_states / sum_alloc if sum_alloc else 0.0,
-              "reserved for later tokens": 100 * sum_reserved / sum_alloc if sum_alloc else 0.0,
-              "fragmentation": 100 * sum_internal / sum_alloc if sum_alloc else 0.0}
-    return ServingResult(
-        allocator=allocator, block_size=block_size if paged else 0, capacity_tokens=capacity_tokens,
-        requests=len(requests), finished=finished, steps=step, generated_tokens=generated,
-        mean_running=sum_running / busy, max_running=max_running, memory=memory,
-        waste_percent=100 - memory["token states"], preemptions=preemptions, seconds=seconds, timeline=timeline)
-
-
-def compare_allocators(n_requests: int = 300, mix: str = "sharegpt-like", capacity: int = 65536,
-                       block_size: int = 16, max_seq_len: int = 2048, arrival_rate: float | None = None,
-                       shared_prefix: int = 0, allocators: Sequence[str] = ALLOCATORS,
-                       cost: StepCost | None = None, seed: int = 0) -> list[ServingResult]:
-    """The same request stream served by each allocator."""
-    requests = sample_requests(n_requests, mix, max_seq_len, arrival_rate, shared_prefix, seed)
-    return [simulate_serving(requests, capacity, a, block_size, max_seq_len, shared_prefix, cost) for a in allocators]
-
-
-def serving_table(results: Sequence[ServingResult]) -> str:
-    rows = [r.row() for r in results]
-    keys = list(rows[0])
-    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
-    lines = ["  ".join(k.rjust(widths[k]) if i else k.ljust(widths[k]) for i, k in enumerate(keys))]
-    for r in rows:
-        lines.append("  ".join(str(r[k]).rjust(widths[k]) if i else str(r[k]).ljust(widths[k])
-                               for i, k in enumerate(keys)))
-    return "\n".join(lines)
-
-
-def plot_serving(results: Sequence[ServingResult], title: str = "Where the KV memory goes"):
-    """Left: the allocated KV memory split into token states / reserved / fragmentation per allocator.
-    Right: how many requests decode at once, over time."""
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1.1, 1]})
-    names = [r.allocator for r in results]
-    bottom = [0.0] * len(results)
-    for part, colour in (("token states", "tab:green"), ("reserved for later tokens", "tab:orange"),
-                         ("fragmentation", "tab:red")):
-        vals = [r.memory[part] for r in results]
-        left.barh(names, vals, left=bottom, color=colour, label=part)
-        bottom = [b + v for b, v in zip(bottom, vals)]
-    for i, r in enumerate(results):
-        left.text(101, i, f"{r.waste_percent:.0f}% waste", va="center", fontsize=8)
-    left.set_xlim(0, 125)
-    left.set_xlabel("% of allocated KV memory (time average)")
-    left.invert_yaxis()
-    left.legend(fontsize=7, loc="lower right")
-    left.set_title(title)
-    for r in results:
-        right.plot(r.timeline["running"], label=f"{r.allocator} (mean {r.mean_running:.0f})", lw=1)
-    right.set_xlabel("decode step")
-    right.set_ylabel("requests decoding at once")
-    right.set_title("Batch size the memory allows")
-    right.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def paged_widget(n_requests: int = 200, capacity: int = 65536, model: str = "llama-3.1-8b"):
-    """Sliders for block size, load and shared prefix, a menu for the length mix: the table and the plot
-    update on every change. A thin view over `compare_allocators`."""
-    import ipywidgets as w
-    import matplotlib.pyplot as plt
-    from IPython.display import display
-
-    block = w.SelectionSlider(options=[1, 2, 4, 8, 16, 32, 64, 128, 256], value=16, description="block size")
-    load = w.FloatLogSlider(value=2.0, base=10, min=-1, max=1.5, step=0.1, description="arrivals/step")
-    prefix = w.IntSlider(value=0, min=0, max=512, step=32, description="shared prefix")
-    mix = w.Dropdown(options=list(LENGTH_MIXES), value="sharegpt-like", description="lengths")
-    table = w.HTML()
-    plot = w.Output()
-    cost = step_cost(model)
-
-    def update(*_):
-        results = compare_allocators(n_requests, mix.value, capacity, block.value, 2048, load.value,
-                                     prefix.value, cost=cost)
-        table.value = f"<pre class='kv-serving'>{serving_table(results)}</pre>"
-        with plot:
-            plot.clear_output(wait=True)
-            fig = plot_serving(results, f"{mix.value}, block {block.value}, {load.value:.1f} req/step")
-            display(fig)
-            plt.close(fig)
-
-    for control in (block, load, prefix, mix):
-        control.observe(update, names="value")
-    update()
-    return w.VBox([w.HBox([block, load]), w.HBox([prefix, mix]), table, plot])
-
-
-def prefix_sharing_saved_tokens(n_requests: int, shared_prefix: int, block_size: int) -> int:
-    """Token slots saved when `n_requests` running requests share the full blocks of a common prefix."""
-    require_positive("n_requests", n_requests)
-    require_positive("shared_prefix", shared_prefix, allow_zero=True)
-    require_positive("block_size", block_size)
-    return (n_requests - 1) * (shared_prefix // block_size) * block_size
-
-
 # ============================================================================ exercises
 
 
@@ -1035,21 +649,3 @@ def prefix_sharing_saved_tokens(n_requests: int, shared_prefix: int, block_size:
           "the window: per layer 2 (K and V) x kv_heads x head_dim x tokens x bytes; add the layers up.")
 def _expected_sliding_cache_bytes(model: str, tokens: int, kv_dtype: str = "fp32") -> float:
     return vram.kv_cache_bytes(model, tokens, kv_dtype=kv_dtype)
-
-
-@exercise("05.paged_slack_tokens", hint="each sequence fills whole blocks except its last one: "
-          "ceil(length / block_size) x block_size - length empty slots per sequence, summed.")
-def _expected_paged_slack(lengths: Sequence[int], block_size: int) -> int:
-    return paged_slack(lengths, block_size)
-
-
-@exercise("05.requests_that_fit", hint="contiguous: capacity // max_seq_len requests; paged: capacity // "
-          "(blocks per request x block_size), with blocks = ceil(actual length / block_size). Answer (contiguous, paged).")
-def _expected_requests_that_fit(capacity: int, max_seq_len: int, length: int, block_size: int) -> tuple[int, int]:
-    return capacity // max_seq_len, capacity // (blocks_for(length, block_size) * block_size)
-
-
-@exercise("05.prefix_saved_tokens", hint="every request but the first reuses the prefix's FULL blocks: "
-          "(requests - 1) x (prefix // block_size) x block_size slots.")
-def _expected_prefix_saved(n_requests: int, shared_prefix: int, block_size: int) -> int:
-    return prefix_sharing_saved_tokens(n_requests, shared_prefix, block_size)

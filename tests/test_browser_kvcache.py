@@ -14,7 +14,7 @@ def paged_waste(table_text: str) -> float:
 
 
 def test_paged_simulator_widget_reacts_to_the_block_size(tmp_path):
-    code = "from labkit import kvcache\nkvcache.paged_widget(n_requests=60, capacity=32768)"
+    code = "from labkit import paged_widget\npaged_widget.simulator(n_requests=60, capacity=32768)"
     with widget_page(tmp_path, code, ready="pre.kv-serving") as page:
         table = page.locator("pre.kv-serving")
         before = table.first.inner_text()
