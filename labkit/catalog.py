@@ -14,7 +14,8 @@ Three things live here, each usable on its own:
    window, experts, vocabulary, context; `kv_cache_bytes_per_token` says what each token costs in
    the KV cache.
 3. **The picker**: `recommend(task, vram_gb, ...)` ranks the catalog models that fit a memory
-   budget at a chosen quantization and says why; `picker_widget()` is a thin ipywidgets view on it.
+   budget at a chosen quantization and says why; `labkit.catalog_widget.picker()` is a thin
+   ipywidgets view on it.
 
 A config is given as the name of a shipped config (`"llama-3.1-8b"`), a dict shaped like a Hub
 `config.json`, or a transformers `PretrainedConfig`.
@@ -779,39 +780,6 @@ def recommend(task: str, vram_gb: float, quant: str = "Q4_K_M", context: int = 4
     return picks if top is None else picks[:top]
 
 
-def recommendations_html(recs: list[Recommendation], task: str = "", vram_gb: float | None = None) -> str:
-    """An HTML table of recommendations (what the picker widget shows)."""
-    if not recs:
-        where = f" for '{task}' in {vram_gb:g} GiB" if vram_gb is not None else ""
-        return f"<p><b>No catalog model fits{where}.</b> Try a smaller quantization, a shorter context or another licence filter.</p>"
-    return html_table([r.as_row() for r in recs])
-
-
-def picker_widget(task: str = "general", vram_gb: float = 12.0, licence: str = "any", quant: str = "Q4_K_M"):
-    """The model picker: task, VRAM, licence and quantization controls over `recommend()`."""
-    import ipywidgets as widgets
-
-    task_w = widgets.Dropdown(options=TASKS, value=task, description="Task")
-    vram_w = widgets.FloatSlider(value=vram_gb, min=2, max=96, step=1, description="VRAM (GiB)",
-                                 continuous_update=False)
-    licence_w = widgets.Dropdown(options=[(f"{k}: {v}", k) for k, v in LICENCE_FILTERS.items()], value=licence,
-                                 description="Licence", layout=widgets.Layout(width="520px"))
-    quant_w = widgets.Dropdown(options=["bf16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M"], value=quant,
-                               description="Weights")
-    context_w = widgets.Dropdown(options=[2048, 4096, 8192, 32768], value=4096, description="Context")
-    out = widgets.HTML()
-
-    def update(_=None):
-        recs = recommend(task_w.value, vram_w.value, quant=quant_w.value, context=context_w.value,
-                         licence=licence_w.value)
-        out.value = recommendations_html(recs, task_w.value, vram_w.value)
-
-    for w in (task_w, vram_w, licence_w, quant_w, context_w):
-        w.observe(update, names="value")
-    update()
-    return widgets.VBox([widgets.HBox([task_w, vram_w]), widgets.HBox([quant_w, context_w]), licence_w, out])
-
-
 # =============================================================================== tables, plots, the Hub
 
 
@@ -1035,7 +1003,7 @@ __all__ = [
     "count_built_parameters", "count_parameters", "estimate_memory", "families", "find_models", "get_model",
     "html_table", "hub_model_card", "hub_search", "kv_allowance_bytes_per_token", "kv_cache_bytes",
     "kv_allowance_ratios", "kv_allowance_rows", "kv_allowance_summary", "kv_cache_bytes_per_token", "licence_rows", "load_catalog", "moe_demo",
-    "parameter_report_rows", "picker_widget", "plot_expert_load",
+    "parameter_report_rows", "plot_expert_load",
     "plot_kv_bytes_per_token", "plot_moe_total_vs_active", "plot_params_vs_context", "published_vs_computed",
-    "recommend", "recommendations_html", "route_tokens", "show_table", "tiny_moe",
+    "recommend", "route_tokens", "show_table", "tiny_moe",
 ]

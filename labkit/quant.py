@@ -33,8 +33,28 @@ from typing import Any
 
 import numpy as np
 
+from . import vram
+from .bench import benchmark
 from .check import exercise, validator
+from .dtypes import BITS_PER_WEIGHT, torch_dtype
 from .errors import LabkitError, MissingPackageError, require_positive, unknown
+from .gguf_files import iter_dequantized, read_gguf, require_disk_space, write_gguf_like
+from .hardware import cpu_threads
+from .models import (
+    BUNDLED,
+    BUNDLED_LICENCE,
+    LoadedModel,
+    ModelReport,
+    bundled_gguf_path,
+    dense_cache_path,
+    llama_cpp_logs,
+    load_bundled_transformers,
+    load_llama_cpp,
+    require_llama_cpp,
+    validate_gguf,
+)
+from .paths import cache_dir, datasets_dir
+from .runtimes import generate_llama_cpp
 
 # ============================================================================ 1. by hand
 
@@ -276,8 +296,6 @@ def bnb_config(fmt: str, compute_dtype: str = "fp32"):
     default) or "nf4-no-double-quant"."""
     from transformers import BitsAndBytesConfig
 
-    from .dtypes import torch_dtype
-
     if fmt not in BNB_FORMATS:
         raise unknown("bitsandbytes format", fmt, BNB_FORMATS)
     if fmt == "int8":
@@ -326,17 +344,6 @@ def load_bnb(fmt: str, device: str = "cpu", compute_dtype: str | None = None):
     Returns (LoadedModel, {"measured": bytes by part, "estimated": vram.weight_bytes by part}).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from . import vram
-    from .dtypes import torch_dtype
-    from .models import (
-        BUNDLED,
-        BUNDLED_LICENCE,
-        LoadedModel,
-        ModelReport,
-        dense_cache_path,
-        load_bundled_transformers,
-    )
 
     if fmt not in BNB_FORMATS:
         raise unknown("bitsandbytes format", fmt, BNB_FORMATS)
@@ -446,8 +453,6 @@ def llama_cpp_quant_types() -> list[str]:
 
 
 def _require_llama_cpp():
-    from .models import require_llama_cpp
-
     return require_llama_cpp("Quantizing with llama.cpp")
 
 
@@ -456,10 +461,6 @@ def quantize_gguf(source: str | Path, qtype: str, out_path: str | Path, threads:
 
     Written to a temporary name and renamed when complete: a failed or interrupted run leaves nothing.
     """
-    from .gguf_files import read_gguf, require_disk_space
-    from .hardware import cpu_threads
-    from .models import llama_cpp_logs, validate_gguf
-
     llama_cpp = _require_llama_cpp()
     source = validate_gguf(source)
     known = llama_cpp_quant_types()
@@ -516,22 +517,15 @@ class _captured_stderr:
 
 
 def _ladder_bits(qtype: str) -> float:
-    from .dtypes import BITS_PER_WEIGHT
-
     return BITS_PER_WEIGHT.get(qtype, 16.0 if qtype in ("F16", "BF16") else 8.5)
 
 
 def ladder_dir() -> Path:
-    from .paths import cache_dir
-
     return cache_dir() / "quant-ladder"
 
 
 def reference_gguf(source: str | Path | None = None, dtype: str = REFERENCE) -> Path:
     """The bundled model (or `source`) de-quantized to a full-precision GGUF (F16 by default), cached."""
-    from .gguf_files import iter_dequantized, write_gguf_like
-    from .models import BUNDLED, bundled_gguf_path
-
     source = Path(source) if source is not None else bundled_gguf_path()
     stem = BUNDLED if source == bundled_gguf_path() else source.stem
     out = ladder_dir() / f"{stem}-{dtype}.gguf"
@@ -550,9 +544,6 @@ def build_ladder(levels: Sequence[str] = LADDER, source: str | Path | None = Non
     Files already in the cache are reused; only missing ones are made (a progress bar shows them).
     """
     from tqdm.auto import tqdm
-
-    from .gguf_files import read_gguf, require_disk_space
-    from .models import bundled_gguf_path
 
     _require_llama_cpp()
     known = llama_cpp_quant_types()
@@ -583,16 +574,12 @@ def build_ladder(levels: Sequence[str] = LADDER, source: str | Path | None = Non
 
 def evaluation_text() -> str:
     """The course's evaluation text (datasets/texts/evaluation.txt; written for the course, CC0)."""
-    from .paths import datasets_dir
-
     return (datasets_dir() / "texts" / "evaluation.txt").read_text()
 
 
 def tokenize_for_eval(text: str | None = None, gguf: str | Path | None = None) -> list[int]:
     """Token ids of the evaluation text, by the GGUF's own tokenizer (llama.cpp, vocabulary only), with
     no BOS: `score` puts one at the start of every window. One tokenization for every model scored."""
-    from .models import bundled_gguf_path, validate_gguf
-
     llama_cpp = _require_llama_cpp()
     path = validate_gguf(gguf) if gguf is not None else bundled_gguf_path()
     with _captured_stderr():  # llama.cpp logs a context warning even for a vocabulary-only load
@@ -664,8 +651,6 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def _window_logits_gguf(path: Path, windows: list[list[int]], window: int) -> Callable[[], Any]:
-    from .models import load_llama_cpp
-
     loaded = load_llama_cpp(path, n_ctx=window, logits_all=True, n_batch=window)
     llm = loaded.model
 
@@ -705,8 +690,6 @@ def score(model: Any, ids: Sequence[int], windows: Windows, reference: Scores | 
     spans = windows.spans(len(body))
     batches = [[bos, *body[s:e]] for s, e in spans]
     if isinstance(model, (str, Path)):
-        from .models import validate_gguf
-
         path = validate_gguf(model)
         run = _window_logits_gguf(path, batches, windows.window)
         name = name or path.stem
@@ -742,10 +725,6 @@ def perplexity(model: Any, ids: Sequence[int], windows: Windows) -> float:
 
 def decode_speed(path: str | Path, max_new_tokens: int = 32, runs: int = 2) -> float:
     """llama.cpp decode tokens/s for a GGUF file (labkit.bench.benchmark: medians after a warm-up)."""
-    from .bench import benchmark
-    from .models import load_llama_cpp
-    from .runtimes import generate_llama_cpp
-
     llm = load_llama_cpp(path, n_ctx=256).model
     r = benchmark(Path(path).stem, lambda p: generate_llama_cpp(llm, p, max_new_tokens, stop_at_eos=False),
                   "The lighthouse keeper climbed the tower at dusk and", runs=runs, warmup=1)
@@ -755,8 +734,6 @@ def decode_speed(path: str | Path, max_new_tokens: int = 32, runs: int = 2) -> f
 def quality_row(label: str, scores: Scores, reference: Scores, path: str | Path | None = None,
                 tokens_per_s: float = float("nan")) -> dict:
     """One row of the ladder table: quality vs the reference, plus file size and bits per weight for a GGUF."""
-    from .gguf_files import read_gguf
-
     row = {"level": label, **scores.versus(reference)}
     if scores is reference:
         row["kld"] = 0.0
@@ -837,8 +814,6 @@ def published_llama3_8b() -> list[dict]:
     shipped as datasets/llama_cpp_llama3_8b_quality.csv."""
     import csv
 
-    from .paths import datasets_dir
-
     with (datasets_dir() / "llama_cpp_llama3_8b_quality.csv").open() as f:
         rows = [r for r in csv.DictReader(line for line in f if not line.startswith("#"))]
     return [{"level": r["level"], "size_gib": float(r["size_gib"]), "ppl": float(r["ppl"]),
@@ -901,7 +876,7 @@ def plot_weight_histogram(w: Any, q: Quantized | None = None, title: str = "weig
     return fig
 
 
-# ============================================================================ the widget
+# ============================================================================ what the ladder widget shows
 
 
 def ladder_choice(rows: Sequence[dict], level: str, model: str = "llama-3.1-8b", gpu: str = "NVIDIA RTX 4090",
@@ -909,8 +884,6 @@ def ladder_choice(rows: Sequence[dict], level: str, model: str = "llama-3.1-8b",
     """What picking `level` means: the measured quality of the bundled model at that level, and whether
     `model` (a shipped config) at that level, with `context` tokens, fits `gpu` (labkit.vram's estimate
     for llama.cpp). The widget shows this; tested on its own."""
-    from . import vram
-
     by_level = {r["level"]: r for r in rows}
     if level not in by_level:
         raise unknown("ladder level", level, list(by_level))
@@ -924,34 +897,6 @@ def ladder_choice(rows: Sequence[dict], level: str, model: str = "llama-3.1-8b",
     return {"level": level, "kld": r["kld"], "ppl": r["ppl"], "top1_agreement": r["top1_agreement"],
             "file_mb": r["file_mb"], "model": model, "gpu": gpu, "needed_gib": est.total / vram.GIB,
             "weights_gib": est.weights / vram.GIB, "fits": bool(fit), "fit": str(fit)}
-
-
-def ladder_widget(rows: Sequence[dict], models: Sequence[str] = ("llama-3.1-8b", "mistral-7b-v0.3", "qwen2.5-7b",
-                                                                     "gemma-2-9b", "llama-3.1-70b")):
-    """Pick a level, a model and a GPU: size, fit and the measured quality (a view over `ladder_choice`)."""
-    import ipywidgets as widgets
-
-    from .hardware import gpu_table
-
-    level = widgets.Dropdown(options=[r["level"] for r in rows], value=rows[min(4, len(rows) - 1)]["level"],
-                             description="level")
-    model = widgets.Dropdown(options=list(models), value=models[0], description="model")
-    gpu = widgets.Dropdown(options=[g["name"] for g in gpu_table()], value="NVIDIA RTX 4090", description="GPU")
-    context = widgets.IntSlider(value=8192, min=1024, max=131072, step=1024, description="context")
-    out = widgets.HTML()
-
-    def update(*_: Any) -> None:
-        c = ladder_choice(rows, level.value, model.value, gpu.value, context.value)
-        verdict = "fits ✅" if c["fits"] else "does NOT fit ❌"
-        out.value = (f"<div class='ladder-result'><b>{c['model']} at {c['level']}</b>: weights {c['weights_gib']:.1f} GiB, "
-                     f"{c['needed_gib']:.1f} GiB with {context.value:,} tokens of context → <b>{verdict}</b> on "
-                     f"{c['gpu']}<br>Measured on Gemma 3 270M at this level: KLD <b>{c['kld']:.4f}</b>, "
-                     f"perplexity {c['ppl']:.2f}, same top token {100 * c['top1_agreement']:.1f}% of the time</div>")
-
-    for w in (level, model, gpu, context):
-        w.observe(update, names="value")
-    update()
-    return widgets.VBox([level, model, gpu, context, out])
 
 
 # ============================================================================ exercises

@@ -54,7 +54,7 @@ FLOAT_DTYPES = ("fp32", "fp16", "bf16")
 BNB_DTYPES = ("int8", "int4", "nf4")  # bitsandbytes: LLM.int8() and 4-bit (FP4 / NF4)
 GGUF_DTYPES = tuple(d for d in BITS_PER_WEIGHT if d.startswith("Q"))
 RUNTIMES = ("transformers", "llama.cpp")
-METHODS = ("full", "lora", "qlora")
+TRAINING_METHODS = ("full", "lora", "qlora")
 OPTIMIZERS = ("adamw", "adamw8bit", "sgd")
 
 # Bits per element of a KV cache. Quantized caches store scales too: Q8_0 / Q4_0 (llama.cpp) as in
@@ -577,8 +577,8 @@ def estimate_training(model: Any, method: str = "full", dtype: str = "bf16", opt
     gradient checkpointing keeps only each layer's input and recomputes one layer at a time.
     """
     a = architecture(model)
-    if method not in METHODS:
-        raise unknown("training method", method, METHODS)
+    if method not in TRAINING_METHODS:
+        raise unknown("training method", method, TRAINING_METHODS)
     if optimizer not in OPTIMIZERS:
         raise unknown("optimizer", optimizer, OPTIMIZERS)
     dtype = normalize_dtype(dtype)

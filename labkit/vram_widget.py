@@ -21,7 +21,7 @@ from .errors import unknown
 from .hardware import detect_hardware, find_gpu, usable_memory
 from .models import list_configs
 
-METHODS = ("inference", "full", "lora", "qlora")
+WORKLOADS = ("inference", *vram.TRAINING_METHODS)  # what the calculator sizes: running, or one way of training
 COLORS = {"weights": "#4C72B0", "kv_cache": "#DD8452", "gradients": "#8172B3", "optimizer_states": "#937860",
           "activations": "#55A868", "overhead": "#8C8C8C"}
 LABELS = {"weights": "weights", "kv_cache": "KV cache", "gradients": "gradients", "optimizer_states": "optimizer",
@@ -78,8 +78,8 @@ def calculate(model: Any = "llama-3.1-8b", dtype: str = "bf16", context: int = 4
     gradient_checkpointing: training only; keep each layer's input and recompute the rest during
     the backward pass (on by default, as fine-tuning recipes for large models run).
     """
-    if method not in METHODS:
-        raise unknown("method", method, METHODS)
+    if method not in WORKLOADS:
+        raise unknown("method", method, WORKLOADS)
     notes: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -213,7 +213,7 @@ def calculator(model: Any = "llama-3.1-8b", dtype: str = "bf16", context: int = 
         "dtype": w.Dropdown(options=dtypes, value=normalize_dtype(dtype), description="dtype"),
         "context": w.SelectionSlider(options=[2**k for k in range(7, 18)], value=context, description="context"),
         "batch": w.IntSlider(value=batch, min=1, max=64, description="batch"),
-        "method": w.ToggleButtons(options=list(METHODS), value=method, description="method"),
+        "method": w.ToggleButtons(options=list(WORKLOADS), value=method, description="method"),
         "n_gpus": w.IntSlider(value=n_gpus, min=1, max=8, description="GPUs"),
         "gradient_checkpointing": w.Checkbox(value=gradient_checkpointing, description="gradient checkpointing",
                                              tooltip="training: recompute each layer in the backward pass"),

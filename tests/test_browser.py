@@ -9,7 +9,7 @@ pytestmark = browser_marks()
 
 
 def test_widget_in_jupyterlab_reacts_to_the_slider(tmp_path):
-    code = "from labkit import basecamp\nbasecamp.fit_widget(default_gib=8)"
+    code = "from labkit import basecamp_widget\nbasecamp_widget.fit_explorer(default_gib=8)"
     with widget_page(tmp_path, code, ready=".widget-html pre") as page:
         table = page.locator(".widget-html pre")
         before = table.first.inner_text()

@@ -7,8 +7,8 @@ from browser_lab import browser_marks, press_slider, widget_page
 
 pytestmark = browser_marks()
 
-CODE = ("from labkit import cost\n"
-        "cost.break_even_widget(monthly_tokens=1e7, gpu='H100', api='GPT-4o', utilization=0.5, batch=8)")
+CODE = ("from labkit import cost_widget\n"
+        "cost_widget.break_even_explorer(monthly_tokens=1e7, gpu='H100', api='GPT-4o', utilization=0.5, batch=8)")
 
 
 def _bill(page, css: str) -> float:

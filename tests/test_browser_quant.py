@@ -6,10 +6,10 @@ from browser_lab import browser_marks, press_slider, widget_page
 
 pytestmark = browser_marks()
 
-CODE = """from labkit import quant
+CODE = """from labkit import quant, quant_widget
 paths = quant.build_ladder(levels=("Q8_0", "Q2_K"))
 rows = quant.measure_ladder(paths, quant.tokenize_for_eval(), quant.Windows(64, 32, 2), speed_tokens=0)
-quant.ladder_widget(rows)"""
+quant_widget.ladder_explorer(rows)"""
 
 
 def test_ladder_widget_follows_level_and_context(tmp_path):

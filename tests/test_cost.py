@@ -217,15 +217,7 @@ def test_matmul_flops_is_plausible():
     assert 1e8 < cost.measure_matmul_flops("cpu", size=256, repeats=2) < 1e15
 
 
-def test_break_even_widget_reacts_to_its_controls():
-    pytest.importorskip("ipywidgets")
-    box = cost.break_even_widget(monthly_tokens=1e8, gpu="H100", api="GPT-4o", utilization=0.5, batch=8)
-    before = box.summary.value
-    assert "labkit-break-even" in before and "GPT-4o" in before
-    box.controls["monthly_tokens"].value = 1e10
-    assert box.summary.value != before
-    box.controls["utilization"].value = 0.05
-    assert "Self-hosted" in box.summary.value
+def test_the_break_even_widget_offers_only_gpus_it_can_project():
     offers = cost.widget_gpu_offers()
     assert offers and all(o.gpu != "NVIDIA A10G" for o in offers)  # no datasheet entry to project from
 
