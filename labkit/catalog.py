@@ -31,9 +31,8 @@ from typing import Any
 from .check import exercise, validator
 from .dtypes import bytes_per_weight, normalize_dtype
 from .errors import LabkitError, require_positive, unknown
+from .formatting import GIB
 from .hardware import usable_memory
-
-GIB = 2**30
 
 TASKS = ("general", "code", "math", "reasoning", "multilingual", "vision")
 OPENNESS = ("truly-open", "open-weight", "restricted")
@@ -783,26 +782,6 @@ def recommend(task: str, vram_gb: float, quant: str = "Q4_K_M", context: int = 4
 # =============================================================================== tables, plots, the Hub
 
 
-def html_table(rows: list[dict], columns: list[str] | None = None) -> str:
-    """A small HTML table from a list of dicts (no pandas needed)."""
-    import html
-
-    if not rows:
-        return "<p>(no rows)</p>"
-    columns = columns or list(rows[0])
-    head = "".join(f"<th style='text-align:left'>{html.escape(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td style='text-align:left'>{html.escape(str(r.get(c, '')))}</td>"
-                                    for c in columns) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def show_table(rows: list[dict], columns: list[str] | None = None):
-    """Display rows as a table in a notebook (returns the IPython HTML object)."""
-    from IPython.display import HTML
-
-    return HTML(html_table(rows, columns))
-
-
 _FAMILY_COLOURS = {"llama": "#1f77b4", "mistral": "#ff7f0e", "gemma": "#2ca02c", "qwen": "#d62728",
                    "phi": "#9467bd", "deepseek": "#8c564b", "command-r": "#e377c2", "falcon": "#7f7f7f",
                    "yi": "#bcbd22", "olmo": "#17becf", "pythia": "#393b79", "smollm": "#637939"}
@@ -1001,9 +980,9 @@ __all__ = [
     "LICENCE_FILTERS", "TASKS", "MemoryEstimate", "ModelEntry", "ParameterCount", "Recommendation",
     "architecture_rows", "architecture_summary", "benchmark_rows", "card_metadata", "catalog_rows", "context_rows",
     "count_built_parameters", "count_parameters", "estimate_memory", "families", "find_models", "get_model",
-    "html_table", "hub_model_card", "hub_search", "kv_allowance_bytes_per_token", "kv_cache_bytes",
+    "hub_model_card", "hub_search", "kv_allowance_bytes_per_token", "kv_cache_bytes",
     "kv_allowance_ratios", "kv_allowance_rows", "kv_allowance_summary", "kv_cache_bytes_per_token", "licence_rows", "load_catalog", "moe_demo",
     "parameter_report_rows", "plot_expert_load",
     "plot_kv_bytes_per_token", "plot_moe_total_vs_active", "plot_params_vs_context", "published_vs_computed",
-    "recommend", "route_tokens", "show_table", "tiny_moe",
+    "recommend", "route_tokens", "tiny_moe",
 ]

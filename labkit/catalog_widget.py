@@ -3,7 +3,8 @@ that fit, best first, each with its reason. A thin ipywidgets view over `labkit.
 
 from __future__ import annotations
 
-from .catalog import LICENCE_FILTERS, TASKS, Recommendation, html_table, recommend
+from .catalog import LICENCE_FILTERS, TASKS, Recommendation, recommend
+from .formatting import table
 
 # ipywidgets is imported inside the function: labkit imports without the [lab] extra.
 
@@ -13,7 +14,7 @@ def recommendations_html(recs: list[Recommendation], task: str = "", vram_gb: fl
     if not recs:
         where = f" for '{task}' in {vram_gb:g} GiB" if vram_gb is not None else ""
         return f"<p><b>No catalog model fits{where}.</b> Try a smaller quantization, a shorter context or another licence filter.</p>"
-    return html_table([r.as_row() for r in recs])
+    return table([r.as_row() for r in recs], "html")
 
 
 def picker(task: str = "general", vram_gb: float = 12.0, licence: str = "any", quant: str = "Q4_K_M"):

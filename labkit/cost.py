@@ -705,21 +705,6 @@ def plot_batching(measured: Sequence[BatchPoint], projected: dict[int, float] | 
     return fig
 
 
-def rows_markdown(rows: Sequence[dict]) -> str:
-    """A list of dicts as a Markdown table (floats rounded sensibly)."""
-    if not rows:
-        raise LabkitError("rows_markdown needs at least one row")
-    cols = list(rows[0])
-
-    def fmt(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}" if abs(v) >= 0.01 else f"{v:.6f}"
-        return str(v).replace("|", "\\|")
-
-    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-                     + ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows])
-
-
 # ----------------------------------------------------------------------------- what the break-even widget computes
 
 

@@ -34,6 +34,7 @@ from .architecture import architecture
 from .bench import load_benchmark_results
 from .check import exercise
 from .errors import LabkitError, MissingPackageError, require_positive, require_tokens, unknown
+from .formatting import GIB
 from .hardware import cpu_threads
 from .models import BUNDLED, bundled_gguf_path, llama_cpp_logs, require_llama_cpp, validate_gguf
 from .paths import datasets_dir
@@ -125,7 +126,7 @@ def attention_family_table(models: Sequence[str], tokens: int = 32768, kv_dtype:
         rows.append({"model": name, "attention": a.kv_grouping.split(" ")[0], "query heads": a.num_heads,
                      "KV heads": 1 if a.is_mla else a.num_kv_heads,
                      "sliding layers": f"{a.layer_types.count('sliding')}/{a.num_layers}",
-                     "KiB/token": per / 1024, "GiB": vram.kv_cache_bytes(a, tokens, kv_dtype=kv_dtype) / vram.GIB})
+                     "KiB/token": per / 1024, "GiB": vram.kv_cache_bytes(a, tokens, kv_dtype=kv_dtype) / GIB})
     return rows
 
 
@@ -139,7 +140,7 @@ def plot_attention_families(models: Sequence[str], tokens: Sequence[int] = (1024
     for name in models:
         a = architecture(name)
         family = a.kv_grouping.split(" ")[0]
-        gib = [vram.kv_cache_bytes(a, t, kv_dtype=kv_dtype) / vram.GIB for t in tokens]
+        gib = [vram.kv_cache_bytes(a, t, kv_dtype=kv_dtype) / GIB for t in tokens]
         style = "--" if "sliding" in a.layer_types else "-"
         ax.plot(tokens, gib, style, marker="o", color=colours[family], label=f"{name} ({family})")
     ax.set_xscale("log", base=2)
@@ -173,9 +174,9 @@ def gpu_results_table(results: dict) -> str:
                 continue
             alloc = r.get("allocated_growth_bytes")
             label = kind if kind == "bf16" else f"int4 ({results['versions'].get('quantized_cache_backend')})"
-            lines.append(f"{label[:6]:<6} {r['tokens']:>8,} {r['cache_tensor_bytes'] / vram.GIB:>12.3f} "
-                         f"{r['formula_bytes'] / vram.GIB:>12.3f} "
-                         f"{(alloc / vram.GIB if alloc is not None else float('nan')):>14.3f} "
+            lines.append(f"{label[:6]:<6} {r['tokens']:>8,} {r['cache_tensor_bytes'] / GIB:>12.3f} "
+                         f"{r['formula_bytes'] / GIB:>12.3f} "
+                         f"{(alloc / GIB if alloc is not None else float('nan')):>14.3f} "
                          f"{r['decode_tokens_per_s']:>7.1f} {r['roofline_tokens_per_s']:>9.1f} "
                          f"{r['percent_of_roofline']:>6.0f}%")
     return "\n".join(lines)
@@ -192,8 +193,8 @@ def plot_gpu_results(results: dict):
             continue
         name = "bf16" if kind == "bf16" else "int4 quantized"
         t = [r["tokens"] for r in rows]
-        left.plot(t, [r["cache_tensor_bytes"] / vram.GIB for r in rows], "o", color=colour, label=f"{name}: measured")
-        left.plot(t, [r["formula_bytes"] / vram.GIB for r in rows], "-", color=colour, alpha=0.6,
+        left.plot(t, [r["cache_tensor_bytes"] / GIB for r in rows], "o", color=colour, label=f"{name}: measured")
+        left.plot(t, [r["formula_bytes"] / GIB for r in rows], "-", color=colour, alpha=0.6,
                   label=f"{name}: formula")
         right.plot(t, [r["decode_tokens_per_s"] for r in rows], "o-", color=colour, label=f"{name}: measured")
         right.plot(t, [r["roofline_tokens_per_s"] for r in rows], "--", color=colour, label=f"{name}: roofline")

@@ -38,6 +38,7 @@ from .bench import benchmark
 from .check import exercise, validator
 from .dtypes import BITS_PER_WEIGHT, torch_dtype
 from .errors import LabkitError, MissingPackageError, require_positive, unknown
+from .formatting import GIB
 from .gguf_files import iter_dequantized, read_gguf, require_disk_space, write_gguf_like
 from .hardware import cpu_threads
 from .models import (
@@ -771,19 +772,6 @@ def measure_ladder(paths: dict[str, Path], ids: Sequence[int], windows: Windows,
     return rows
 
 
-def markdown_table(rows: Sequence[dict], digits: int = 4) -> str:
-    """Any list of dicts as a Markdown table (floats to `digits` significant digits)."""
-    if not rows:
-        raise LabkitError("markdown_table needs at least one row")
-    keys = list(rows[0])
-
-    def cell(v: Any) -> str:
-        return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    return "\n".join(lines + ["| " + " | ".join(cell(r.get(k)) for k in keys) + " |" for r in rows])
-
-
 def ladder_markdown(rows: Sequence[dict]) -> str:
     lines = ["| level | runtime | file (MB) | bits/weight (file) | bits/weight (blocks) | perplexity | ΔPPL | KLD | "
              "top-1 agreement | tokens/s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -895,8 +883,8 @@ def ladder_choice(rows: Sequence[dict], level: str, model: str = "llama-3.1-8b",
     est = vram.estimate_inference(model, dtype, context=context, runtime=runtime)
     fit = vram.fits(est, gpu)
     return {"level": level, "kld": r["kld"], "ppl": r["ppl"], "top1_agreement": r["top1_agreement"],
-            "file_mb": r["file_mb"], "model": model, "gpu": gpu, "needed_gib": est.total / vram.GIB,
-            "weights_gib": est.weights / vram.GIB, "fits": bool(fit), "fit": str(fit)}
+            "file_mb": r["file_mb"], "model": model, "gpu": gpu, "needed_gib": est.total / GIB,
+            "weights_gib": est.weights / GIB, "fits": bool(fit), "fit": str(fit)}
 
 
 # ============================================================================ exercises

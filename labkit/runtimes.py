@@ -35,6 +35,7 @@ from urllib.parse import urlparse
 from .check import BITS_FOR_BYTES, GIB_FOR_GB, exercise
 from .dtypes import BITS_PER_WEIGHT
 from .errors import LabkitError, MissingPackageError, require_positive, unknown
+from .formatting import table
 from .hardware import cpu_threads
 from .models import BUNDLED, bundled_gguf_path, check_n_gpu_layers, resolve_n_gpu_layers, validate_gguf
 
@@ -592,11 +593,7 @@ CHAT_TEMPLATES = {
 }
 def guide_markdown(rows: list[dict] | None = None) -> str:
     """RUNTIME_GUIDE as a Markdown table (show it with IPython.display.Markdown)."""
-    rows = rows or RUNTIME_GUIDE
-    cols = ["runtime", "engine", "hardware", "formats", "api", "fits"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r.get(c, "")).replace("|", "\\|") for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
+    return table(rows or RUNTIME_GUIDE, "markdown", ["runtime", "engine", "hardware", "formats", "api", "fits"])
 
 
 _BOS = {"gemma": "<bos>", "chatml": "", "llama3": "<|begin_of_text|>"}

@@ -843,17 +843,6 @@ def hardware_table(models: list[str], dtypes: tuple[str, ...] = ("bf16", "int8",
     return rows
 
 
-def text_table(rows: list[dict]) -> str:
-    """Rows of dicts as an aligned text table."""
-    if not rows:
-        return ""
-    cols = list(rows[0])
-    width = {c: max(len(str(c)), *(len(str(r[c])) for r in rows)) for c in cols}
-    line = lambda r: "  ".join(str(r[c]).rjust(width[c]) if isinstance(r[c], (int, float)) else  # noqa: E731
-                               str(r[c]).ljust(width[c]) for c in cols)
-    return "\n".join([line({c: c for c in cols}), *(line(r) for r in rows)])
-
-
 def largest_that_fits(models: list[str], dtype: str, context: int, margin: float = 0.9) -> str | None:
     """The largest of `models` whose estimate fits `margin` of this machine's free memory."""
     hw = detect_hardware(check_online=False)

@@ -18,6 +18,7 @@ from . import vram
 from .architecture import architecture, weight_check
 from .dtypes import normalize_dtype
 from .errors import unknown
+from .formatting import GIB
 from .hardware import detect_hardware, find_gpu, usable_memory
 from .models import list_configs
 
@@ -48,10 +49,10 @@ class Calculation:
 
     def __str__(self) -> str:
         per = " per GPU" if self.n_gpus > 1 else ""
-        lines = [f"{self.estimate.label}: {self.estimate.total / vram.GIB:.1f} GiB{per}"]
+        lines = [f"{self.estimate.label}: {self.estimate.total / GIB:.1f} GiB{per}"]
         if self.beyond_window:
             lines.insert(0, self.beyond_window)
-        lines += [f"  {p:<17}{v / vram.GIB:8.2f} GiB" for p, v in self.estimate.parts().items()]
+        lines += [f"  {p:<17}{v / GIB:8.2f} GiB" for p, v in self.estimate.parts().items()]
         lines += [f"  {'✅' if r.fits else '❌'} {r.name:<24}{r.vram_gib:6.0f} GiB  ({r.headroom_gib:+.1f})"
                   for r in self.rows]
         return "\n".join(lines + [f"  note: {n}" for n in self.notes])
@@ -62,8 +63,8 @@ def your_device() -> tuple[str, float] | None:
     less the safety margin every fit verdict keeps (labkit.hardware.usable_memory)."""
     hw = detect_hardware(check_online=False)
     if hw.device == "cuda" and hw.vram_total_bytes:
-        return f"yours: {hw.gpu_name}", usable_memory(hw.vram_total_bytes / vram.GIB).bytes / vram.GIB
-    return "yours: CPU RAM", usable_memory(hw.ram_total_bytes / vram.GIB).bytes / vram.GIB
+        return f"yours: {hw.gpu_name}", usable_memory(hw.vram_total_bytes / GIB).bytes / GIB
+    return "yours: CPU RAM", usable_memory(hw.ram_total_bytes / GIB).bytes / GIB
 
 
 def calculate(model: Any = "llama-3.1-8b", dtype: str = "bf16", context: int = 4096, batch: int = 1,
@@ -102,26 +103,26 @@ def calculate(model: Any = "llama-3.1-8b", dtype: str = "bf16", context: int = 4
     rows = []
     for g in gpus:
         info = find_gpu(g)
-        have = usable_memory(info).bytes / vram.GIB  # what CUDA shows, less the safety margin
-        rows.append(GpuRow(info["name"].removeprefix("NVIDIA "), have, est.total <= have * vram.GIB,
-                           have - est.total / vram.GIB))
+        have = usable_memory(info).bytes / GIB  # what CUDA shows, less the safety margin
+        rows.append(GpuRow(info["name"].removeprefix("NVIDIA "), have, est.total <= have * GIB,
+                           have - est.total / GIB))
     if include_yours:
         mine = your_device()
         if mine:
-            rows.append(GpuRow(mine[0], mine[1], est.total <= mine[1] * vram.GIB, mine[1] - est.total / vram.GIB))
+            rows.append(GpuRow(mine[0], mine[1], est.total <= mine[1] * GIB, mine[1] - est.total / GIB))
     return Calculation(est, n_gpus, rows, notes, beyond)
 
 
 def bars_html(calc: Calculation) -> str:
     """A stacked bar of the estimate's parts against each GPU's memory, as HTML (fast to redraw)."""
     parts = calc.estimate.parts()
-    need = calc.estimate.total / vram.GIB
+    need = calc.estimate.total / GIB
     scale = max([need, *(r.vram_gib for r in calc.rows)]) or 1.0
     px = 420 / scale
     seg = "".join(
-        f'<div title="{LABELS[p]}: {v / vram.GIB:.2f} GiB" style="width:{v / vram.GIB * px:.1f}px;'
+        f'<div title="{LABELS[p]}: {v / GIB:.2f} GiB" style="width:{v / GIB * px:.1f}px;'
         f'background:{COLORS[p]};height:14px"></div>' for p, v in parts.items() if v > 0)
-    legend = " ".join(f'<span style="color:{COLORS[p]}">■</span> {LABELS[p]} {v / vram.GIB:.2f}' for p, v in parts.items())
+    legend = " ".join(f'<span style="color:{COLORS[p]}">■</span> {LABELS[p]} {v / GIB:.2f}' for p, v in parts.items())
     per = f" per GPU (x{calc.n_gpus}, tensor parallel)" if calc.n_gpus > 1 else ""
     head = (f"<div><b>{html.escape(calc.estimate.label)}</b>: <b>{need:.1f} GiB</b>{per}<br>"
             f"<span style='font-size:90%'>{legend} GiB</span></div>")
@@ -153,7 +154,7 @@ def plot_breakdown(estimates: dict[str, vram.MemoryEstimate], ax=None, title: st
     labels = list(estimates)
     bottom = [0.0] * len(labels)
     for part in vram.MemoryEstimate.PARTS:
-        values = [getattr(estimates[k], part) / vram.GIB for k in labels]
+        values = [getattr(estimates[k], part) / GIB for k in labels]
         if any(values):
             ax.bar(labels, values, bottom=bottom, color=COLORS[part], label=LABELS[part])
             bottom = [b + v for b, v in zip(bottom, values)]
@@ -176,10 +177,10 @@ def plot_context_sweep(model: str, dtype: str = "bf16", contexts: tuple[int, ...
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ests = [vram.estimate_inference(model, dtype, context=n) for n in contexts]
-    ax.plot(contexts, [e.weights / vram.GIB for e in ests], "o-", color=COLORS["weights"], label="weights")
-    ax.plot(contexts, [e.kv_cache / vram.GIB for e in ests], "o-", color=COLORS["kv_cache"], label="KV cache")
-    ax.plot(contexts, [e.activations / vram.GIB for e in ests], "o-", color=COLORS["activations"], label="activations")
-    ax.plot(contexts, [e.total / vram.GIB for e in ests], "k--", label="total (estimate)")
+    ax.plot(contexts, [e.weights / GIB for e in ests], "o-", color=COLORS["weights"], label="weights")
+    ax.plot(contexts, [e.kv_cache / GIB for e in ests], "o-", color=COLORS["kv_cache"], label="KV cache")
+    ax.plot(contexts, [e.activations / GIB for e in ests], "o-", color=COLORS["activations"], label="activations")
+    ax.plot(contexts, [e.total / GIB for e in ests], "k--", label="total (estimate)")
     ax.set_xscale("log", base=2)
     window = architecture(model).max_position
     if window and window < max(contexts):  # grey out what the model cannot read

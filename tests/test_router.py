@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from labkit import check, cost, router
+from labkit import check, cost, formatting, router
 from labkit.errors import LabkitError
 from labkit.runtimes import free_port
 
@@ -163,7 +163,7 @@ def test_router_serves_each_route_from_a_real_server_and_prices_it(llama_server)
                                                            ep.usd_per_1m_input, ep.usd_per_1m_output))
     rows = router.summarize_routes(hybrid.log)
     assert sum(r["share"] for r in rows) == pytest.approx(1.0) and {r["served by"] for r in rows} == {"local", "cloud"}
-    assert "served by" in cost.rows_markdown(rows)
+    assert "served by" in formatting.table(rows, "markdown")
 
 
 @pytest.mark.llama
