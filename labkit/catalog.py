@@ -11,8 +11,8 @@ Three things live here, each usable on its own:
    layers with their router and shared experts, norms, biases and tied embeddings. The tests check
    it against `sum(p.numel())` of the same architecture built by transformers.
    `architecture_summary` reads the rest off the config: GQA ratio, head size, RoPE base, sliding
-   window, experts, vocabulary, context; `kv_cache_bytes_per_token` says what each token costs in
-   the KV cache.
+   window, experts, vocabulary, context, and what each token costs in the KV cache. The shape itself
+   is labkit.architecture's, the byte formulas labkit.vram's.
 3. **The picker**: `recommend(task, vram_gb, ...)` ranks the catalog models that fit a memory
    budget at a chosen quantization and says why; `labkit.catalog_widget.picker()` is a thin
    ipywidgets view on it.
@@ -28,11 +28,16 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from . import vram
+from .architecture import architecture as read_architecture
+from .architecture import weight_tensors
 from .check import exercise, validator
 from .dtypes import bytes_per_weight, normalize_dtype
 from .errors import LabkitError, require_positive, unknown
 from .formatting import GIB
-from .hardware import usable_memory
+from .hardware import is_online, usable_memory
+from .models import build_random_model, config_info, list_configs, load_config, to_transformers_config
+from .paths import datasets_dir
 
 TASKS = ("general", "code", "math", "reasoning", "multilingual", "vision")
 OPENNESS = ("truly-open", "open-weight", "restricted")
@@ -117,8 +122,6 @@ def _entry(raw: dict) -> ModelEntry:
 def load_catalog() -> tuple[ModelEntry, ...]:
     """Every entry of datasets/catalog.yaml, in file order."""
     import yaml
-
-    from .paths import datasets_dir
 
     data = yaml.safe_load((datasets_dir() / "catalog.yaml").read_text())
     entries = tuple(_entry(raw) for raw in data["models"])
@@ -223,8 +226,6 @@ def _resolve(config: str | dict | Any) -> tuple[dict | None, Any]:
     """(raw dict or None, transformers config) for a shipped name, a config dict, or a config."""
     from transformers import PretrainedConfig
 
-    from .models import load_config, to_transformers_config
-
     if isinstance(config, PretrainedConfig):
         if config.model_type not in _FIELDS:
             raise unknown("model_type", config.model_type, SUPPORTED_MODEL_TYPES)
@@ -297,10 +298,8 @@ def count_parameters(config: str | dict | Any) -> ParameterCount:
     The tensors come from `labkit.vram.weight_tensors` (the same list the memory estimate prices);
     this groups them the way model cards talk about them.
     """
-    from .vram import architecture, weight_tensors
-
     _, cfg = _resolve(config)  # validates the fields and names what is missing
-    arch = architecture(cfg)
+    arch = read_architecture(cfg)
     parts = dict.fromkeys(("embedding", "lm_head", "attention", "mlp", "experts", "shared_experts", "router",
                            "norms"), 0)
     inactive = 0
@@ -325,38 +324,12 @@ def count_parameters(config: str | dict | Any) -> ParameterCount:
 def count_built_parameters(config: str | dict | Any) -> int:
     """`sum(p.numel())` of the real transformers model built from the config on the meta device
     (no memory is allocated): the reference `count_parameters` must match."""
-    from .models import build_random_model
-
     _, cfg = _resolve(config)
     model = build_random_model(cfg, device="meta").model
     return sum(p.numel() for p in model.parameters())
 
 
 # =============================================================================== architecture
-
-
-def kv_cache_bytes_per_token(config: str | dict | Any, dtype: str = "bf16") -> int:
-    """Bytes the KV cache grows by for each token of context, over all layers, at full attention.
-
-    Standard attention stores a key and a value for every KV head of every layer:
-    `2 × layers × kv_heads × head_dim × bytes`. DeepSeek's latent attention (MLA) stores one
-    compressed vector per layer instead: `layers × (kv_lora_rank + qk_rope_head_dim) × bytes`.
-    Sliding-window layers stop growing at their window; `kv_cache_bytes` accounts for that.
-    (The arithmetic lives in `labkit.vram.kv_cache_bytes_per_token`, which splits it by layer type.)
-    """
-    from . import vram
-
-    _, cfg = _resolve(config)
-    return int(sum(vram.kv_cache_bytes_per_token(cfg, normalize_dtype(dtype)).values()))
-
-
-def kv_cache_bytes(config: str | dict | Any, tokens: int, dtype: str = "bf16") -> int:
-    """KV cache bytes for one sequence of `tokens` tokens, with sliding-window layers capped at their window."""
-    from . import vram
-
-    require_positive("tokens", tokens)
-    _, cfg = _resolve(config)
-    return int(vram.kv_cache_bytes(cfg, tokens, 1, normalize_dtype(dtype)))
 
 
 def _rope(raw: dict | None, cfg) -> tuple[float | None, str | None]:
@@ -376,10 +349,8 @@ def _rope(raw: dict | None, cfg) -> tuple[float | None, str | None]:
 def architecture_summary(config: str | dict | Any) -> dict:
     """What sets an architecture apart, read off its config: attention kind and GQA ratio, head size,
     RoPE base and scaling, sliding window, experts, vocabulary, context, exact parameter counts."""
-    from . import vram
-
     raw, cfg = _resolve(config)
-    arch = vram.architecture(cfg)
+    arch = read_architecture(cfg)
     n_heads, n_kv = arch.num_heads, arch.num_kv_heads
     attention = arch.kv_grouping.split(" ")[0]  # "MLA", "MHA", "MQA" or "GQA"
     theta, scaling = _rope(raw, cfg)
@@ -407,14 +378,12 @@ def architecture_summary(config: str | dict | Any) -> dict:
         "tied_embeddings": bool(getattr(cfg, "tie_word_embeddings", False)),
         "params_total": counts.total,
         "params_active": counts.active,
-        "kv_bytes_per_token": kv_cache_bytes_per_token(cfg, "bf16"),
+        "kv_bytes_per_token": int(sum(vram.kv_cache_bytes_per_token(arch, "bf16").values())),
     }
 
 
 def architecture_rows(names: list[str] | None = None) -> list[dict]:
     """One readable row per shipped config: the table the notebook shows."""
-    from .models import list_configs
-
     rows = []
     for name in names if names is not None else list_configs():
         s = architecture_summary(name)
@@ -440,9 +409,7 @@ def context_rows() -> list[dict]:
     for e in load_catalog():
         if not e.config:
             continue
-        from .vram import architecture
-
-        in_config = architecture(e.config).max_position
+        in_config = read_architecture(e.config).max_position
         if in_config != e.context:
             rows.append({"model": e.name, "published context": f"{e.context:,}",
                          "config max_position_embeddings": f"{in_config:,}",
@@ -453,8 +420,6 @@ def context_rows() -> list[dict]:
 def published_vs_computed() -> list[dict]:
     """For every shipped config: the parameter count computed from the config next to the count its
     publisher states (from the catalog), with the difference."""
-    from .models import list_configs
-
     rows = []
     by_config = {e.config: e for e in load_catalog() if e.config}
     for name in list_configs():
@@ -507,7 +472,7 @@ def kv_allowance_ratios(context: int = 4096) -> dict[str, float]:
     ratios = {}
     for e in load_catalog():
         if e.config:
-            exact = kv_cache_bytes(e.config, int(context), "fp16")
+            exact = vram.kv_cache_bytes(e.config, int(context), kv_dtype="fp16")
             ratios[e.name] = kv_allowance_bytes_per_token(count_parameters(e.config).active / 1e9) * context / exact
     return ratios
 
@@ -519,7 +484,7 @@ def kv_allowance_rows(context: int = 4096) -> list[dict]:
     for e in load_catalog():
         if not e.config:
             continue
-        exact = kv_cache_bytes(e.config, int(context), "fp16")
+        exact = vram.kv_cache_bytes(e.config, int(context), kv_dtype="fp16")
         rows.append({"model": e.name, "attention": architecture_summary(e.config)["attention"],
                      f"exact KV at {context:,} tokens": f"{exact / 2**20:,.0f} MiB",
                      "allowance": f"{exact * ratios[e.name] / 2**20:,.0f} MiB",
@@ -662,69 +627,44 @@ def kv_allowance_bytes_per_token(active_params_b: float, dtype: str = "fp16") ->
     return KV_ALLOWANCE_BYTES * math.sqrt(active_params_b) * bytes_per_weight(dtype) / 2
 
 
-@dataclass(frozen=True)
-class MemoryEstimate:
-    model: str
-    quant: str
-    context: int
-    weights_gib: float
-    kv_cache_gib: float
-    overhead_gib: float
-    method: str
-
-    @property
-    def total_gib(self) -> float:
-        return self.weights_gib + self.kv_cache_gib + self.overhead_gib
-
-
 def estimate_memory(model: str | ModelEntry, quant: str = "Q4_K_M", context: int = 4096,
-                    kv_dtype: str = "fp16", overhead_gib: float = 0.5) -> MemoryEstimate:
+                    kv_dtype: str = "fp16", overhead_gib: float | None = None) -> vram.MemoryEstimate:
     """Memory to run a catalog model for one sequence of `context` tokens, weights in `quant`.
 
-    Weights: parameters × bytes per weight (every expert of an MoE model counts: all must be loaded).
-    KV cache: exact from the config when one is shipped, else the size-based allowance.
-    Overhead: runtime buffers and the CUDA context, a flat allowance.
-    When `labkit.vram` is installed and the model has a shipped config, its estimate is used instead.
+    With a shipped config: labkit.vram's estimate (`estimate_inference`): the weights, the KV cache in
+    `kv_dtype`, the activations of the prompt and the runtime's overhead (`overhead_gib` when given,
+    else the overhead vram measured for that runtime).
+    Without one: the published parameter count x bytes per weight (every expert of an MoE model counts:
+    all must be loaded), the size-based KV allowance (`kv_allowance_bytes_per_token`), and a flat
+    overhead of `overhead_gib` (0.5 GiB when not given).
     """
     entry = model if isinstance(model, ModelEntry) else get_model(model)
     quant = normalize_dtype(quant)
     kv_dtype = normalize_dtype(kv_dtype)
     require_positive("context", context)
-    require_positive("overhead_gib", overhead_gib, allow_zero=True)
+    if overhead_gib is not None:
+        require_positive("overhead_gib", overhead_gib, allow_zero=True)
     if entry.config:
-        try:
-            from . import vram  # written by the VRAM-math notebook; optional here
-        except ImportError:
-            vram = None
-        if vram is not None and hasattr(vram, "estimate_inference"):
-            est = vram.estimate_inference(entry.config, dtype=quant, context=int(context))
-            weights = getattr(est, "weights", None)
-            kv = getattr(est, "kv_cache", None)
-            total = est.total / GIB
-            if weights is not None and kv is not None:
-                return MemoryEstimate(entry.id, quant, int(context), weights / GIB, kv / GIB,
-                                      max(total - (weights + kv) / GIB, 0.0), "labkit.vram.estimate_inference")
-            return MemoryEstimate(entry.id, quant, int(context), total, 0.0, 0.0, "labkit.vram.estimate_inference")
-        params = count_parameters(entry.config).total
-        kv = kv_cache_bytes(entry.config, int(context), kv_dtype)
-        method = "exact: parameter count and KV cache from the shipped config"
-    else:
-        params = entry.params_b * 1e9
-        kv = kv_allowance_bytes_per_token(entry.active_b, kv_dtype) * context
-        method = "published parameter count + KV allowance"
-    return MemoryEstimate(entry.id, quant, int(context), params * bytes_per_weight(quant) / GIB, kv / GIB,
-                          float(overhead_gib), method)
+        overhead = None if overhead_gib is None else overhead_gib * GIB
+        return vram.estimate_inference(entry.config, quant, context=int(context), kv_dtype=kv_dtype,
+                                       overhead_bytes=overhead)
+    kv = kv_allowance_bytes_per_token(entry.active_b, kv_dtype) * context
+    return vram.MemoryEstimate(
+        weights=entry.params_b * 1e9 * bytes_per_weight(quant), kv_cache=kv, activations=0.0,
+        overhead=(0.5 if overhead_gib is None else overhead_gib) * GIB, label=f"{entry.id} {quant}",
+        notes=["published parameter count + KV allowance (no shipped config)"],
+        inputs=dict(model=entry.id, dtype=quant, context=int(context), kv_dtype=kv_dtype, method="inference"))
 
 
 @dataclass(frozen=True)
 class Recommendation:
     model: ModelEntry
-    memory: MemoryEstimate
+    memory: vram.MemoryEstimate
     specialist: bool  # the task is one of the model's specialities
     reason: str
 
     def as_row(self) -> dict:
-        return {"model": self.model.name, "needs": f"{self.memory.total_gib:.1f} GiB",
+        return {"model": self.model.name, "needs": f"{self.memory.total / GIB:.1f} GiB",
                 "licence": self.model.licence, "why": self.reason}
 
 
@@ -739,7 +679,7 @@ def _licence_ok(entry: ModelEntry, licence: str) -> bool:
 
 
 def recommend(task: str, vram_gb: float, quant: str = "Q4_K_M", context: int = 4096, licence: str = "any",
-              top: int | None = 5, overhead_gib: float = 0.5) -> list[Recommendation]:
+              top: int | None = 5, overhead_gib: float | None = None) -> list[Recommendation]:
     """Catalog models for `task` that fit in `vram_gb` (GiB the card shows; the fit keeps the course's
     safety margin free, see labkit.hardware.usable_memory) at `quant`, best first.
 
@@ -762,7 +702,7 @@ def recommend(task: str, vram_gb: float, quant: str = "Q4_K_M", context: int = 4
         if task not in entry.specialities or not _licence_ok(entry, licence) or entry.context < context:
             continue
         memory = estimate_memory(entry, quant, context, overhead_gib=overhead_gib)
-        if memory.total_gib > usable_gib:
+        if memory.total / GIB > usable_gib:
             continue
         specialist = task != "general" and "general" not in entry.specialities
         bits = [("specialist" if specialist else "covers") + f" {task}"]
@@ -770,8 +710,9 @@ def recommend(task: str, vram_gb: float, quant: str = "Q4_K_M", context: int = 4
         if bench and (score := entry.benchmark(bench)):
             bits.append(f"{bench} {score['score']:g} ({score['setting']})")
         size = f"{entry.params_b:g}B" + (f", {entry.active_b:g}B active" if entry.is_moe else "")
-        bits.append(f"{size} at {quant} ≈ {memory.weights_gib:.1f} GiB weights + {memory.kv_cache_gib:.1f} GiB "
-                    f"KV ({context:,} tokens) + {memory.overhead_gib:.1f} GiB overhead = {memory.total_gib:.1f} "
+        rest = memory.total - memory.weights - memory.kv_cache  # activations and the runtime's overhead
+        bits.append(f"{size} at {quant} ≈ {memory.weights / GIB:.1f} GiB weights + {memory.kv_cache / GIB:.1f} GiB "
+                    f"KV ({context:,} tokens) + {rest / GIB:.1f} GiB overhead = {memory.total / GIB:.1f} "
                     f"of {usable_gib:.1f} GiB usable")
         bits.append(f"{entry.licence} (commercial: {entry.commercial})")
         picks.append(Recommendation(entry, memory, specialist, "; ".join(bits)))
@@ -816,10 +757,8 @@ def plot_kv_bytes_per_token(names: list[str] | None = None, dtype: str = "bf16")
     """Bars: KV-cache bytes per token of context for each shipped config."""
     import matplotlib.pyplot as plt
 
-    from .models import config_info, list_configs
-
     names = names or list_configs()
-    values = sorted((kv_cache_bytes_per_token(n, dtype) / 1024, n) for n in names)
+    values = sorted((sum(vram.kv_cache_bytes_per_token(n, dtype).values()) / 1024, n) for n in names)
     fig, ax = plt.subplots(figsize=(8, 0.3 * len(values) + 1.2))
     colours = [_FAMILY_COLOURS.get(config_info(n).get("family"), "grey") for _, n in values]
     ax.barh([n for _, n in values], [v for v, _ in values], color=colours)
@@ -883,8 +822,6 @@ def card_metadata(card_text: str) -> dict:
 
 
 def _require_online(what: str) -> None:
-    from .hardware import is_online
-
     if not is_online():
         raise LabkitError(f"{what} needs the Hugging Face Hub, and this machine is offline "
                           "(HF_HUB_OFFLINE is set or huggingface.co is unreachable)")
@@ -914,8 +851,6 @@ def hub_model_card(hf_id: str) -> dict:
 
 
 def _query_heads_per_kv_head(config: str) -> float:
-    from .models import load_config
-
     cfg = load_config(config)
     return cfg["num_attention_heads"] / cfg.get("num_key_value_heads", cfg["num_attention_heads"])
 
@@ -929,7 +864,7 @@ def _query_heads_per_kv_head(config: str) -> float:
                      lambda expected, config, **_: expected * _query_heads_per_kv_head(config),
                  "counting bits where bytes are asked (16 for bf16 instead of 2)": 8.0})
 def _expected_kv_bytes(config: str, dtype: str = "bf16") -> int:
-    return kv_cache_bytes_per_token(config, dtype)
+    return int(sum(vram.kv_cache_bytes_per_token(config, dtype).values()))
 
 
 @exercise("01.moe_active_params",
@@ -968,7 +903,7 @@ def _validate_pick(answer: Any, task: str, vram_gb: float, licence: str = "any",
         return f"{entry.name}'s licence ({entry.licence}) does not pass the '{licence}' filter"
     if entry.context < context:
         return f"{entry.name} reads at most {entry.context:,} tokens, fewer than the {context:,} needed"
-    need = estimate_memory(entry, quant, context).total_gib
+    need = estimate_memory(entry, quant, context).total / GIB
     usable = usable_memory(vram_gb)
     if need * GIB > usable.bytes:
         return (f"{entry.name} needs about {need:.1f} GiB at {quant}, more than the {usable.bytes / GIB:.1f} GiB "
@@ -977,11 +912,11 @@ def _validate_pick(answer: Any, task: str, vram_gb: float, licence: str = "any",
 
 
 __all__ = [
-    "LICENCE_FILTERS", "TASKS", "MemoryEstimate", "ModelEntry", "ParameterCount", "Recommendation",
+    "LICENCE_FILTERS", "TASKS", "ModelEntry", "ParameterCount", "Recommendation",
     "architecture_rows", "architecture_summary", "benchmark_rows", "card_metadata", "catalog_rows", "context_rows",
     "count_built_parameters", "count_parameters", "estimate_memory", "families", "find_models", "get_model",
-    "hub_model_card", "hub_search", "kv_allowance_bytes_per_token", "kv_cache_bytes",
-    "kv_allowance_ratios", "kv_allowance_rows", "kv_allowance_summary", "kv_cache_bytes_per_token", "licence_rows", "load_catalog", "moe_demo",
+    "hub_model_card", "hub_search", "kv_allowance_bytes_per_token",
+    "kv_allowance_ratios", "kv_allowance_rows", "kv_allowance_summary", "licence_rows", "load_catalog", "moe_demo",
     "parameter_report_rows", "plot_expert_load",
     "plot_kv_bytes_per_token", "plot_moe_total_vs_active", "plot_params_vs_context", "published_vs_computed",
     "recommend", "route_tokens", "tiny_moe",

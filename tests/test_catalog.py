@@ -8,10 +8,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers.utils import logging as hf_logging
 
-from labkit import catalog
+from labkit import catalog, vram
 from labkit.check import check
-from labkit.dtypes import bytes_per_weight
 from labkit.errors import LabkitError
+from labkit.formatting import GIB
 from labkit.models import config_info, list_configs
 
 warnings.filterwarnings("ignore", message=".*")  # transformers' notes about unused config keys
@@ -123,23 +123,6 @@ def test_count_matches_numel_for_random_small_configs(model_type, p):
 
 
 # ------------------------------------------------------------------ architecture
-
-
-def test_kv_bytes_per_token_of_known_models():
-    assert catalog.kv_cache_bytes_per_token("llama-3.1-8b") == 2 * 32 * 8 * 128 * 2  # 128 KiB
-    assert catalog.kv_cache_bytes_per_token("llama-3.1-8b", "fp32") == 2 * 2 * 32 * 8 * 128 * 2
-    assert catalog.kv_cache_bytes_per_token("gemma-2-9b") == 2 * 42 * 8 * 256 * 2
-    assert catalog.kv_cache_bytes_per_token("phi-3-mini") == 2 * 32 * 32 * 96 * 2  # MHA: every head cached
-    assert catalog.kv_cache_bytes_per_token("deepseek-v2-lite") == 27 * (512 + 64) * 2  # MLA: one latent per layer
-    # the seeds' worked example: Llama 3.1 8B at 128K tokens in fp16 is ~17.2 GB
-    assert abs(catalog.kv_cache_bytes_per_token("llama-3.1-8b", "fp16") * 131072 / 1e9 - 17.2) < 0.05
-
-
-def test_sliding_window_layers_stop_growing_at_their_window():
-    per_layer = 2 * 8 * 256 * 2
-    assert catalog.kv_cache_bytes("gemma-2-9b", 8192) == 21 * per_layer * 8192 + 21 * per_layer * 4096
-    assert catalog.kv_cache_bytes("gemma-2-9b", 1000) == 42 * per_layer * 1000
-    assert catalog.kv_cache_bytes("llama-3.1-8b", 8192) == catalog.kv_cache_bytes_per_token("llama-3.1-8b") * 8192
 
 
 def test_architecture_summary_reads_the_config():
@@ -274,21 +257,33 @@ def test_find_models_filters_and_refuses_unknown_values():
 # ------------------------------------------------------------------ memory and the picker
 
 
-def test_estimate_memory_uses_exact_counts_for_shipped_configs():
-    est = catalog.estimate_memory("mixtral-8x7b", quant="Q4_K_M", context=4096, overhead_gib=0)
-    if est.method.startswith("exact"):
-        assert est.weights_gib == catalog.count_parameters("mixtral-8x7b").total * bytes_per_weight("Q4_K_M") / 2**30
-        assert est.kv_cache_gib == 4096 * catalog.kv_cache_bytes_per_token("mixtral-8x7b", "fp16") / 2**30
-    assert est.total_gib > 25  # every expert must be loaded, not just the active 12.9B
-    big = catalog.estimate_memory("llama-3.1-405b", quant="bf16")
-    assert big.method.startswith("published") and big.weights_gib == pytest.approx(405e9 * 2 / 2**30)
+def test_estimate_memory_is_vram_s_estimate_for_shipped_configs():
+    est = catalog.estimate_memory("mixtral-8x7b", quant="Q4_K_M", context=4096)
+    assert est.total == vram.estimate_inference("mixtral-8x7b", "Q4_K_M", context=4096).total
+    assert est.weights == sum(vram.weight_bytes("mixtral-8x7b", "Q4_K_M").values())
+    assert est.total / GIB > 25  # every expert must be loaded, not just the active 12.9B
+    big = catalog.estimate_memory("llama-3.1-405b", quant="bf16")  # no shipped config: published count
+    assert big.weights == pytest.approx(405e9 * 2) and big.overhead == 0.5 * GIB and "published" in big.notes[0]
+
+
+def test_estimate_memory_honours_kv_dtype_and_overhead_for_configured_models():
+    """Both were silently ignored for models with a shipped config (the estimate took vram's defaults)."""
+    est = catalog.estimate_memory("mixtral-8x7b", context=4096)
+    q8 = catalog.estimate_memory("mixtral-8x7b", context=4096, kv_dtype="Q8_0")
+    assert q8.kv_cache == pytest.approx(est.kv_cache * 8.5 / 16) and q8.weights == est.weights
+    assert catalog.estimate_memory("mixtral-8x7b", context=4096, overhead_gib=0).overhead == 0
+    assert catalog.estimate_memory("mixtral-8x7b", context=4096, overhead_gib=2).overhead == 2 * GIB
+    for r in catalog.recommend("code", 48, overhead_gib=3, top=None):
+        assert r.memory.overhead == 3 * GIB, r.model.id
+    with pytest.raises(LabkitError, match="overhead_gib"):
+        catalog.estimate_memory("mixtral-8x7b", overhead_gib=-1)
 
 
 def test_kv_allowance_is_within_a_factor_of_three_for_grouped_attention():
     for name in SHIPPED:
         if catalog.architecture_summary(name)["attention"] == "MHA":
             continue
-        exact = catalog.kv_cache_bytes_per_token(name, "fp16")
+        exact = sum(vram.kv_cache_bytes_per_token(name, "fp16").values())
         allowance = catalog.kv_allowance_bytes_per_token(catalog.count_parameters(name).active / 1e9)
         assert 1 / 3 <= allowance / exact <= 3, name
 
@@ -299,7 +294,7 @@ def test_kv_allowance_is_within_a_factor_of_three_for_grouped_attention():
 def test_every_recommendation_fits_matches_and_is_explained(task, vram, licence, quant, context):
     recs = catalog.recommend(task, vram, quant=quant, licence=licence, context=context, top=None)
     for r in recs:
-        assert r.memory.total_gib <= vram and task in r.model.specialities and r.model.context >= context
+        assert r.memory.total / GIB <= vram and task in r.model.specialities and r.model.context >= context
         assert catalog._licence_ok(r.model, licence) and quant in r.reason and r.model.licence in r.reason
     specialist_flags = [r.specialist for r in recs]
     assert specialist_flags == sorted(specialist_flags, reverse=True)  # specialists first
@@ -427,5 +422,5 @@ def test_pick_model_validator_explains_what_is_wrong():
 def test_weights_estimate_is_close_to_the_seeds_rule_of_thumb():
     # "A 7-billion parameter model can require >14GB of VRAM even before processing any input" (fp16)
     est = catalog.estimate_memory("mistral-7b-v0.3", quant="fp16", overhead_gib=0)
-    assert est.weights_gib * 2**30 / 1e9 > 14
-    assert math.isclose(est.weights_gib, catalog.count_parameters("mistral-7b-v0.3").total * 2 / 2**30)
+    assert est.weights / 1e9 > 14
+    assert math.isclose(est.weights, catalog.count_parameters("mistral-7b-v0.3").total * 2)

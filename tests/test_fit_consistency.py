@@ -95,7 +95,7 @@ def test_recommendations_fit_usable_memory():
     for vram_gb in (6, 12, 24):
         usable_gib = usable_memory(vram_gb).bytes / GIB
         for r in catalog.recommend("general", vram_gb, top=None):
-            assert r.memory.total_gib <= usable_gib, r.model.id
+            assert r.memory.total / GIB <= usable_gib, r.model.id
             assert f"of {usable_gib:.1f} GiB usable" in r.reason
 
 

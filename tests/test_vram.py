@@ -102,6 +102,18 @@ def test_kv_formula_gqa_mqa_mha_sliding_and_mla():
         vram.kv_cache_bytes("llama-3.1-8b", 1000) * 8.5 / 16)
 
 
+def test_kv_per_token_of_known_models_and_the_seeds_example():
+    per = lambda name, dtype="bf16": sum(vram.kv_cache_bytes_per_token(name, dtype).values())  # noqa: E731
+    assert per("llama-3.1-8b", "fp32") == 2 * 2 * 32 * 8 * 128 * 2
+    assert per("gemma-2-9b") == 2 * 42 * 8 * 256 * 2
+    # the seeds' worked example: Llama 3.1 8B at 128K tokens in fp16 is ~17.2 GB
+    assert abs(per("llama-3.1-8b", "fp16") * 131072 / 1e9 - 17.2) < 0.05
+    # Gemma 2 9B: half its 42 layers hold at most their 4,096-token window
+    per_layer = 2 * 8 * 256 * 2
+    assert vram.kv_cache_bytes("gemma-2-9b", 8192) == 21 * per_layer * 8192 + 21 * per_layer * 4096
+    assert vram.kv_cache_bytes("gemma-2-9b", 1000) == 42 * per_layer * 1000
+
+
 def test_kv_equals_weights_tokens():
     n = vram.kv_equals_weights_tokens("llama-3.1-8b")
     assert vram.kv_cache_bytes("llama-3.1-8b", n) >= sum(vram.weight_bytes("llama-3.1-8b", "bf16").values())
