@@ -26,11 +26,10 @@ def test_what_runs_where_rejects_non_positive_memory(memory):
         basecamp.what_runs_where(memory)
 
 
-def test_generate_refuses_a_model_without_tokenizer():
+def test_generate_refuses_a_model_without_tokenizer(tiny_config):
     from labkit.models import build_random_model
 
-    tiny = build_random_model({"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                               "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 50}, dtype="fp32")
+    tiny = build_random_model(tiny_config, dtype="fp32")
     with pytest.raises(LabkitError, match="no tokenizer"):
         basecamp.generate(tiny, "hi")
 

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from labkit import bench, check
 from labkit.errors import LabkitError
+from labkit.models import build_random_model
 from labkit.runtimes import Generation
 
 # ----------------------------------------------------------------------------- the roofline
@@ -141,25 +142,19 @@ def test_bundled_q4_k_m_file_is_mostly_8_bit():
     assert "Q4_K" in types
 
 
-def _tiny_llama(tied: bool):
-    torch = pytest.importorskip("torch")
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
-    return LlamaForCausalLM(cfg).eval()
-
-
 @pytest.mark.parametrize("tied", [False, True])
-def test_model_bytes_per_token(tied):
-    model = _tiny_llama(tied)
+def test_model_bytes_per_token(tied, tiny_config):
+    cfg = {**tiny_config, "tie_word_embeddings": tied}
+    model = build_random_model(cfg, dtype="fp32").model
     bpt = bench.model_bytes_per_token(model, context_tokens=10)
     params = sum(p.numel() * 4 for p in model.parameters())
     assert bpt.weights == params
-    embed = 1000 * 64 * 4
-    assert bpt.embedding_not_read == (0 if tied else pytest.approx(embed * 999 / 1000))
-    assert bpt.kv_cache == 2 * 2 * 16 * 2 * 10 * 4  # fp32 cache
+    vocab, hidden, layers, kv_heads = (cfg[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers",
+                                                        "num_key_value_heads"))
+    embed = vocab * hidden * 4
+    assert bpt.embedding_not_read == (0 if tied else pytest.approx(embed * (vocab - 1) / vocab))
+    head_dim = hidden // cfg["num_attention_heads"]
+    assert bpt.kv_cache == 2 * layers * kv_heads * head_dim * 10 * 4  # fp32 cache
     assert bench.model_bytes_per_token(model, 10, kv_bytes_per_value=2).kv_cache == bpt.kv_cache / 2
 
 

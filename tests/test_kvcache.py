@@ -20,11 +20,9 @@ def tiny_gemma3():
     return build_random_model("gemma-3-270m", dtype="fp32", device="cpu", **TINY_GEMMA3).model
 
 
-@pytest.fixture(scope="module")
-def tiny_llama():
-    return build_random_model("llama-3.2-1b", dtype="fp32", device="cpu", num_hidden_layers=2, hidden_size=64,
-                              intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                              vocab_size=256).model
+@pytest.fixture
+def tiny_llama(tiny_config):
+    return build_random_model(tiny_config, dtype="fp32", device="cpu").model
 
 
 # ----------------------------------------------------------------------------- the real cache

@@ -10,12 +10,6 @@ from labkit.models import (
     validate_gguf,
 )
 
-TINY_LLAMA = {
-    "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-    "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100, "max_position_embeddings": 256,
-    "tie_word_embeddings": False,
-}
-
 
 def test_bundled_gguf_is_real_and_verified():
     import hashlib
@@ -36,18 +30,18 @@ def test_validate_gguf_rejects_other_files(tmp_path):
         validate_gguf(tmp_path / "missing.gguf")
 
 
-def test_random_model_from_a_config_dict_is_labelled_random():
-    loaded = build_random_model(TINY_LLAMA, dtype="fp32")
+def test_random_model_from_a_config_dict_is_labelled_random(tiny_config):
+    loaded = build_random_model(tiny_config, dtype="fp32")
     expected = sum(p.numel() for p in loaded.model.parameters())
     assert loaded.report.parameters == expected
     assert loaded.report.random_weights is True and "RANDOM" in str(loaded.report)
     assert loaded.report.bytes >= expected * 4
 
 
-def test_random_model_is_deterministic_for_a_seed():
-    a = build_random_model(TINY_LLAMA, dtype="fp32", seed=1).model
-    b = build_random_model(TINY_LLAMA, dtype="fp32", seed=1).model
-    c = build_random_model(TINY_LLAMA, dtype="fp32", seed=2).model
+def test_random_model_is_deterministic_for_a_seed(tiny_config):
+    a = build_random_model(tiny_config, dtype="fp32", seed=1).model
+    b = build_random_model(tiny_config, dtype="fp32", seed=1).model
+    c = build_random_model(tiny_config, dtype="fp32", seed=2).model
     wa, wb, wc = (m.model.layers[0].mlp.up_proj.weight for m in (a, b, c))
     assert (wa == wb).all() and not (wa == wc).all()
 
@@ -57,10 +51,10 @@ def test_config_without_model_type_is_refused():
         to_transformers_config({"hidden_size": 64})
 
 
-def test_config_with_a_bad_field_is_refused_clearly():
+def test_config_with_a_bad_field_is_refused_clearly(tiny_config):
     with pytest.raises(LabkitError, match="cannot build"):
         to_transformers_config({"model_type": "not-a-model"})
-    bad = dict(TINY_LLAMA, num_hidden_layers="two")
+    bad = dict(tiny_config, num_hidden_layers="two")
     with pytest.raises(LabkitError, match="num_hidden_layers"):
         to_transformers_config(bad)
 
