@@ -39,6 +39,9 @@ from .errors import LabkitError, MissingPackageError, unknown
 from .models import build_random_model
 from .vram_measure import TensorMemoryTracker
 
+# torch, matplotlib and tqdm are imported inside the functions that use them: `import labkit` stays quick and
+# works without the optional extras.
+
 SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")
 VARIANTS = ("naive", "tiled", "sdpa", *(f"sdpa:{b}" for b in SDPA_BACKENDS), "triton")
 BACKWARD_FACTOR = 2.5  # backward FLOPs / forward FLOPs (FlashAttention-2 paper, section 4.1)

@@ -11,6 +11,9 @@ from typing import Any
 from . import attention as A
 from .errors import LabkitError
 
+# ipywidgets and torch are imported inside the functions that use them: `import labkit` stays quick and works
+# without the optional extras.
+
 
 def memory_report(seq_len: int, heads: int = 8, head_dim: int = 64, dtype: str = "fp32", device: Any = "cpu",
                   measure_up_to: int = 2048) -> dict:

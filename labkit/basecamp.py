@@ -16,6 +16,9 @@ from .hardware import usable_memory
 from .models import LoadedModel, load_hub, load_llama_cpp
 from .runtimes import Generation, generate_llama_cpp, generate_transformers, render_chat
 
+# matplotlib and huggingface_hub are imported inside the functions that use them: `import labkit` stays quick
+# and works without the optional extras.
+
 # Parameter counts (billions) of sizes learners meet most, from the model cards.
 COMMON_SIZES_B = {"Gemma 3 270M": 0.268, "Llama 3.2 1B": 1.24, "Llama 3.2 3B": 3.21, "Llama 3.1 8B": 8.03,
                   "Gemma 2 9B": 9.24, "Qwen2.5 14B": 14.8, "Qwen2.5 32B": 32.8, "Llama 3.3 70B": 70.6}

@@ -30,6 +30,9 @@ from .check import exercise, validator
 from .errors import LabkitError, require_positive
 from .gguf_files import GgufTensor, read_gguf
 
+# matplotlib is imported inside the functions that use it: `import labkit` stays quick and works without the
+# optional extras.
+
 # ----------------------------------------------------------------------------- timing
 
 

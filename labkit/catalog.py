@@ -39,6 +39,9 @@ from .hardware import is_online, usable_memory
 from .models import build_random_model, config_info, list_configs, load_config, to_transformers_config
 from .paths import datasets_dir
 
+# torch, transformers, matplotlib, yaml and huggingface_hub are imported inside the functions that use them:
+# `import labkit` stays quick and works without the optional extras.
+
 TASKS = ("general", "code", "math", "reasoning", "multilingual", "vision")
 OPENNESS = ("truly-open", "open-weight", "restricted")
 COMMERCIAL = ("yes", "conditional", "no")

@@ -45,6 +45,9 @@ from .hardware import _sync, find_gpu
 from .paths import datasets_dir
 from .vram import kv_cache_bytes, parameter_count
 
+# torch, matplotlib and tqdm are imported inside the functions that use them: `import labkit` stays quick and
+# works without the optional extras.
+
 HOURS_PER_MONTH = 730.0  # 365 x 24 / 12
 PRICE_TABLES = {"api": "api_prices.csv", "gpu_rental": "gpu_rental.csv", "consumer_gpus": "consumer_gpus.csv",
                 "electricity": "electricity.csv"}

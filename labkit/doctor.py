@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import metadata
+
+from packaging.requirements import Requirement
 
 from . import hardware
 from .models import bundled_gguf_path
@@ -32,10 +35,6 @@ def optional_packages() -> set[str]:
 
     Missing one of these is a warning: labkit works without it, one part of the course does not.
     """
-    from importlib import metadata
-
-    from packaging.requirements import Requirement
-
     try:
         requires = metadata.requires("labkit") or []
     except metadata.PackageNotFoundError:  # run from a checkout that was never pip-installed

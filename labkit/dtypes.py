@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from .errors import LabkitError, unknown
 
+# torch is imported inside the functions that use it: `import labkit` stays quick and works without the
+# optional extras.
+
 # name -> bits per weight (effective, scales included)
 BITS_PER_WEIGHT: dict[str, float] = {
     "fp32": 32.0,

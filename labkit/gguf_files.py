@@ -36,6 +36,9 @@ import numpy as np
 from .errors import LabkitError, MissingPackageError, unknown
 from .models import validate_gguf
 
+# gguf is imported inside the functions that use it: `import labkit` stays quick and works without the
+# optional extras.
+
 # the float types `write_gguf_like` writes; one-dimensional tensors (norms, biases) always stay F32,
 # as llama.cpp's own converter keeps them
 WRITE_TYPES = ("F32", "F16", "BF16")

@@ -39,6 +39,9 @@ from .hardware import cpu_threads
 from .models import BUNDLED, bundled_gguf_path, llama_cpp_logs, require_llama_cpp, validate_gguf
 from .paths import datasets_dir
 
+# torch, transformers, matplotlib and tqdm are imported inside the functions that use them: `import labkit`
+# stays quick and works without the optional extras.
+
 # ============================================================================ 1. the real cache
 
 

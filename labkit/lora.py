@@ -33,6 +33,9 @@ from .paths import cache_dir, datasets_dir
 from .runtimes import render_chat
 from .vram_measure import TensorMemoryTracker, cuda_context_bytes
 
+# torch, transformers, peft, bitsandbytes and tqdm are imported inside the functions that use them: `import
+# labkit` stays quick and works without the optional extras.
+
 # ============================================================================ 1. the task
 
 TASK_KEYS = {"city": str, "sky": str, "temp_c": int}

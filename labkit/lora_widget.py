@@ -9,6 +9,9 @@ from . import lora
 from .errors import unknown
 from .models import list_configs
 
+# ipywidgets is imported inside the functions that use it: `import labkit` stays quick and works without the
+# optional extras.
+
 MODULE_CHOICES = {
     "q, v (attention, the LoRA paper)": ("q_proj", "v_proj"),
     "q, k, v, o (all attention)": ("q_proj", "k_proj", "v_proj", "o_proj"),

@@ -27,6 +27,9 @@ from .hardware import cpu_threads, detect_hardware, is_online
 from .paths import cache_dir, datasets_dir
 from .versions import tested_versions
 
+# torch, transformers, llama_cpp, huggingface_hub and the bundled model's package are imported inside the
+# functions that use them: `import labkit` stays quick and works without the optional extras.
+
 BUNDLED = "gemma-3-270m"
 BUNDLED_LICENCE = "Gemma Terms of Use (open-weight, commercial use allowed with restrictions)"
 GGUF_MAGIC = b"GGUF"

@@ -27,6 +27,9 @@ from .check import exercise
 from .errors import LabkitError, require_positive, require_tokens, unknown
 from .formatting import GIB
 
+# matplotlib is imported inside the functions that use it: `import labkit` stays quick and works without the
+# optional extras.
+
 # SimulatedRequest length mixes. Means from the vLLM paper's workloads (Kwon et al. 2023, §6.1, Fig. 11):
 # ShareGPT conversations average 161 prompt and 338 output tokens, Alpaca instructions 19 and 58.
 # The shapes here are log-normal with those means (the real traces are long-tailed too).

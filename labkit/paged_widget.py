@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from .paged import LENGTH_MIXES, compare_allocators, plot_serving, serving_table, step_cost
 
+# ipywidgets, matplotlib and IPython are imported inside the functions that use them: `import labkit` stays
+# quick and works without the optional extras.
+
 
 def simulator(n_requests: int = 200, capacity: int = 65536, model: str = "llama-3.1-8b"):
     """Sliders for block size, load and shared prefix, a menu for the length mix: the table and the plot

@@ -57,6 +57,9 @@ from .models import (
 from .paths import cache_dir, datasets_dir
 from .runtimes import generate_llama_cpp
 
+# torch, transformers, bitsandbytes, llama_cpp, matplotlib and tqdm are imported inside the functions that
+# use them: `import labkit` stays quick and works without the optional extras.
+
 # ============================================================================ 1. by hand
 
 

@@ -21,6 +21,9 @@ from .cost import api_cost
 from .errors import LabkitError, MissingPackageError, require_positive, unknown
 from .runtimes import openai_client
 
+# openai and tqdm are imported inside the functions that use them: `import labkit` stays quick and works
+# without the optional extras.
+
 # ----------------------------------------------------------------------------- personal data
 
 

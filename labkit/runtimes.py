@@ -39,6 +39,9 @@ from .formatting import table
 from .hardware import cpu_threads
 from .models import BUNDLED, bundled_gguf_path, check_n_gpu_layers, resolve_n_gpu_layers, validate_gguf
 
+# torch, llama_cpp, openai and jinja2 are imported inside the functions that use them: `import labkit` stays
+# quick and works without the optional extras.
+
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 # Where the usual local servers listen by default (all speak the OpenAI API under /v1).

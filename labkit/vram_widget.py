@@ -22,6 +22,9 @@ from .formatting import GIB
 from .hardware import detect_hardware, find_gpu, usable_memory
 from .models import list_configs
 
+# ipywidgets and matplotlib are imported inside the functions that use them: `import labkit` stays quick and
+# works without the optional extras.
+
 WORKLOADS = ("inference", *vram.TRAINING_METHODS)  # what the calculator sizes: running, or one way of training
 COLORS = {"weights": "#4C72B0", "kv_cache": "#DD8452", "gradients": "#8172B3", "optimizer_states": "#937860",
           "activations": "#55A868", "overhead": "#8C8C8C"}
