@@ -298,7 +298,7 @@ def count_parameters(config: str | dict | Any) -> ParameterCount:
     """Exact parameter count of a decoder-only model from its config, without building it.
 
     Supported architectures: llama, mistral, qwen2, gemma2, gemma3_text, phi3, mixtral, deepseek_v2.
-    The tensors come from `labkit.vram.weight_tensors` (the same list the memory estimate prices);
+    The tensors come from `labkit.architecture.weight_tensors` (the same list the memory estimate prices);
     this groups them the way model cards talk about them.
     """
     _, cfg = _resolve(config)  # validates the fields and names what is missing
