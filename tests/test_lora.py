@@ -306,15 +306,3 @@ def test_scoring_stops_a_rambling_model_early_with_the_same_score():
                                   stop_when_invalid=True)
     assert [len(e) <= len(f) and f.startswith(e) for e, f in zip(early, full)] == [True] * 4
     assert lora.score_answers(rows, early).valid == lora.score_answers(rows, full).valid
-
-
-def test_planner_html_follows_rank_and_refuses_unknown_modules():
-    from labkit import lora_widget
-
-    text = lora_widget.plan_html("llama-3.1-8b", 32, "all linear (attention + MLP)", 2048)
-    lora32 = lora.lora_plan("llama-3.1-8b", rank=32, target_modules="all-linear")[1]["trainable"]
-    assert f"{lora32:,}" in text and "r=32" in text
-    qv = lora.lora_plan("llama-3.1-8b", rank=32, target_modules=("q_proj", "v_proj"))[1]["trainable"]
-    assert f"{qv:,}" in lora_widget.plan_html("llama-3.1-8b", 32, "q, v (attention, the LoRA paper)", 2048)
-    with pytest.raises(LabkitError, match="unknown module choice 'mlp'"):
-        lora_widget.plan_html("llama-3.1-8b", 8, "mlp", 2048)
