@@ -67,7 +67,7 @@ unit: setup-dev
 	$(NB_ENV) $(WORKER_ENV) $(VENV)/bin/pytest -q -p no:cacheprovider -n $(WORKERS) tests \
 	    --ignore=tests/test_student_versions.py --durations=15
 
-# Every notebook once, under nbmake, in its paired form (labkit/grading.py): each exercise first as the
+# Every notebook once, under nbmake, in its paired form (labkit/grading/paired.py): each exercise first as the
 # student gets it (its check must fail with its hint), then solved (it must pass); every other cell as written.
 # tests/test_student_versions.py proves statically that the cells after an exercise run the same either way.
 notebooks: setup-dev
