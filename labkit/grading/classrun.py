@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import sys
 import tempfile
@@ -89,7 +90,7 @@ def _unfinished(spec: JobSpec, exercises: list[str], why: str) -> NotebookGrade:
     return NotebookGrade(spec.student, spec.master_path.name, results, notes=[why], seconds=spec.time_limit)
 
 
-def run_contained(spec: JobSpec, exercises: list[str], job=_job_main) -> NotebookGrade:
+def run_contained(spec: JobSpec, exercises: list[str], job=_job_main, slack: float = KILL_SLACK_S) -> NotebookGrade:
     """Run one job in a process of its own; whatever happens to it, return that student's row."""
     import psutil
 
@@ -101,7 +102,7 @@ def run_contained(spec: JobSpec, exercises: list[str], job=_job_main) -> Noteboo
     writer.close()
     data = None
     try:
-        if reader.poll(spec.time_limit + KILL_SLACK_S):
+        if reader.poll(spec.time_limit + slack):
             data = reader.recv_bytes(maxlength=MAX_RESULT_BYTES)
     except (EOFError, OSError):
         data = None
@@ -124,7 +125,7 @@ def run_contained(spec: JobSpec, exercises: list[str], job=_job_main) -> Noteboo
             return NotebookGrade.from_dict(json.loads(data))
         except (ValueError, TypeError, KeyError):
             return _unfinished(spec, exercises, "the grader's account of this notebook could not be read")
-    if time.monotonic() - started >= spec.time_limit + KILL_SLACK_S - 1:
+    if time.monotonic() - started >= spec.time_limit + slack - 0.1:
         return _unfinished(spec, exercises, f"grading it took longer than the {spec.time_limit:.0f} s limit for one "
                                             "notebook (the grader's own steps included), so it was stopped")
     return _unfinished(spec, exercises, f"the grader's process for it ended unexpectedly (exit code {process.exitcode})")
@@ -185,12 +186,14 @@ def grade_class(submissions: str | Path, master: str | Path, out: str | Path, *,
     out.parent.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
 
+    _context()
+    multiprocessing.forkserver.ensure_running()  # the server loads labkit while the sandbox is prepared
     with tempfile.TemporaryDirectory(prefix="labkit-grade-") as tmp:
         root = Path(tmp)
         files = sandboxes.prepare_class_files(root / "class", (submissions, master, out.parent, root))
         chosen = sandboxes.choose(sandbox, files)
-        if chosen.kind == "none":
-            sandboxes.link_data_folders(files)
+        if chosen.kind == "none":  # no read-only mount: this run gets a copy of its own to spoil
+            files = sandboxes.private_copy(files)
         jobs = max(1, jobs or cores) if chosen.concurrent else 1
         threads = max(1, cores // jobs)
         specs = [JobSpec(s, submissions / s, m, root / "jobs" / f"{i:05d}-{j:03d}", chosen, files, cell_timeout,

@@ -25,7 +25,7 @@ from .rebuild import check_sites, prepare_submission, suspicious_code
 from .records import MAX_RECORDS_BYTES, parse_records
 from .results import ExerciseResult, NotebookGrade
 from .runner import RESULT_MARK
-from .sandbox import ClassFiles, Sandbox, command, environment, job_paths
+from .sandbox import ClassFiles, Sandbox, command, environment, job_paths, launch
 
 MAX_RUNNER_OUTPUT = 16_000_000
 BIG_OUTPUT_BYTES = 20_000_000
@@ -71,8 +71,8 @@ def run_in_sandbox(spec: JobSpec, cells: list[str], nonce: str, seconds: float) 
            "max_records_bytes": MAX_RECORDS_BYTES, "nonce": nonce}
     spec.job_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     cwd = spec.job_dir if spec.sandbox.kind != "bwrap" else spec.files.root
-    process = subprocess.Popen(command(spec.sandbox, spec.files, env), cwd=cwd, env=env, stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    process = launch(command(spec.sandbox, spec.files, env), cwd=cwd, env=env, stdin=subprocess.PIPE,
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     out: list[bytes] = []
     err: list[bytes] = []
     readers = [threading.Thread(target=_read_capped, args=(process.stdout, out, MAX_RUNNER_OUTPUT), daemon=True),

@@ -252,16 +252,20 @@ def _scan_tree(tree: ast.AST, found: set[str]) -> None:
                 for sub in ast.walk(t):
                     if isinstance(sub, ast.Name) and sub.id == "check" and isinstance(sub.ctx, (ast.Store, ast.Del)):
                         found.add("reassigns check")
-                    elif isinstance(sub, ast.Attribute) and isinstance(sub.ctx, (ast.Store, ast.Del)) and (
-                            _root_name(sub) == "labkit" or sub.attr == "check"):
-                        found.add("replaces something inside labkit")
+                    elif isinstance(sub, ast.Attribute) and isinstance(sub.ctx, (ast.Store, ast.Del)):
+                        if sub.attr == "check":
+                            found.add("reassigns check")
+                        if _root_name(sub) == "labkit":
+                            found.add("replaces something inside labkit")
                     elif isinstance(sub, ast.Subscript) and isinstance(sub.ctx, (ast.Store, ast.Del)) and (
                             isinstance(sub.value, ast.Attribute) and sub.value.attr in ("__dict__", "modules")):
                         found.add("writes into a module's namespace (__dict__ or sys.modules)")
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _DYNAMIC:
             found.add(_DYNAMIC[node.func.id])
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in _HOOKS:
+            found.add("hooks the notebook's execution")
         elif isinstance(node, ast.Attribute):
-            if node.attr in _HOOKS:
+            if node.attr in _HOOKS or (node.attr == "events" and isinstance(node.value, ast.Call)):
                 found.add("hooks the notebook's execution")
             elif node.attr == "modules" and _root_name(node) == "sys":
                 found.add("reaches into sys.modules")

@@ -1,4 +1,5 @@
-"""Runs one rebuilt submission inside its sandbox: `python -m labkit.grading.runner` (the grader starts it).
+"""Runs one rebuilt submission inside its sandbox: `python -I .../labkit/grading/runner.py` (the grader starts it;
+a script on its own, so it starts without importing labkit).
 
 Reads the job (JSON on stdin: the cells, the time limits, where the records go), starts a fresh IPython kernel,
 executes the cells one by one with errors allowed, and prints one result line on stdout:
@@ -30,18 +31,33 @@ def _kernelspec(home: str) -> None:
     folder = os.path.join(home, "kernels", KERNEL_NAME)
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "kernel.json"), "w") as f:
-        json.dump({"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        json.dump({"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                ],
                    "display_name": "labkit grading", "language": "python"}, f)
     os.environ["JUPYTER_PATH"] = home
 
 
 def _read_back(path: str, limit: int) -> tuple[str, str | None]:
-    from labkit.grading.safe_io import Refused, read_regular_file
+    """A file the notebook could have replaced: read only if it is still a plain file (no link, FIFO or device)."""
+    import stat
 
+    name = os.path.basename(path)
     try:
-        return read_regular_file(path, limit).decode("utf-8", "replace"), None
-    except Refused as why:
-        return "", f"the file {os.path.basename(path)} {why}"
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        kind = "a symbolic link" if os.path.islink(path) else f"unreadable ({err.strerror})"
+        return "", f"the file {name} is {kind}"
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a FIFO (named pipe)" if stat.S_ISFIFO(info.st_mode) else "not a plain file"
+            return "", f"the file {name} is {kind}"
+        data = os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        return data[:limit].decode("utf-8", "replace"), f"the file {name} was cut at {limit / 1e6:.0f} MB"
+    return data.decode("utf-8", "replace"), None
 
 
 def run(job: dict) -> dict:
@@ -58,13 +74,16 @@ def run(job: dict) -> dict:
     _kernelspec(jupyter_home)
     os.environ["JUPYTER_RUNTIME_DIR"] = os.path.join(jupyter_home, "runtime")
 
-    result: dict = {"cells": [], "stopped": None, "output_bytes": 0}
+    result: dict = {"cells": [], "stopped": None, "output_bytes": 0, "timings": {}}
+    timings = result["timings"]
+    timings["prepared"] = round(time.monotonic() - started, 3)
     km = KernelManager(kernel_name=KERNEL_NAME)
     try:
         km.start_kernel(cwd=job["cwd"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = km.client()
         client.start_channels()
         client.wait_for_ready(timeout=max(5.0, min(120.0, deadline - time.monotonic())))
+        timings["kernel_ready"] = round(time.monotonic() - started, 3)
     except Exception as err:  # noqa: BLE001
         result["stopped"] = f"the kernel did not start ({type(err).__name__}: {str(err)[:200]})"
         _finish(km, None)
@@ -103,7 +122,9 @@ def run(job: dict) -> dict:
                 break
         if result["stopped"]:
             break
+    timings["cells_done"] = round(time.monotonic() - started, 3)
     _finish(km, client)
+    timings["kernel_ended"] = round(time.monotonic() - started, 3)
     result["records"], result["records_problem"] = _read_back(job["records"], job["max_records_bytes"])
     result["events"], result["events_problem"] = _read_back(job["events"], 100_000)
     return result

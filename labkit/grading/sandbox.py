@@ -77,14 +77,36 @@ class ClassFiles:
         return self.root / "group"
 
 
+_SEALED_COPIES: dict[str, tuple] = {}
+
+
+def _sealed_copy(real: Path):
+    """The sealed copy of labkit's folder, built once per process and source (a class run, or a test session):
+    kept in a temporary folder of this process, read-only, removed when it exits."""
+    import hashlib
+    import tempfile
+
+    from .seal import build_sealed_copy
+
+    digest = hashlib.sha256(sys.version.encode())
+    for path in sorted(real.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(real)).encode() + b"\0" + path.read_bytes())
+    key = digest.hexdigest()
+    if key not in _SEALED_COPIES or not _SEALED_COPIES[key][0].is_dir():
+        folder = tempfile.TemporaryDirectory(prefix="labkit-sealed-")
+        Path(folder.name).chmod(0o755)
+        _SEALED_COPIES[key] = (*build_sealed_copy(real, Path(folder.name)), folder)
+    return _SEALED_COPIES[key][:3]
+
+
 def prepare_class_files(root: Path, hidden: tuple[Path, ...]) -> ClassFiles:
     """The sealed labkit and the sandbox's user database, written under `root` (a private temporary folder)."""
     import labkit
 
-    from .seal import build_sealed_copy
-
     real = Path(labkit.__file__).resolve().parent
-    sealed, data, ids = build_sealed_copy(real, root / "sealed")
+    sealed, data, ids = _sealed_copy(real)
+    root.mkdir(parents=True, exist_ok=True)
     (root / "passwd").write_text(f"root:x:0:0:root:/root:/bin/sh\nnobody:x:{NOBODY}:{NOBODY}:nobody:{INSIDE}/home:"
                                  f"/bin/sh\nstudent:x:{os.getuid()}:{os.getgid()}:student:{INSIDE}/home:/bin/sh\n")
     (root / "group").write_text(f"root:x:0:\nnogroup:x:{NOBODY}:\nstudent:x:{os.getgid()}:\n")
@@ -93,12 +115,13 @@ def prepare_class_files(root: Path, hidden: tuple[Path, ...]) -> ClassFiles:
     return ClassFiles(root, sealed, real, data, tuple(h.resolve() for h in hidden), ids)
 
 
-def link_data_folders(files: ClassFiles) -> None:
-    """Without a sandbox there are no mounts: the sealed copy links to labkit's data folders instead."""
-    for source, place in files.data_folders:
-        if place.is_dir() and not place.is_symlink():
-            place.rmdir()
-            place.symlink_to(source, target_is_directory=True)
+def private_copy(files: ClassFiles) -> ClassFiles:
+    """The class files with a sealed labkit of their own (without a sandbox a submission can write to it)."""
+    import dataclasses
+
+    target = files.root / "sealed" / files.sealed_labkit.name
+    shutil.copytree(files.sealed_labkit, target)
+    return dataclasses.replace(files, sealed_labkit=target)
 
 
 @dataclass(frozen=True)
@@ -159,9 +182,10 @@ def _outermost(paths) -> list[Path]:
 
 def command(sandbox: Sandbox, files: ClassFiles, env: dict[str, str]) -> list[str]:
     """The command line that starts the runner for one submission."""
-    runner = [sys.executable, "-m", "labkit.grading.runner"]
+    runner = [sys.executable, "-I", str(files.sealed_labkit / "grading" / "runner.py")]
     if sandbox.kind != "bwrap":
         return runner
+    runner[-1] = str(files.real_labkit / "grading" / "runner.py")  # where the sandbox mounts the sealed copy
     from ..paths import datasets_dir
 
     binds: list[tuple[Path, Path]] = [(p, p) for p in _python_folders() if p != Path("/usr")]
@@ -216,6 +240,28 @@ def command(sandbox: Sandbox, files: ClassFiles, env: dict[str, str]) -> list[st
     return args + runner
 
 
+def launch(argv: list[str], **popen) -> subprocess.Popen:
+    """Start a command line from `command`. bwrap reads its options from a pipe (`--args`), so the sandbox's
+    process 1 shows `bwrap --args 3 -- COMMAND`, not the grader's paths."""
+    if not argv or argv[0] != "bwrap":
+        return subprocess.Popen(argv, **popen)
+    split = argv.index("--")
+    options, inner = argv[1:split], argv[split:]
+    read, write = os.pipe()
+    try:
+        data = b"\0".join(a.encode("utf-8", "surrogateescape") for a in options) + b"\0"
+        if len(data) > 60_000:  # a pipe holds 64 KiB: more would block before bwrap starts reading
+            raise LabkitError("the sandbox's command line is too long")
+        os.write(write, data)
+        os.close(write)
+        write = -1
+        return subprocess.Popen(["bwrap", "--args", str(read), *inner], pass_fds=(read,), **popen)
+    finally:
+        os.close(read)
+        if write >= 0:
+            os.close(write)
+
+
 # ----------------------------------------------------------------------------- which sandbox this machine has
 
 _PROBE = """
@@ -242,17 +288,18 @@ def _probe(files: ClassFiles) -> str | None:
     bwrap = Sandbox("bwrap", "")
     env = environment(bwrap, files, job_paths(bwrap, files.root), 1)
     argv = command(bwrap, files, env)
-    argv = argv[:-len([sys.executable, "-m", "labkit.grading.runner"])] + [sys.executable, "-c", _PROBE]
+    argv = argv[:-3] + [sys.executable, "-c", _PROBE]
     try:
-        done = subprocess.run(argv, capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+        process = launch(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        stdout, stderr = process.communicate(timeout=120)
     except (OSError, subprocess.TimeoutExpired) as err:
         return f"bwrap could not run ({type(err).__name__}: {err})"
-    out = done.stdout.decode("utf-8", "replace")
+    out = stdout.decode("utf-8", "replace")
     if "SANDBOX-OK" in out:
         return None
     if "PROBLEMS:" in out:
         return "the sandbox was not tight: " + out.split("PROBLEMS:", 1)[1].strip()[:300]
-    last = (done.stderr.decode("utf-8", "replace").strip().splitlines() or ["no output"])[-1]
+    last = (stderr.decode("utf-8", "replace").strip().splitlines() or ["no output"])[-1]
     return f"bwrap failed here: {last[:300]}"
 
 

@@ -88,6 +88,13 @@ EXPECTED = {
 }
 SKIPPED = {"symlinked_folder": "symbolic link", "stray_file.txt": "not a student's folder",
            "__MACOSX": "macOS archive metadata"}
+# The attacks of issue 22, one sample (or more) each; without a sandbox the corpus test grades these (and a correct
+# submission) only: the other samples exercise what does not depend on the sandbox.
+ISSUE_22 = {"escape_attempts", "forger", "bad_answers", "forged_own_records", "records_fifo", "million_newlines",
+            "no_cell_ids", "nbformat3", "renumbered_ids", "two_copies", "symlink_to_master", "hardlink_to_master",
+            "expected_answers", "string_built_names", "control_chars", "kills_runner", "fifo_notebook",
+            "deep_notebook", "huge_notebook", "corrupt", "pipe|name", '=HYPERLINK("evil")', ".dotted", "x y", "x_y",
+            "ctrl\x1b[31mred", "new\nline"}
 ISOLATION_WITNESSES = {"escape_attempts"}  # without a sandbox their answers may be right: no status asserted
 MADE_AT_TEST_TIME = {"symlink_to_master", "hardlink_to_master", "fifo_notebook", "deep_notebook", "huge_notebook",
                      "million_newlines", "pipe|name", '=HYPERLINK("evil")', ".dotted", "x y", "x_y",
@@ -289,7 +296,7 @@ def submissions(m) -> dict[str, nbformat.NotebookNode | None]:
     subs["partly_wrong"] = nb
 
     nb = copy.deepcopy(m)
-    _solve(nb, "ex-decode", "while True:  # waiting for something that never happens\n    pass")
+    _solve(nb, "ex-decode", "import time\nwhile True:  # waiting for something that never happens\n    time.sleep(0.5)")
     subs["infinite_loop"] = nb
 
     nb = copy.deepcopy(m)
@@ -472,7 +479,8 @@ def add_special_entries(root: Path, master_folder: Path) -> None:
     with open(root / "huge_notebook" / NAME, "wb") as f:
         f.truncate(60_000_000)  # sparse: 60 MB to the grader, nothing on disk
     nb = copy.deepcopy(m)
-    _insert_after(nb, "check-quant", "x = 1" + "\n" * 1_000_000 + "y = 2  # after the last check", "newlines")
+    # after the last check: IPython takes seconds over a million lines (its own cost, not the grader's)
+    _insert_after(nb, "check-quant", "\n" * 1_000_000 + "newlines = 1_000_000", "newlines")
     (root / "million_newlines").mkdir()
     nbformat.write(nb, root / "million_newlines" / NAME)
     (root / "symlinked_folder").symlink_to(os.path.relpath(master_folder, root))
