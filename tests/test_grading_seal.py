@@ -72,3 +72,25 @@ print(refused, len(exercises()))
     assert "the grader checks this answer after the run" in done.stdout
     logged = [json.loads(line)["exercise"] for line in events.read_text().splitlines()]
     assert sorted(logged) == labkits
+
+
+def test_data_folders_are_left_to_be_mounted(tmp_path):
+    """A labkit installed from its wheel holds its datasets inside the package: not copied, mounted back."""
+    from labkit.grading import sandbox as sandboxes
+    from labkit.grading.seal import build_sealed_copy
+
+    package = tmp_path / "site-packages" / "labkit"
+    (package / "datasets" / "configs").mkdir(parents=True)
+    (package / "datasets" / "configs" / "a.json").write_text("{}")
+    (package / "grading").mkdir()
+    (package / "__init__.py").write_text("x = 1\n")
+    (package / "grading" / "__init__.py").write_text("")
+    (package / "tested_versions.txt").write_text("torch==2\n")
+    copy, data, _ = build_sealed_copy(package, tmp_path / "sealed")
+    assert data == [(package / "datasets", copy / "datasets")] and not any((copy / "datasets").iterdir())
+    assert (copy / "tested_versions.txt").read_text() == "torch==2\n" and (copy / "grading" / "__init__.py").exists()
+    files = sandboxes.ClassFiles(tmp_path, copy, package, data)
+    argv = sandboxes.command(sandboxes.Sandbox("bwrap", ""), files, {})
+    binds = [argv[i + 1:i + 3] for i, a in enumerate(argv) if a == "--ro-bind"]
+    assert [str(copy), str(package)] in binds and [str(package / "datasets"), str(package / "datasets")] in binds
+    assert binds.index([str(copy), str(package)]) < binds.index([str(package / "datasets"), str(package / "datasets")])

@@ -25,27 +25,15 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LabkitError
 from .job import JobSpec, become_subreaper, grade_job
+from .report import ClassReport, write_reports
 from .results import FORMAT, ClassResult, ExerciseResult, NotebookGrade, SkippedFolder
 
 KILL_SLACK_S = 10.0
 MAX_RESULT_BYTES = 50_000_000
-
-
-@dataclass
-class ClassReport:
-    """A graded class and the files written for it."""
-
-    result: ClassResult
-    results_path: Path
-    csv_path: Path | None = None
-    junit_path: Path | None = None
-    summary_path: Path | None = None
-    feedback_dir: Path | None = None
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -70,8 +58,11 @@ def _context():
     """Processes forked from a server that has loaded labkit, its exercises and nbformat once."""
     global _CONTEXT
     if _CONTEXT is None:
-        _CONTEXT = multiprocessing.get_context("forkserver")
-        _CONTEXT.set_forkserver_preload(["labkit.grading.preload"])
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            _CONTEXT = multiprocessing.get_context("forkserver")
+            _CONTEXT.set_forkserver_preload(["labkit.grading.preload"])
+        else:  # Windows: each job starts a fresh interpreter (seconds, not milliseconds)
+            _CONTEXT = multiprocessing.get_context("spawn")
     return _CONTEXT
 
 
@@ -169,7 +160,6 @@ def grade_class(submissions: str | Path, master: str | Path, out: str | Path, *,
 
     from . import sandbox as sandboxes
     from .intake import list_folders
-    from .report import write_reports
 
     submissions, master, out = Path(submissions), Path(master), Path(out)
     if out.suffix != ".csv":
@@ -186,8 +176,8 @@ def grade_class(submissions: str | Path, master: str | Path, out: str | Path, *,
     out.parent.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
 
-    _context()
-    multiprocessing.forkserver.ensure_running()  # the server loads labkit while the sandbox is prepared
+    if _context().get_start_method() == "forkserver":
+        multiprocessing.forkserver.ensure_running()  # the server loads labkit while the sandbox is prepared
     with tempfile.TemporaryDirectory(prefix="labkit-grade-") as tmp:
         root = Path(tmp)
         files = sandboxes.prepare_class_files(root / "class", (submissions, master, out.parent, root))
@@ -236,8 +226,6 @@ def _write_json(result: ClassResult, path: Path) -> None:
 
 def merge_shards(paths: list[str | Path], out: str | Path) -> ClassReport:
     """One class report from the results files of its shards (`--shard K/N` runs)."""
-    from .report import write_reports
-
     out = Path(out)
     if out.suffix != ".csv":
         raise LabkitError(f"--out must name a .csv file, got {out}")

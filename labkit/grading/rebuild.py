@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import ast
 import bisect
+import itertools
 import re
 from dataclasses import dataclass, field
 
 from ..errors import LabkitError
 from .convention import BEGIN, CHECK_CALL, END, is_check_call, strip_solutions
 from .records import RECORDER
+
+MAX_CANDIDATES = 50  # cells tried per master cell when matching by content: keeps matching linear
 
 
 @dataclass
@@ -146,7 +149,7 @@ def match_cells(master_cells: list, their_cells: list) -> tuple[dict[int, int], 
         key = _first_line(frame[0]) if frame else normalized(m.source)
         candidates = by_first_line.get(key, []) if frame else by_text.get(key, [])
         start = bisect.bisect_right(candidates, low)
-        for j in candidates[start:]:
+        for j in itertools.islice(candidates, start, start + MAX_CANDIDATES):
             if j >= high:
                 break
             if j in used:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -21,9 +22,19 @@ from .results import ClassResult
 ICON = {"passed": "✅", "failed": "❌", "not reached": "⏸", "missing": "∅"}
 
 
-def write_reports(result: ClassResult, out: Path, results_path: Path, shards: int | None = None):
-    from .classrun import ClassReport
+@dataclass
+class ClassReport:
+    """A graded class and the files written for it (a shard writes only its results file)."""
 
+    result: ClassResult
+    results_path: Path
+    csv_path: Path | None = None
+    junit_path: Path | None = None
+    summary_path: Path | None = None
+    feedback_dir: Path | None = None
+
+
+def write_reports(result: ClassResult, out: Path, results_path: Path, shards: int | None = None) -> ClassReport:
     report = ClassReport(result, results_path, out, out.with_suffix(".xml"), out.with_suffix(".md"),
                          out.parent / f"{out.stem}-feedback")
     write_csv(result, report.csv_path)
