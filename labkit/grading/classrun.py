@@ -83,6 +83,13 @@ def _unfinished(spec: JobSpec, exercises: list[str], why: str) -> NotebookGrade:
 
 def run_contained(spec: JobSpec, exercises: list[str], job=_job_main, slack: float = KILL_SLACK_S) -> NotebookGrade:
     """Run one job in a process of its own; whatever happens to it, return that student's row."""
+    try:
+        return _run_contained(spec, exercises, job, slack)
+    except Exception as err:  # noqa: BLE001  even starting a process can fail (a machine out of memory)
+        return _unfinished(spec, exercises, f"the grader could not run it ({type(err).__name__}: {err})")
+
+
+def _run_contained(spec: JobSpec, exercises: list[str], job, slack: float) -> NotebookGrade:
     import psutil
 
     ctx = _context()

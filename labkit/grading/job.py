@@ -60,6 +60,14 @@ def _read_capped(stream, sink: list[bytes], limit: int) -> None:
         size += len(chunk)
 
 
+def _send(stream, data: bytes) -> None:
+    try:
+        stream.write(data)
+        stream.close()
+    except OSError:  # the runner ended before reading its job: its output says why
+        pass
+
+
 def run_in_sandbox(spec: JobSpec, cells: list[str], nonce: str, seconds: float) -> tuple[dict | None, str]:
     """The runner's result for these cells (None when it gave none), and the tail of its error output."""
     import json
@@ -77,13 +85,9 @@ def run_in_sandbox(spec: JobSpec, cells: list[str], nonce: str, seconds: float) 
     err: list[bytes] = []
     readers = [threading.Thread(target=_read_capped, args=(process.stdout, out, MAX_RUNNER_OUTPUT), daemon=True),
                threading.Thread(target=_read_capped, args=(process.stderr, err, 200_000), daemon=True)]
+    readers.append(threading.Thread(target=_send, args=(process.stdin, json.dumps(job).encode()), daemon=True))
     for r in readers:
         r.start()
-    try:
-        process.stdin.write(json.dumps(job).encode())
-        process.stdin.close()
-    except OSError:  # the runner ended before reading its job: its output says why
-        pass
     try:
         process.wait(timeout=seconds)
     except subprocess.TimeoutExpired:

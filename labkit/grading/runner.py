@@ -93,6 +93,9 @@ def run(job: dict) -> dict:
         cell_deadline = min(deadline, time.monotonic() + float(job["cell_timeout"]))
         entry = {"index": index, "completed": False, "error": None}
         result["cells"].append(entry)
+        if not cell.strip():  # IPython does nothing with a blank cell (but would still split it into lines)
+            entry["completed"] = True
+            continue
         msg_id = client.execute(cell, store_history=True, allow_stdin=False, stop_on_error=False)
         while True:
             remaining = cell_deadline - time.monotonic()

@@ -67,6 +67,7 @@ class ClassFiles:
     data_folders: list[tuple[Path, Path]]  # (real data folder, its place in the copy)
     hidden: tuple[Path, ...] = ()  # folders a submission must not see (masters, submissions, reports, jobs)
     sealed_ids: list[str] = field(default_factory=list)
+    other_labkits: list[Path] = field(default_factory=list)  # more installs of labkit on the Python it sees
 
     @property
     def passwd(self) -> Path:
@@ -112,7 +113,10 @@ def prepare_class_files(root: Path, hidden: tuple[Path, ...]) -> ClassFiles:
     (root / "group").write_text(f"root:x:0:\nnogroup:x:{NOBODY}:\nstudent:x:{os.getgid()}:\n")
     for path in (root / "passwd", root / "group"):
         path.chmod(0o644)
-    return ClassFiles(root, sealed, real, data, tuple(h.resolve() for h in hidden), ids)
+    others = sorted({p.resolve() for folder in _python_folders() for pattern in ("lib*/python3*/*-packages/labkit",
+                                                                               "lib/*-packages/labkit")
+                     for p in folder.glob(pattern) if (p / "check.py").is_file()} - {real})
+    return ClassFiles(root, sealed, real, data, tuple(h.resolve() for h in hidden), ids, others)
 
 
 def private_copy(files: ClassFiles) -> ClassFiles:
@@ -189,7 +193,7 @@ def command(sandbox: Sandbox, files: ClassFiles, env: dict[str, str]) -> list[st
     from ..paths import datasets_dir
 
     binds: list[tuple[Path, Path]] = [(p, p) for p in _python_folders() if p != Path("/usr")]
-    binds.append((files.sealed_labkit, files.real_labkit))
+    binds += [(files.sealed_labkit, place) for place in (files.real_labkit, *files.other_labkits)]
     data = datasets_dir().resolve()
     if data.is_dir() and not any(src == data or src in data.parents for src, _ in binds):
         binds.append((data, data))

@@ -479,8 +479,7 @@ def add_special_entries(root: Path, master_folder: Path) -> None:
     with open(root / "huge_notebook" / NAME, "wb") as f:
         f.truncate(60_000_000)  # sparse: 60 MB to the grader, nothing on disk
     nb = copy.deepcopy(m)
-    # after the last check: IPython takes seconds over a million lines (its own cost, not the grader's)
-    _insert_after(nb, "check-quant", "\n" * 1_000_000 + "newlines = 1_000_000", "newlines")
+    _insert_after(nb, "setup", "\n" * 1_000_000, "newlines")  # the old suspicious-code scan: quadratic in these
     (root / "million_newlines").mkdir()
     nbformat.write(nb, root / "million_newlines" / NAME)
     (root / "symlinked_folder").symlink_to(os.path.relpath(master_folder, root))
