@@ -160,7 +160,7 @@ def _limits_text(cell_timeout: int, notebook_timeout: int, threads: int, jobs: i
 
 def grade_class(submissions: str | Path, master: str | Path, out: str | Path, *, jobs: int | None = None,
                 cell_timeout: int = 120, notebook_timeout: int = 600, sandbox: str | None = None,
-                shard: str | None = None, progress: bool = True, job=_job_main) -> ClassReport:
+                shard: str | None = None, progress: bool = True) -> ClassReport:
     """Grade every student folder in `submissions` against the notebooks in `master`; write the results and
     (for a whole class) the reports. Returns what was written."""
     from tqdm.auto import tqdm
@@ -181,7 +181,7 @@ def grade_class(submissions: str | Path, master: str | Path, out: str | Path, *,
     students = [s for i, s in enumerate(folders.students) if which is None or i % which[1] == which[0] - 1]
     started = time.monotonic()
     out.parent.mkdir(parents=True, exist_ok=True)
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
     if _context().get_start_method() == "forkserver":
         multiprocessing.forkserver.ensure_running()  # the server loads labkit while the sandbox is prepared
@@ -200,9 +200,10 @@ def grade_class(submissions: str | Path, master: str | Path, out: str | Path, *,
         remaining = {s: len(masters) for s in students}
         with tqdm(total=len(students), unit="student", desc="grading", disable=not progress) as bar, \
                 ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = [pool.submit(run_contained, spec, by_master[spec.master_path], job) for spec in specs]
-            for future in futures:
+            futures = [pool.submit(run_contained, spec, by_master[spec.master_path]) for spec in specs]
+            for spec, future in zip(specs, futures):
                 grade = future.result()
+                grade.student, grade.notebook = spec.student, spec.master_path.name  # the row is this job's
                 grades.append(grade)
                 remaining[grade.student] -= 1
                 if remaining[grade.student] == 0:

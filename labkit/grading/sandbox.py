@@ -206,7 +206,7 @@ def command(sandbox: Sandbox, files: ClassFiles, env: dict[str, str]) -> list[st
             "--die-with-parent", "--new-session", "--hostname", "grading", "--clearenv"]
     root = os.geteuid() == 0
     if not root:
-        args += ["--unshare-user", "--disable-userns", "--cap-drop", "ALL"]
+        args += ["--unshare-user", "--cap-drop", "ALL"] + (["--disable-userns"] if _supports("--disable-userns") else [])
     for key, value in env.items():
         args += ["--setenv", key, value]
     made = set()
@@ -226,11 +226,12 @@ def command(sandbox: Sandbox, files: ClassFiles, env: dict[str, str]) -> list[st
     for name in ETC_FILES:
         args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
     args += ["--ro-bind", str(files.passwd), "/etc/passwd", "--ro-bind", str(files.group), "/etc/group"]
+    def tmpfs(path: str, size: int) -> list[str]:  # --size came with bubblewrap 0.7: older ones get no cap
+        return ["--perms", "1777", *(["--size", str(size)] if _supports("--size") else []), "--tmpfs", path]
+
     args += ["--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys", "--ro-bind-try", "/proc/sysrq-trigger",
-             "/proc/sysrq-trigger", "--dev", "/dev", "--ro-bind", "/sys", "/sys",
-             "--perms", "1777", "--size", str(TMP_BYTES), "--tmpfs", "/tmp",
-             "--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
-             "--perms", "1777", "--size", str(SCRATCH_BYTES), "--tmpfs", str(INSIDE)]
+             "/proc/sysrq-trigger", "--dev", "/dev", "--ro-bind", "/sys", "/sys", *tmpfs("/tmp", TMP_BYTES),
+             *tmpfs("/dev/shm", SHM_BYTES), "--remount-ro", "/dev", *tmpfs(str(INSIDE), SCRATCH_BYTES)]
     for source, destination in binds:
         args += ["--ro-bind", str(source), str(destination)]
     for hidden in files.hidden:  # a hidden folder inside a mounted one (say, masters kept in the venv): emptied
@@ -305,6 +306,15 @@ def _probe(files: ClassFiles) -> str | None:
         return "the sandbox was not tight: " + out.split("PROBLEMS:", 1)[1].strip()[:300]
     last = (stderr.decode("utf-8", "replace").strip().splitlines() or ["no output"])[-1]
     return f"bwrap failed here: {last[:300]}"
+
+
+@functools.cache
+def _supports(option: str) -> bool:
+    try:
+        help_text = subprocess.run(["bwrap", "--help"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return f"{option} " in help_text
 
 
 @functools.lru_cache(maxsize=1)
