@@ -52,6 +52,15 @@ def _correct(tmp_path):
     return nb
 
 
+def test_a_notebook_off_the_schema_is_read_cell_by_cell_with_a_note(tmp_path):
+    odd = {"nbformat": 4, "nbformat_minor": 5, "metadata": {"kernelspec": 3},
+           "cells": [{"cell_type": "code", "source": ["x = ", "1"], "id": "a"}, {"cell_type": "markdown"}]}
+    (tmp_path / "a.ipynb").write_text(json.dumps(odd))
+    nb, notes = read_notebook(tmp_path / "a.ipynb")
+    assert [c.source for c in nb.cells] == ["x = 1", ""] and nb.cells[0]["id"] == "a"
+    assert "does not follow the nbformat schema" in notes[0]
+
+
 def test_old_formats_are_converted_with_a_note(tmp_path):
     nb = _correct(tmp_path)
     (tmp_path / "v3.ipynb").write_text(nbformat.writes(nbformat.convert(copy.deepcopy(nb), 3), version=3))
@@ -68,10 +77,50 @@ def test_old_formats_are_converted_with_a_note(tmp_path):
 
 @pytest.mark.parametrize("content, reason", [
     (b"\xff\xfe", "not UTF-8"), (b"[1, 2]", "not a notebook"), (b'{"nbformat": 5, "cells": []}', "nbformat 3 or 4"),
-    (b'{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [{"cell_type": "code"}]}', "could not be read"),
+    (b'{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [{"cell_type": "code", "source": 3}]}',
+     "source is not text"),
     (b'{"nbformat": 4, "cells": ' + b"[" * 1000 + b"]" * 1000 + b"}", "nested"),
+    (b'{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [1, 2]}', "JSON objects"),
 ])
 def test_bad_notebooks_are_refused_with_the_reason(tmp_path, content, reason):
     (tmp_path / "a.ipynb").write_bytes(content)
     with pytest.raises(Refused, match=reason):
         read_notebook(tmp_path / "a.ipynb")
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+                     max_leaves=12)
+_cell = st.fixed_dictionaries({"cell_type": st.sampled_from(["code", "markdown", "raw", "other", 3]),
+                               "source": st.one_of(st.text(max_size=80), st.lists(st.text(max_size=20), max_size=3),
+                                                   _json),
+                               "metadata": st.one_of(st.just({}), _json)},
+                              optional={"id": st.one_of(st.text(max_size=10), _json), "outputs": _json,
+                                        "execution_count": _json})
+_notebook = st.fixed_dictionaries({"nbformat": st.sampled_from([3, 4, 4, 5, "4"]),
+                                   "nbformat_minor": st.sampled_from([0, 4, 5, None]),
+                                   "metadata": st.one_of(st.just({}), _json),
+                                   "cells": st.lists(_cell, max_size=6)})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(_notebook)
+def test_whatever_is_handed_in_is_read_or_refused_and_never_breaks_the_rebuild(tmp_path, data):
+    """Bad input of every shape: refused with a reason, or read and rebuilt; never an exception."""
+    from pathlib import Path
+
+    from labkit.grading.rebuild import prepare_submission, suspicious_code
+
+    path = tmp_path / "nb.ipynb"
+    path.write_text(json.dumps(data))
+    try:
+        nb, _ = read_notebook(path)
+    except Refused:
+        return
+    master = nbformat.read(Path(__file__).parent / "grading_corpus" / "master" / "corpus.ipynb", as_version=4)
+    prepared = prepare_submission(master, nb, "/tmp/r", "n")
+    assert len(prepared.sites) == 4
+    suspicious_code([c.source for c in nb.cells if c.cell_type == "code"])
