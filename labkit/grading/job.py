@@ -97,6 +97,8 @@ def run_in_sandbox(spec: JobSpec, cells: list[str], nonce: str, seconds: float) 
     process.wait()
     for r in readers:
         r.join(timeout=5)
+    for stream in (process.stdout, process.stderr):
+        stream.close()
     text = b"".join(out).decode("utf-8", "replace")
     tail = b"".join(err).decode("utf-8", "replace")[-2000:]
     position = text.rfind("\n" + RESULT_MARK)
