@@ -21,7 +21,7 @@ LAB_ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 CELL_TIMEOUT ?= 600
 NOTEBOOK_TIMEOUT ?= 1200
 
-.PHONY: lab test setup setup-dev unit notebooks lint clean strip help browser gpu-check
+.PHONY: lab test setup setup-dev unit notebooks lint clean strip help browser sandbox gpu-check
 
 help:
 	@echo "make lab    - set up and open the course (JupyterLab on 127.0.0.1:$(PORT))"
@@ -43,6 +43,7 @@ $(VENV)/.lab-installed: pyproject.toml $(CONSTRAINTS) | $(PY)
 $(VENV)/.dev-installed: $(VENV)/.lab-installed
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[lab,llama,dev]"
 	@$(MAKE) --no-print-directory browser
+	@$(MAKE) --no-print-directory sandbox
 	touch $@
 
 # The browser test drives Debian's Chromium. Installed here when we may (root with apt, as in CI);
@@ -53,6 +54,15 @@ browser:
 	    echo "installing chromium for the browser test"; \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null; \
 	else echo "note: no chromium; tests/test_browser.py will be skipped (apt install chromium)"; fi
+
+# Class grading runs each submission in a bubblewrap sandbox (docs/instructors.md). Installed here when we may
+# (root with apt, as in CI); elsewhere `labkit grade` runs submissions one at a time, unsandboxed, and says so.
+sandbox:
+	@if command -v bwrap >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing bubblewrap for class grading"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) >/dev/null; \
+	else echo "note: no bubblewrap; labkit grade will run submissions unsandboxed, one at a time (apt install bubblewrap)"; fi
 
 setup: $(VENV)/.lab-installed
 setup-dev: $(VENV)/.dev-installed
@@ -67,7 +77,7 @@ unit: setup-dev
 	$(NB_ENV) $(WORKER_ENV) $(VENV)/bin/pytest -q -p no:cacheprovider -n $(WORKERS) tests \
 	    --ignore=tests/test_student_versions.py --durations=15
 
-# Every notebook once, under nbmake, in its paired form (labkit/grading.py): each exercise first as the
+# Every notebook once, under nbmake, in its paired form (labkit/grading/paired.py): each exercise first as the
 # student gets it (its check must fail with its hint), then solved (it must pass); every other cell as written.
 # tests/test_student_versions.py proves statically that the cells after an exercise run the same either way.
 notebooks: setup-dev

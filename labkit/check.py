@@ -24,7 +24,8 @@ an exercise can declare the slips learners often make, each as the value that sl
 
 When a wrong answer matches a slip, the message names the slip. `evaluate(...)` returns the verdict
 without raising or printing; `check(...)` raises or prints it, and the class grader calls `evaluate`
-in its own process on the answers it recorded (labkit.grading).
+in its own process on the answers it recorded (labkit.grading.decide). While a submission is graded it runs
+with a sealed copy of labkit (labkit.grading.seal) whose expected answers refuse to be computed.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class Verdict:
 
 _EXERCISES: dict[str, Exercise] = {}
 _discovered = False
+_SEALED = False  # True in the copy of labkit a submission runs with while it is graded (labkit.grading.seal)
 
 
 def exercise(exercise_id: str, hint: str, rtol: float = 1e-3, atol: float = 0.0,
@@ -142,6 +144,9 @@ def evaluate(exercise_id: str, answer: Any, **context: Any) -> Verdict:
 
 def check(exercise_id: str, answer: Any, **context: Any) -> None:
     """Check an answer. Raises AssertionError with the exercise's hint when it is wrong or missing."""
+    if _SEALED:  # being graded: the grader decides from the recorded answer, after the run
+        print(f"[{exercise_id}] the grader checks this answer after the run")
+        return
     verdict = evaluate(exercise_id, answer, **context)
     if not verdict.passed:
         raise AssertionError(str(verdict))
