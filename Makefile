@@ -33,8 +33,12 @@ $(PY):
 	$(PIP) install --quiet --upgrade pip
 
 # torch first, at the tested version, so no other requirement pulls a different (multi-GB) build.
-$(VENV)/.lab-installed: pyproject.toml $(CONSTRAINTS) | $(PY)
+# Then llama-cpp-python and llama.cpp's llama-server (notebook 09) in one compile, cached per machine under
+# ~/.cache/labkit/wheels (labkit/llama_server_build.py); if that fails, pip's plain llama-cpp-python below.
+$(VENV)/.lab-installed: pyproject.toml $(CONSTRAINTS) labkit/llama_server_build.py | $(PY)
 	$(PIP) install --quiet "$(TORCH)"
+	@wheel=$$($(PY) labkit/llama_server_build.py --quiet) && $(PIP) install --quiet --no-deps --force-reinstall "$$wheel" \
+	    || echo "note: llama-server was not built (see above); notebook 09 falls back to one request at a time" >&2
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[lab,llama]"
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL_NAME) --display-name "Python 3 (LLM Field Lab)" >/dev/null
 	$(PY) -m labkit doctor --quiet

@@ -36,8 +36,10 @@ export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ "${NO_LLAMA_BUILD:-0}" != 1 ] && ! python3 -c "import llama_cpp" 2>/dev/null; then
   sdist=$(ls $W/all/llama_cpp_python-*.tar.gz 2>/dev/null | head -1 || true)
   if ! ls $W/built/llama_cpp_python-*.whl >/dev/null 2>&1 && [ -n "$sdist" ]; then
-    echo "building llama-cpp-python with CUDA from $sdist (about 5 minutes)"
-    CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+    echo "building llama-cpp-python and llama-server with CUDA from $sdist (about 6 minutes)"
+    # the course's llama-server switches (labkit/llama_server_build.py): the binary lands in $SITE/bin/
+    CMAKE_ARGS="$(CMAKE_ARGS='-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90' python3 labkit/llama_server_build.py --show-args)" \
+      CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
       python3 -m pip wheel -q --no-deps --no-build-isolation -w $W/built "$sdist"
   fi
   if ls $W/built/llama_cpp_python-*.whl >/dev/null 2>&1; then

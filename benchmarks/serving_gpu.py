@@ -8,9 +8,9 @@ about quality (notebook 09 measures those on the real bundled model). Every meas
 labkit.serving, the same code the notebook runs.
 
     # on the GPU machine, after benchmarks/gpu_setup.sh (llama-cpp-python + llama-server built with CUDA):
-    python benchmarks/serving_gpu.py --llama-server /tmp/labkit-site/bin/llama-server \
-        --vocab /tmp/llsrc/.../vendor/llama.cpp/models/ggml-vocab-llama-bpe.gguf --work /tmp/gguf \
-        --out benchmarks/results/serving_gpu
+    PYTHONPATH=/tmp/labkit-site:$PWD python3 benchmarks/serving_gpu.py --out /tmp/serving_gpu
+    # (llama-server found next to llama-cpp-python in /tmp/labkit-site/bin, or pass --llama-server PATH; the Llama 3
+    #  vocabulary comes from the sdist in .gpu-wheels/, or pass --vocab models/ggml-vocab-llama-bpe.gguf)
 
     # a CPU smoke test of the whole path with the bundled model and tiny sizes:
     python benchmarks/serving_gpu.py --model bundled --device cpu --users 1 2 --max-tokens 8 --out /tmp/serving-o
@@ -47,6 +47,24 @@ def gpu_name_and_bandwidth(device: str) -> tuple[str, float]:
     return f"CPU ({os.cpu_count()} cores)", labkit.measure_memory_bandwidth("cpu", size_mib=256)
 
 
+VOCAB_IN_SDIST = "vendor/llama.cpp/models/ggml-vocab-llama-bpe.gguf"
+
+
+def find_vocab(work: Path) -> Path:
+    """llama.cpp's Llama 3 vocabulary file, taken from the llama-cpp-python sdist that gpu_wheels.py carries."""
+    import tarfile
+
+    root = Path(__file__).resolve().parent.parent
+    for sdist in sorted((root / ".gpu-wheels").glob("**/llama_cpp_python-*.tar.gz")):
+        with tarfile.open(sdist) as tar:
+            member = next((m for m in tar.getmembers() if m.name.endswith(VOCAB_IN_SDIST)), None)
+            if member is not None:
+                target = work / "ggml-vocab-llama-bpe.gguf"
+                target.write_bytes(tar.extractfile(member).read())
+                return target
+    sys.exit(f"no --vocab given and no llama-cpp-python sdist under .gpu-wheels/ holding {VOCAB_IN_SDIST}")
+
+
 def make_model(args) -> Path:
     """The bundled model (smoke test), a given GGUF, or the random-weights 8B written and quantized here."""
     if args.model == "bundled":
@@ -62,7 +80,7 @@ def make_model(args) -> Path:
     f16 = work / "llama8b-random-F16.gguf"
     if not f16.exists():  # the same file every time (fixed seed): reuse it
         t0 = time.perf_counter()
-        write_random_gguf(Path(args.vocab), f16, args.layers)
+        write_random_gguf(Path(args.vocab) if args.vocab else find_vocab(work), f16, args.layers)
         print(f"wrote {f16} ({f16.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - t0:.0f} s", flush=True)
     if args.type == "F16":
         return f16
@@ -95,9 +113,10 @@ def markdown(out: dict) -> str:
              "## Concurrency", "", serving.gpu_sweep_markdown(out, slo), ""]
     best = serving.max_users_meeting(out["sweep"], slo)
     lines += [f"Most users meeting {slo} at P99: {best}.", ""]
-    for part in ("prefix_cache", "speculation", "json_schema"):
-        if part in out:
-            lines += [f"## {part.replace('_', ' ')}", "", "```", json.dumps(out[part], indent=1), "```", ""]
+    if any(part in out for part in ("prefix_cache", "speculation", "json_schema")):
+        lines += ["## Prefix cache, JSON schema, speculation", "", serving.gpu_features_markdown(out), "",
+                  "Random weights: what they write is noise, so the JSON validity without the schema and the "
+                  "speculation acceptance say nothing about a real model; the times do.", ""]
     if out.get("skipped"):
         lines += ["Skipped (time budget): " + ", ".join(out["skipped"]), ""]
     return "\n".join(lines)
@@ -107,7 +126,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--llama-server", default=None, help="the llama-server binary (default: labkit's search)")
     ap.add_argument("--model", default=None, help="a GGUF to serve, or 'bundled' (default: the random 8B)")
-    ap.add_argument("--vocab", default=None, help="llama.cpp's models/ggml-vocab-llama-bpe.gguf (for the 8B)")
+    ap.add_argument("--vocab", default=None, help="llama.cpp's models/ggml-vocab-llama-bpe.gguf (for the 8B; "
+                                                  "default: taken from the sdist in .gpu-wheels/)")
     ap.add_argument("--work", default="/tmp/gguf", help="room for the 8B GGUF files (~21 GB)")
     ap.add_argument("--layers", type=int, default=None, help="smoke test: fewer layers in the random model")
     ap.add_argument("--type", default="Q4_K_M", choices=["Q4_K_M", "Q8_0", "F16"])
@@ -119,8 +139,6 @@ def main() -> None:
     ap.add_argument("--ctx-per-slot", type=int, default=4096)
     ap.add_argument("--budget-s", type=float, default=270, help="start no new part after this many seconds")
     args = ap.parse_args()
-    if args.model is None and not args.vocab:
-        ap.error("--vocab is needed to write the random 8B model (or pass --model)")
 
     from labkit import bench, serving
 
@@ -181,7 +199,7 @@ def main() -> None:
         if budget_left("prefix cache"):
             shared = serving.shared_prefix_prompts(8, 32, paragraphs=12)
             out["prefix_cache"] = {}
-            for cache in (False, True):
+            for cache in (True, False):  # on first: nothing of this prefix is cached before
                 r = serving.run_load(srv.base_url, srv.model, shared, users=1, requests=8, max_tokens=32,
                                      extra_body={"cache_prompt": cache}, time_limit_s=60, progress=False,
                                      label=f"prefix cache {'on' if cache else 'off'}")

@@ -10,7 +10,8 @@ pip's wheel cache ignores CMAKE_ARGS (it would hand back the plain wheel it buil
 with `--no-cache-dir` into a folder of our own, keyed by version, switches and machine: a second checkout on the
 same machine installs it in seconds instead of compiling again.
 
-    python labkit/llama_server_build.py          # prints the wheel's path (builds it first when missing)
+    python labkit/llama_server_build.py            # prints the wheel's path (builds it first when missing)
+    python -m labkit.llama_server_build --install  # and installs it (Colab, or a pip install of labkit)
 
 Standard library only: the Makefile runs it before labkit is installed.
 """
@@ -29,13 +30,14 @@ import time
 import zipfile
 from pathlib import Path
 
-# llama.cpp's tools and server on; everything that downloads (the web UI's prebuilt assets), needs npm (building
-# the UI) or is not needed (tests, examples, the other tools' install) off. LLAVA_BUILD=OFF: with the tools on,
-# llama.cpp builds its multimodal library itself, and llama-cpp-python's second copy of it would clash.
+# llama.cpp's tools and server on, and installed (llama-server links a library of its own); everything that
+# downloads (the web UI's prebuilt assets), needs npm (building the UI) or is not needed (tests, examples) off.
+# LLAVA_BUILD=OFF: with the tools on, llama.cpp builds its multimodal library itself, and llama-cpp-python's second
+# copy of it would clash.
 SERVER_CMAKE_ARGS = [
     "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_SERVER=ON", "-DLLAVA_BUILD=OFF", "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
-    "-DLLAMA_OPENSSL=OFF", "-DLLAMA_TOOLS_INSTALL=OFF",
+    "-DLLAMA_OPENSSL=OFF", "-DLLAMA_TOOLS_INSTALL=ON",
 ]
 # The binary finds libllama next to it in the installed wheel (bin/../lib).
 RPATH = "@loader_path/../lib" if sys.platform == "darwin" else "$ORIGIN/../lib"
@@ -131,11 +133,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--version", default=None, help="llama-cpp-python version (default: labkit/tested_versions.txt)")
     ap.add_argument("--quiet", action="store_true", help="hide the compiler's output")
     ap.add_argument("--show-args", action="store_true", help="print the CMAKE_ARGS and exit")
+    ap.add_argument("--install", action="store_true",
+                    help="also pip-install the wheel (with its [server] extra) into this Python (Colab, pip users)")
     args = ap.parse_args(argv)
     if args.show_args:
         print(cmake_args())
         return 0
-    print(ensure_wheel(args.version, quiet=args.quiet))
+    wheel = ensure_wheel(args.version, quiet=args.quiet)
+    if args.install:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", str(wheel)],
+                       check=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"{wheel}[server]"], check=True)
+    print(wheel)
     return 0
 
 

@@ -372,7 +372,7 @@ class NotebookSizes:
 
 
 NOTEBOOK_SIZES = {
-    "cpu": NotebookSizes(users=(1, 2, 4, 8, 16), requests_per_user=2, max_tokens=16, ctx_per_slot=512,
+    "cpu": NotebookSizes(users=(1, 2, 4, 8, 16), requests_per_user=2, max_tokens=16, ctx_per_slot=1024,
                          time_limit_s=40, prefix_requests=4, spec_requests=2, spec_tokens=48, json_requests=6),
     "gpu": NotebookSizes(users=(1, 2, 4, 8, 16, 32, 64), requests_per_user=2, max_tokens=64, ctx_per_slot=1024,
                          time_limit_s=60, prefix_requests=8, spec_requests=4, spec_tokens=128, json_requests=16),
@@ -441,7 +441,7 @@ def prompt_mix(n: int, max_tokens: int, long_share: float = 0.5, seed: int = 0) 
     return out
 
 
-def shared_prefix_prompts(n: int, max_tokens: int, paragraphs: int = 3) -> list[Prompt]:
+def shared_prefix_prompts(n: int, max_tokens: int, paragraphs: int = 2) -> list[Prompt]:
     """`n` questions after the SAME long system prompt (a document and instructions): what prefix caching is for."""
     _require_int("n", n, 1, MAX_REQUESTS)
     document = "\n\n".join(_passages()[:paragraphs])
@@ -451,15 +451,26 @@ def shared_prefix_prompts(n: int, max_tokens: int, paragraphs: int = 3) -> list[
                    "shared prefix") for i in range(n)]
 
 
-def copy_prompts(n: int, max_tokens: int) -> list[Prompt]:
-    """A task whose answer repeats its prompt (cleaning up a text): n-gram drafts find what comes next."""
+def _opening(passage: str, words: int) -> str:
+    """The first sentences of a passage, about `words` words."""
+    out: list[str] = []
+    for sentence in passage.replace("\n", " ").split(". "):
+        out.append(sentence.rstrip("."))
+        if sum(len(s.split()) for s in out) >= words:
+            break
+    return ". ".join(out) + "."
+
+
+def copy_prompts(n: int, max_tokens: int, words: int = 50) -> list[Prompt]:
+    """A task whose answer repeats its prompt (a text, then the same text in capitals, then the text again): the
+    answer is the capitals once more, and n-gram drafts find every next token in the prompt."""
     _require_int("n", n, 1, MAX_REQUESTS)
     passages = _passages()
     out = []
     for i in range(n):
-        text = passages[i % len(passages)]
+        text = _opening(passages[i % len(passages)], words)
         shouty = text.upper()
-        out.append(Prompt(f"Rewrite the text in normal case.\n\nTEXT: {text}\n\nTEXT IN CAPITALS: {shouty}\n\n"
+        out.append(Prompt(f"Write each text in capitals.\n\nTEXT: {text}\n\nTEXT IN CAPITALS: {shouty}\n\n"
                           f"TEXT: {text}\n\nTEXT IN CAPITALS:", max_tokens, "copy"))
     return out
 
@@ -959,18 +970,57 @@ def sweep_users(base_url: str, model: str | None, prompts: Sequence[Prompt], use
                      **kwargs) for u in tqdm(list(users), desc="users")]
 
 
-def throughput_estimate(users: int, batch1_tokens_per_s: float, weight_bytes: float, kv_bytes_per_user: float,
-                        compute_tokens_per_s: float | None = None) -> float:
-    """Tokens/s of `users` sequences decoding together: one read of the weights per step serves every user
-    (notebook 08's projection, `cost.projected_batch_tokens_per_s`), capped by the arithmetic.
+@dataclass(frozen=True)
+class LoadEstimate:
+    """The roofline's view of `users` users each asking for `new_tokens` after a `prompt_tokens` prompt."""
 
-    Given the roofline (bandwidth / bytes per token) as `batch1_tokens_per_s` it is a ceiling; given a measured
-    single-user speed, a projection from it.
+    users: int
+    step_s: float  # one decode step: one new token for every user (the ITL between prefills)
+    prefill_s: float  # one request's prompt
+    tokens_per_s: float  # all users, prefills included
+    bound: str  # what limits a decode step: "memory" or "compute"
+
+
+def estimate_load(users: int, prompt_tokens: float, new_tokens: int, weight_bytes: float, kv_bytes_per_user: float,
+                  bandwidth_bytes_per_s: float, flops: float, decode_params: float,
+                  prefill_params: float | None = None) -> LoadEstimate:
+    """Throughput and ITL of `users` users decoding together, from bandwidth and FLOP/s alone.
+
+    A decode step reads the weights once for everyone plus each user's KV cache (memory time), and does 2 FLOPs per
+    parameter per user (compute time); it takes the longer of the two. Prompts are processed at the compute
+    ceiling, one after another, and decoding waits meanwhile: one round of `users` requests takes
+    users x prefill + new_tokens x step, and yields users x new_tokens tokens.
     """
-    from .cost import projected_batch_tokens_per_s
+    _require_int("users", users, 1, MAX_USERS * 16)
+    _require_int("new_tokens", new_tokens, 1, MAX_TOKENS)
+    for name, value in (("weight_bytes", weight_bytes), ("bandwidth_bytes_per_s", bandwidth_bytes_per_s),
+                        ("flops", flops), ("decode_params", decode_params)):
+        require_positive(name, value)
+    require_positive("kv_bytes_per_user", kv_bytes_per_user, allow_zero=True)
+    require_positive("prompt_tokens", prompt_tokens, allow_zero=True)
+    memory = (weight_bytes + users * kv_bytes_per_user) / bandwidth_bytes_per_s
+    compute = users * 2 * decode_params / flops
+    step = max(memory, compute)
+    prefill = 2 * (prefill_params if prefill_params is not None else decode_params) * prompt_tokens / flops
+    return LoadEstimate(users, step, prefill, users * new_tokens / (users * prefill + new_tokens * step),
+                        "memory" if memory >= compute else "compute")
 
-    return projected_batch_tokens_per_s(batch1_tokens_per_s, users, weight_bytes, kv_bytes_per_user,
-                                        compute_tokens_per_s)
+
+def gguf_parameters(path: str | Path) -> tuple[float, float]:
+    """Parameters one decode step and one prompt token multiply with, from a GGUF's tensor table.
+
+    Decode skips the input embedding (a row gather) unless it is tied to the output layer, whose product every
+    new token needs. A prompt token needs neither: llama.cpp computes the output layer for the last one only.
+    """
+    from .bench import read_gguf_header
+
+    _, tensors = read_gguf_header(path)
+    sizes = {t.name: math.prod(t.shape) for t in tensors}
+    total = float(sum(sizes.values()))
+    embedding, output = sizes.get("token_embd.weight", 0), sizes.get("output.weight")
+    decode = total - embedding if output is not None else total
+    prefill = total - embedding - (output or 0)
+    return decode, prefill
 
 
 def knee_users(results: Sequence[LoadResult], share: float = 0.9) -> int | None:
@@ -1024,10 +1074,10 @@ def plot_timeline(result: LoadResult, title: str | None = None, ax=None):
     return ax.figure
 
 
-def plot_sweep(results: Sequence[LoadResult], estimate: dict[int, float] | None = None,
-               projection: dict[int, float] | None = None, slo: Slo | None = None, title: str = ""):
-    """Left: throughput (all users) against users, measured beside the roofline estimate and the projection from
-    one user. Right: P50 and P99 of TTFT and ITL against users, with the latency target."""
+def plot_sweep(results: Sequence[LoadResult], estimate: dict[int, LoadEstimate] | None = None,
+               slo: Slo | None = None, title: str = ""):
+    """Left: throughput (all users) against users, measured beside the roofline estimate. Right: P50 and P99 of
+    TTFT and ITL against users, with the latency target (and the estimate's ITL)."""
     import matplotlib.pyplot as plt
 
     slo = slo or Slo()
@@ -1038,11 +1088,8 @@ def plot_sweep(results: Sequence[LoadResult], estimate: dict[int, float] | None 
     fig, (ax_tp, ax_lat) = plt.subplots(1, 2, figsize=(12, 4.4))
     ax_tp.plot(users, [r.tokens_per_s for r in results], "o-", color="#1a7f37", label="measured", linewidth=2)
     if estimate:
-        ax_tp.plot(list(estimate), list(estimate.values()), "--", color="#d62728",
+        ax_tp.plot(list(estimate), [e.tokens_per_s for e in estimate.values()], "--", color="#d62728",
                    label="estimate: roofline (bandwidth, then compute)")
-    if projection:
-        ax_tp.plot(list(projection), list(projection.values()), ":", color="#8da0cb",
-                   label="projection from 1 user's measurement")
     knee = knee_users(results)
     if knee:
         ax_tp.axvline(knee, color="grey", linestyle=":", linewidth=1)
@@ -1061,6 +1108,9 @@ def plot_sweep(results: Sequence[LoadResult], estimate: dict[int, float] | None 
                     label=f"{name} P99")
         ax_lat.axhline(target * 1000, color=color, linewidth=0.8, alpha=0.6)
         ax_lat.annotate(f"{name} target", (users[0], target * 1000), fontsize=7, color=color, va="bottom")
+    if estimate:
+        ax_lat.plot(list(estimate), [e.step_s * 1000 for e in estimate.values()], ":", color="#3182bd",
+                    label="ITL estimate (roofline)")
     ax_lat.set_xscale("log", base=2)
     ax_lat.set_yscale("log")
     ax_lat.set_xlabel("concurrent users")
@@ -1319,6 +1369,26 @@ def committed_gpu_throughput(results: dict | None = None) -> dict[int, float]:
         return {}
     return {int(row["users"]): float(row["tokens_per_s"]) for row in results.get("sweep", [])
             if row.get("completed")}
+
+
+def gpu_features_markdown(results: dict) -> str:
+    """The committed GPU run's prefix-cache, JSON-schema and speculation measurements as a Markdown table."""
+    lines = ["| feature | without | with | change |", "|---|---:|---:|---|"]
+    cache = results.get("prefix_cache")
+    if cache:
+        off, on = cache["off"]["ttft_p50_s"], cache["on"]["ttft_p50_s"]
+        lines.append(f"| prefix cache ({cache['off'].get('prompt_tokens', '?')}-token prompts, TTFT P50) | "
+                     f"{_ms(off)} | {_ms(on)} | {off / on:.1f}x faster |")
+    schema = results.get("json_schema")
+    if schema:
+        off, on = schema["off"]["itl_p50_s"], schema["on"]["itl_p50_s"]
+        lines.append(f"| JSON schema (ITL P50; valid answers {schema['off']['valid']:.0%} → {schema['on']['valid']:.0%}) "
+                     f"| {_ms(off)} | {_ms(on)} | {on / off:.2f}x the time per token |")
+    for task, runs in (results.get("speculation") or {}).items():
+        off, on = runs["off"]["decode_tokens_per_s"], runs["ngram"]["decode_tokens_per_s"]
+        lines.append(f"| n-gram speculation, {task} task (decode tok/s; {runs['ngram']['acceptance']:.0%} of drafts "
+                     f"accepted) | {off:,.1f} | {on:,.1f} | {on / off:.2f}x |")
+    return "\n".join(lines)
 
 
 def gpu_sweep_markdown(results: dict, slo: Slo | None = None) -> str:
