@@ -194,6 +194,7 @@ def main() -> None:
                                  progress=False)
             print(r, flush=True)
             out["sweep"].append(r.summary(slo))
+            out["prompt_tokens_mean"] = r.mean_prompt_tokens
             save()
 
         if budget_left("prefix cache"):

@@ -153,8 +153,11 @@ def _server_env(binary: Path) -> dict[str, str]:
 # Prompt-lookup ("n-gram") speculation: no draft model. The server looks up the last few tokens in the text so far
 # (prompt and answer) and, where they occurred before, drafts the tokens that followed; one batched pass of the
 # model then checks them all and keeps the ones it would have produced itself.
+NGRAM_LOOKUP = 3  # tokens looked up in the text so far ...
+NGRAM_DRAFT_MAX = 8  # ... and at most this many drafted from what followed them
 SPECULATION = {
-    "ngram": ["--spec-type", "ngram-simple", "--spec-ngram-simple-size-n", "3", "--spec-ngram-simple-size-m", "8"],
+    "ngram": ["--spec-type", "ngram-simple", "--spec-ngram-simple-size-n", str(NGRAM_LOOKUP),
+              "--spec-ngram-simple-size-m", str(NGRAM_DRAFT_MAX)],
 }
 
 # Runs in a small Python parent of llama-server: when the notebook's kernel dies without cleaning up, the server
@@ -186,7 +189,7 @@ class LlamaCppServer:
             result = run_load(server.base_url, server.model, prompts, users=8)
 
     Each slot holds one request's KV cache, `ctx_per_slot` tokens long. `speculation="ngram"` turns on prompt-lookup
-    speculative decoding. Like `runtimes.LlamaServer`, the process never outlives you: the `with` block, `stop()`,
+    speculative decoding. `swa_full` keeps sliding-window layers' whole cache, so prefixes can be reused. Like `runtimes.LlamaServer`, the process never outlives you: the `with` block, `stop()`,
     a finalizer at exit, its own process group, and a watchdog parent that exits with your kernel.
     """
 
@@ -194,7 +197,7 @@ class LlamaCppServer:
                  threads: int | None = None, speculation: str | None = None, n_gpu_layers: int | None = None,
                  api_key: str | None = None, port: int | None = None, host: str = "127.0.0.1",
                  alias: str | None = None, startup_timeout_s: float = 120.0, binary: str | Path | None = None,
-                 extra_args: Iterable[str] = ()):
+                 swa_full: bool = True, extra_args: Iterable[str] = ()):
         from .hardware import cpu_threads
 
         if host not in LOOPBACK_HOSTS:
@@ -216,6 +219,7 @@ class LlamaCppServer:
         self.host, self.requested_port, self.port = host, port, port
         self.model = alias
         self.startup_timeout_s = startup_timeout_s
+        self.swa_full = swa_full
         self.extra_args = list(extra_args)
         self.process: subprocess.Popen | None = None
         self.log_path: Path | None = None
@@ -249,6 +253,10 @@ class LlamaCppServer:
             cmd += ["--n-gpu-layers", str(self.n_gpu_layers)]
         if self.speculation:
             cmd += SPECULATION[self.speculation]
+        if self.swa_full:
+            # Sliding-window layers (Gemma 2/3) keep only their window by default, and llama.cpp cannot roll such a
+            # cache back to a shared prefix: with the full cache, prefix caching works for them too (more memory).
+            cmd.append("--swa-full")
         return cmd + self.extra_args
 
     def start(self) -> LlamaCppServer:
@@ -373,7 +381,7 @@ class NotebookSizes:
 
 NOTEBOOK_SIZES = {
     "cpu": NotebookSizes(users=(1, 2, 4, 8, 16), requests_per_user=2, max_tokens=16, ctx_per_slot=1024,
-                         time_limit_s=40, prefix_requests=4, spec_requests=2, spec_tokens=48, json_requests=6),
+                         time_limit_s=40, prefix_requests=3, spec_requests=2, spec_tokens=32, json_requests=4),
     "gpu": NotebookSizes(users=(1, 2, 4, 8, 16, 32, 64), requests_per_user=2, max_tokens=64, ctx_per_slot=1024,
                          time_limit_s=60, prefix_requests=8, spec_requests=4, spec_tokens=128, json_requests=16),
 }
@@ -399,6 +407,7 @@ class Prompt:
     text: str
     max_tokens: int
     kind: str = "prompt"
+    expected: str | None = None  # the right answer, where the task has one (JSON tasks)
 
 
 QUESTIONS = [
@@ -421,20 +430,20 @@ def _passages() -> list[str]:
 
 def prompt_mix(n: int, max_tokens: int, long_share: float = 0.5, seed: int = 0) -> list[Prompt]:
     """`n` prompts, a share of them long (a paragraph to summarise, ~100-200 tokens) and the rest short (a
-    one-line question). Every prompt starts differently, so no request can reuse another's cached prefix."""
+    one-line question), spread evenly. Every prompt starts differently, so no request reuses another's prefix."""
     _require_int("n", n, 1, MAX_REQUESTS)
     _require_int("max_tokens", max_tokens, 1, MAX_TOKENS)
     if not 0 <= long_share <= 1:
         raise LabkitError(f"long_share must be a fraction from 0 to 1, got {long_share!r}")
-    rng = random.Random(seed)
     passages = _passages()
-    n_long = round(n * long_share)
-    kinds = ["long"] * n_long + ["short"] * (n - n_long)
-    rng.shuffle(kinds)
+    # spread evenly, so any run of consecutive prompts has about the same share of long ones (a sweep's points compare)
+    kinds = ["long" if math.floor((i + 1) * long_share + 1e-9) > math.floor(i * long_share + 1e-9) else "short"
+             for i in range(n)]
+    start = random.Random(seed).randrange(len(passages))
     out = []
     for i, kind in enumerate(kinds):
         if kind == "long":
-            text = (f"Document {i + 1}.\n{passages[i % len(passages)]}\n\nIn one sentence, this document is about")
+            text = f"Document {i + 1}.\n{passages[(start + i) % len(passages)]}\n\nIn one sentence, this document is about"
         else:
             text = f"Question {i + 1}: {QUESTIONS[i % len(QUESTIONS)]}\nAnswer:"
         out.append(Prompt(text, max_tokens, kind))
@@ -491,6 +500,7 @@ MAX_USERS = 256  # concurrent users (or requests in flight) one run may drive
 MAX_REQUESTS = 5000
 MAX_TOKENS = 8192
 MAX_TIME_LIMIT_S = 3600.0
+MAX_PLANNED_USERS = 100_000  # the capacity planner's (and estimate's) upper bound
 
 
 @dataclass
@@ -576,6 +586,12 @@ class LoadResult:
     def requests_per_s(self) -> float:
         return len(self.completed) / self.wall_s if self.wall_s > 0 else float("nan")
 
+    @property
+    def mean_prompt_tokens(self) -> float:
+        """The average prompt length the server counted (nan when it reported none)."""
+        counted = [r.prompt_tokens for r in self.completed if r.prompt_tokens]
+        return statistics.fmean(counted) if counted else float("nan")
+
     def values(self, metric: str) -> list[float]:
         """A metric of every completed request: 'ttft_s', 'itl_s', 'e2e_s' or 'decode_tokens_per_s'."""
         if metric not in METRICS:
@@ -596,7 +612,8 @@ class LoadResult:
         row = {"label": self.label, "users": self.users, "rate": self.rate, "completed": len(self.completed),
                "failed": len(self.failed), "cut_off": sum(r.cut_off for r in self.records),
                "not_started": self.not_started, "wall_s": self.wall_s, "output_tokens": self.output_tokens,
-               "tokens_per_s": self.tokens_per_s, "requests_per_s": self.requests_per_s}
+               "tokens_per_s": self.tokens_per_s, "requests_per_s": self.requests_per_s,
+               "prompt_tokens_mean": self.mean_prompt_tokens}
         for metric in ("ttft_s", "itl_s", "e2e_s"):
             for p in (50, 95, 99):
                 row[f"{metric[:-2]}_p{p}_s"] = self.percentile(metric, p)
@@ -975,8 +992,10 @@ class LoadEstimate:
     """The roofline's view of `users` users each asking for `new_tokens` after a `prompt_tokens` prompt."""
 
     users: int
-    step_s: float  # one decode step: one new token for every user (the ITL between prefills)
+    step_s: float  # one decode step: one new token for every user
     prefill_s: float  # one request's prompt
+    itl_s: float  # a user's gap between tokens: its steps, plus the other users' prompts processed meanwhile
+    ttft_burst_s: float  # the last of `users` requests that arrive at once: every prompt before its own, then a step
     tokens_per_s: float  # all users, prefills included
     bound: str  # what limits a decode step: "memory" or "compute"
 
@@ -984,14 +1003,15 @@ class LoadEstimate:
 def estimate_load(users: int, prompt_tokens: float, new_tokens: int, weight_bytes: float, kv_bytes_per_user: float,
                   bandwidth_bytes_per_s: float, flops: float, decode_params: float,
                   prefill_params: float | None = None) -> LoadEstimate:
-    """Throughput and ITL of `users` users decoding together, from bandwidth and FLOP/s alone.
+    """Throughput and latency of `users` users decoding together, from bandwidth and FLOP/s alone.
 
     A decode step reads the weights once for everyone plus each user's KV cache (memory time), and does 2 FLOPs per
-    parameter per user (compute time); it takes the longer of the two. Prompts are processed at the compute
-    ceiling, one after another, and decoding waits meanwhile: one round of `users` requests takes
-    users x prefill + new_tokens x step, and yields users x new_tokens tokens.
+    parameter per user (compute time); it takes the longer of the two. A prompt is processed at the compute
+    ceiling, and decoding waits meanwhile. So one round of `users` requests takes users x prefill + new_tokens x
+    step and yields users x new_tokens tokens; while one user's answer is generated, the other users' prompts
+    (users - 1 of them) are processed too, which stretches its ITL.
     """
-    _require_int("users", users, 1, MAX_USERS * 16)
+    _require_int("users", users, 1, MAX_PLANNED_USERS)
     _require_int("new_tokens", new_tokens, 1, MAX_TOKENS)
     for name, value in (("weight_bytes", weight_bytes), ("bandwidth_bytes_per_s", bandwidth_bytes_per_s),
                         ("flops", flops), ("decode_params", decode_params)):
@@ -1002,7 +1022,8 @@ def estimate_load(users: int, prompt_tokens: float, new_tokens: int, weight_byte
     compute = users * 2 * decode_params / flops
     step = max(memory, compute)
     prefill = 2 * (prefill_params if prefill_params is not None else decode_params) * prompt_tokens / flops
-    return LoadEstimate(users, step, prefill, users * new_tokens / (users * prefill + new_tokens * step),
+    return LoadEstimate(users, step, prefill, step + (users - 1) * prefill / new_tokens, users * prefill + step,
+                        users * new_tokens / (users * prefill + new_tokens * step),
                         "memory" if memory >= compute else "compute")
 
 
@@ -1109,8 +1130,10 @@ def plot_sweep(results: Sequence[LoadResult], estimate: dict[int, LoadEstimate] 
         ax_lat.axhline(target * 1000, color=color, linewidth=0.8, alpha=0.6)
         ax_lat.annotate(f"{name} target", (users[0], target * 1000), fontsize=7, color=color, va="bottom")
     if estimate:
-        ax_lat.plot(list(estimate), [e.step_s * 1000 for e in estimate.values()], ":", color="#3182bd",
-                    label="ITL estimate (roofline)")
+        ax_lat.plot(list(estimate), [e.itl_s * 1000 for e in estimate.values()], ":", color="#3182bd",
+                    label="ITL estimate")
+        ax_lat.plot(list(estimate), [e.ttft_burst_s * 1000 for e in estimate.values()], ":", color="#e6550d",
+                    label="TTFT estimate (all arrive at once)")
     ax_lat.set_xscale("log", base=2)
     ax_lat.set_yscale("log")
     ax_lat.set_xlabel("concurrent users")
@@ -1146,16 +1169,18 @@ WEATHER_SCHEMA = {
 }
 
 
-def weather_prompts(n: int, max_tokens: int = 40, examples: int = 2) -> list[Prompt]:
-    """Weather sentences to turn into JSON (notebook 07's held-out task), with `examples` solved ones first."""
+def weather_prompts(n: int, max_tokens: int = 40, examples: int = 0) -> list[Prompt]:
+    """Weather sentences to turn into JSON (notebook 07's held-out task), after `examples` solved ones; each
+    Prompt carries the right answer."""
     from .lora import load_task
 
     _require_int("n", n, 1, MAX_REQUESTS)
     shots = "".join(f"Sentence: {r['sentence']}\nJSON: {r['answer']}\n\n" for r in load_task("train")[:examples])
     rows = load_task("heldout")
-    head = "Turn each weather sentence into JSON with the keys city, sky and temp_c.\n\n"
-    return [Prompt(f"{head}{shots}Sentence: {rows[i % len(rows)]['sentence']}\nJSON:", max_tokens, "json")
-            for i in range(n)]
+    head = ('Turn the weather sentence into JSON with the keys "city" (a string), "sky" (one of sunny, cloudy, rainy, '
+            'snowy, windy, foggy) and "temp_c" (an integer).\n\n')
+    return [Prompt(f"{head}{shots}Sentence: {row['sentence']}\nJSON:", max_tokens, "json", row["answer"])
+            for row in (rows[i % len(rows)] for i in range(n))]
 
 
 @dataclass(frozen=True)
@@ -1187,12 +1212,20 @@ def check_json(text: str, schema: dict) -> JsonCheck:
     return JsonCheck(True, True, "")
 
 
-def json_share(result: LoadResult, schema: dict) -> dict:
-    """How many completed answers parse, and how many match the schema."""
-    checks = [check_json(r.text, schema) for r in result.completed]
+def json_share(result: LoadResult, schema: dict, prompts: Sequence[Prompt] | None = None) -> dict:
+    """How many completed answers parse, how many match the schema and, given the prompts (with their expected
+    answers), how many are also right."""
+    done = result.completed
+    checks = [check_json(r.text, schema) for r in done]
     n = len(checks)
-    return {"answers": n, "parse": sum(c.parses for c in checks) / n if n else float("nan"),
-            "valid": sum(c.valid for c in checks) / n if n else float("nan"), "checks": checks}
+    out = {"answers": n, "parse": sum(c.parses for c in checks) / n if n else float("nan"),
+           "valid": sum(c.valid for c in checks) / n if n else float("nan"), "checks": checks}
+    if prompts:
+        expected = [prompts[r.index % len(prompts)].expected for r in done]
+        right = [c.valid and e is not None and json.loads(r.text) == json.loads(e)
+                 for r, c, e in zip(done, checks, expected)]
+        out["correct"] = sum(right) / n if n else float("nan")
+    return out
 
 
 # ============================================================================ 7. the capacity planner
@@ -1212,6 +1245,7 @@ class Device:
     flops: float
     overhead_bytes: float
     source: str
+    compute_efficiency: float | None = None  # measured share of `flops` the runtime reaches; None: the plan's own
 
 
 def gpu_device(name: str) -> Device:
@@ -1223,14 +1257,39 @@ def gpu_device(name: str) -> Device:
                   GPU_RUNTIME_OVERHEAD_BYTES, gpu["source"])
 
 
-def this_machine(bandwidth_bytes_per_s: float, flops: float, memory_bytes: float | None = None) -> Device:
-    """This machine as measured: a timed copy's bandwidth, a timed matrix product's FLOP/s, available memory."""
+def this_machine(bandwidth_bytes_per_s: float, flops: float, memory_bytes: float | None = None,
+                 compute_efficiency: float | None = None) -> Device:
+    """This machine as measured: a timed copy's bandwidth, a timed matrix product's FLOP/s, available memory, and
+    (optionally) the share of those FLOP/s the runtime was measured to reach on prompts."""
     from .hardware import usable_memory
 
     require_positive("bandwidth_bytes_per_s", bandwidth_bytes_per_s)
     require_positive("flops", flops)
+    if compute_efficiency is not None:
+        _require_fraction("compute_efficiency", compute_efficiency)
     memory = memory_bytes if memory_bytes is not None else usable_memory().bytes
-    return Device("this machine", memory, bandwidth_bytes_per_s, flops, 0.0, "measured in this notebook")
+    return Device("this machine", memory, bandwidth_bytes_per_s, flops, 0.0, "measured in this notebook",
+                  compute_efficiency)
+
+
+def _require_fraction(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise LabkitError(f"{name} must be a fraction above 0 and at most 1 (of the peak), got {value!r}")
+
+
+def model_parameters(model: str) -> tuple[float, float]:
+    """Parameters one decode step and one prompt token multiply with (see `gguf_parameters`), from a config:
+    the active parameters (a mixture of experts uses a few experts per token), less the input embedding (a
+    gather) unless the output layer is tied to it, less the output layer for prompt tokens."""
+    from .vram import active_parameter_count, weight_tensors
+
+    by_kind: dict[str, float] = {}
+    for t in weight_tensors(model):
+        by_kind[t.kind] = by_kind.get(t.kind, 0) + t.numel
+    active = float(active_parameter_count(model))
+    embedding, head = by_kind.get("embedding", 0.0), by_kind.get("lm_head")
+    decode = active - embedding if head is not None else active
+    return decode, active - embedding - (head or 0.0)
 
 
 @dataclass(frozen=True)
@@ -1240,16 +1299,21 @@ class CapacityPlan:
     model: str
     device: Device
     weights: str
-    context: int
     prompt_tokens: int
+    new_tokens: int
     slo: Slo
-    efficiency: float
+    efficiency: float  # share of the peak bandwidth (and FLOP/s, unless the device says) the runtime reaches
     weight_bytes: float
     kv_bytes_per_user: float
+    decode_params: float
+    prefill_params: float
     users_by_memory: int
     users_by_itl: int
     users_by_ttft: int
-    prefill_s: float
+
+    @property
+    def compute_efficiency(self) -> float:
+        return self.device.compute_efficiency or self.efficiency
 
     @property
     def users(self) -> int:
@@ -1261,54 +1325,46 @@ class CapacityPlan:
                   "TTFT target": self.users_by_ttft}
         return min(limits, key=limits.get)
 
-    def step_s(self, users: int) -> float:
-        return decode_step_s(users, self)
-
-    @property
-    def tokens_per_s(self) -> float:
-        """All users together, at the planned number of users."""
-        return self.users / self.step_s(self.users) if self.users else 0.0
+    def at(self, users: int) -> LoadEstimate:
+        """The estimate at `users` users (`estimate_load` at the plan's efficiencies)."""
+        return estimate_load(max(1, users), self.prompt_tokens, self.new_tokens, self.weight_bytes,
+                             self.kv_bytes_per_user, self.device.bandwidth_bytes_per_s * self.efficiency,
+                             self.device.flops * self.compute_efficiency, self.decode_params, self.prefill_params)
 
     def text(self) -> str:
         u = self.users
-        lines = [f"{self.model} ({self.weights}, {self.weight_bytes / 1e9:.1f} GB) on {self.device.name}, "
-                 f"{self.context:,} tokens of context per user, {self.slo}, at {self.efficiency:.0%} of peak",
+        one = self.at(1)
+        lines = [f"{self.model} ({self.weights}, {self.weight_bytes / 1e9:.1f} GB) on {self.device.name}: prompts of "
+                 f"{self.prompt_tokens:,} tokens, answers of {self.new_tokens:,}, {self.slo}; the runtime at "
+                 f"{self.efficiency:.0%} of peak bandwidth and {self.compute_efficiency:.0%} of peak FLOP/s",
                  f"  memory : {self.users_by_memory:>6,} users ({self.kv_bytes_per_user / 2**20:,.0f} MiB of KV "
                  f"cache each)",
-                 f"  ITL    : {self.users_by_itl:>6,} users (one decode step ≤ {self.slo.itl_s * 1000:.0f} ms)",
-                 f"  TTFT   : {self.users_by_ttft:>6,} users (prefill of {self.prompt_tokens:,} tokens "
-                 f"{self.prefill_s * 1000:,.0f} ms + one step ≤ {self.slo.ttft_s * 1000:.0f} ms)",
+                 f"  ITL    : {self.users_by_itl:>6,} users (decode steps + the others' prompts ≤ "
+                 f"{self.slo.itl_s * 1000:,.0f} ms a token)",
+                 f"  TTFT   : {self.users_by_ttft:>6,} users (own prompt {one.prefill_s * 1000:,.0f} ms + one step ≤ "
+                 f"{self.slo.ttft_s * 1000:,.0f} ms, arrivals spread out)",
                  f"→ {u:,} concurrent users, limited by {self.limit}"]
         if u:
-            step = self.step_s(u)
-            lines.append(f"  at {u:,} users: ITL {step * 1000:.0f} ms ({1 / step:.1f} tok/s each), "
-                         f"{self.tokens_per_s:,.0f} tok/s in all")
+            e = self.at(u)
+            lines.append(f"  at {u:,} users: ITL {e.itl_s * 1000:,.0f} ms ({1 / e.itl_s:,.1f} tok/s each), "
+                         f"{e.tokens_per_s:,.0f} tok/s in all; if all {u:,} arrived at once, the last would wait "
+                         f"{e.ttft_burst_s:,.1f} s for its first token")
         return "\n".join(lines)
 
 
-def decode_step_s(users: int, plan: CapacityPlan) -> float:
-    """One decode step of `users` sequences: the weights and every user's KV cache read once (bandwidth), or
-    2 FLOPs per parameter per user (compute), whichever takes longer, at `efficiency` of the peak."""
-    from .vram import active_parameter_count
-
-    d, e = plan.device, plan.efficiency
-    memory = (plan.weight_bytes + users * plan.kv_bytes_per_user) / (d.bandwidth_bytes_per_s * e)
-    compute = users * 2 * active_parameter_count(plan.model) / (d.flops * e)
-    return max(memory, compute)
-
 
 def plan_capacity(model: str = "llama-3.1-8b", device: str | Device = "H100", weights: str = "Q4_K_M",
-                  context: int = 4096, prompt_tokens: int = 1024, slo: Slo | None = None,
+                  prompt_tokens: int = 1024, new_tokens: int = 256, slo: Slo | None = None,
                   efficiency: float = 0.5) -> CapacityPlan:
     """Concurrent users a card serves within a latency target, from the roofline (an estimate, not a promise).
 
-    Memory: the weights plus one KV cache of `context` tokens per user must fit. ITL: a decode step reads the
-    weights once and every user's cache, or does 2 FLOPs per parameter per user, whichever is slower, at
-    `efficiency` of the datasheet peak (your measurement says what your runtime reaches: 1 user's tokens/s ÷ the
-    roofline). TTFT: a request's prefill (2 FLOPs per parameter per prompt token) plus one decode step, assuming
-    arrivals spread out (a burst of arrivals queues prefills, which P99 will show).
+    Memory: the weights plus one KV cache of prompt + answer per user must fit. ITL: `estimate_load`'s gap between
+    a user's tokens (a decode step of all users, plus the other users' prompts processed meanwhile). TTFT: a
+    prompt's prefill plus one step, with arrivals spread out (a burst queues prefills; the text says how long).
+    `efficiency` is the share of the datasheet peak the runtime reaches (your measurement: 1 user's tokens/s ÷ the
+    roofline, `measured_efficiency`).
     """
-    from .vram import active_parameter_count, kv_cache_bytes, weight_bytes
+    from .vram import kv_cache_bytes, weight_bytes
 
     slo = slo or Slo()
     dev = gpu_device(device) if isinstance(device, str) else device
@@ -1316,25 +1372,29 @@ def plan_capacity(model: str = "llama-3.1-8b", device: str | Device = "H100", we
         from .errors import unknown
 
         raise unknown("weight format", weights, WEIGHT_FORMATS)
-    _require_int("context", context, 1, 1 << 21)
-    _require_int("prompt_tokens", prompt_tokens, 1, context)
-    if isinstance(efficiency, bool) or not isinstance(efficiency, (int, float)) or not 0 < efficiency <= 1:
-        raise LabkitError(f"efficiency must be a fraction above 0 and at most 1 (of the peak), got {efficiency!r}")
+    _require_int("prompt_tokens", prompt_tokens, 1, 1 << 21)
+    _require_int("new_tokens", new_tokens, 1, MAX_TOKENS)
+    _require_fraction("efficiency", efficiency)
     w = float(sum(weight_bytes(model, weights).values()))
-    kv = float(kv_cache_bytes(model, context, kv_dtype="fp16"))
-    params = active_parameter_count(model)
-    free = dev.memory_bytes - w - dev.overhead_bytes
-    by_memory = max(0, int(free // kv))
-    bw, flops = dev.bandwidth_bytes_per_s * efficiency, dev.flops * efficiency
-    prefill = 2 * params * prompt_tokens / flops
+    kv = float(kv_cache_bytes(model, prompt_tokens + new_tokens, kv_dtype="fp16"))
+    decode_params, prefill_params = model_parameters(model)
+    by_memory = max(0, min(MAX_PLANNED_USERS, int((dev.memory_bytes - w - dev.overhead_bytes) // kv)))
+    plan = CapacityPlan(model, dev, weights, prompt_tokens, new_tokens, slo, float(efficiency), w, kv, decode_params,
+                        prefill_params, by_memory, 0, 0)
 
-    def most_users(step_budget_s: float) -> int:
-        if step_budget_s <= w / bw:  # the weights alone take longer to read than the budget
+    def most_users(fits) -> int:  # the largest user count that still fits (both latencies grow with users)
+        if not fits(1):
             return 0
-        return max(0, min(int((step_budget_s * bw - w) // kv), int(step_budget_s * flops // (2 * params))))
+        low, high = 1, MAX_PLANNED_USERS
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if fits(mid) else (low, mid - 1)
+        return low
 
-    return CapacityPlan(model, dev, weights, context, prompt_tokens, slo, float(efficiency), w, kv, by_memory,
-                        most_users(slo.itl_s), most_users(slo.ttft_s - prefill), prefill)
+    by_itl = most_users(lambda u: plan.at(u).itl_s <= slo.itl_s)
+    by_ttft = most_users(lambda u: plan.at(u).prefill_s + plan.at(u).step_s <= slo.ttft_s)
+    return CapacityPlan(model, dev, weights, prompt_tokens, new_tokens, slo, float(efficiency), w, kv, decode_params,
+                        prefill_params, by_memory, by_itl, by_ttft)
 
 
 def measured_efficiency(tokens_per_s: float, weight_bytes: float, kv_bytes: float, bandwidth_bytes_per_s: float) -> float:

@@ -18,36 +18,41 @@ class Measured:
     device: str
     model: str
     weights: str
-    context: int  # tokens per request in the measurement (prompt + answer), for the reader
+    prompt_tokens: int  # per request in the measurement (a typical value), for the reader
+    new_tokens: int
     rows: tuple[dict, ...]
     where: str  # e.g. "your sweep in section 4", "committed H100 run"
 
 
-CONTEXTS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+PROMPTS = tuple(2**k for k in range(4, 18))  # 16 ... 131,072 tokens
+ANSWERS = tuple(2**k for k in range(3, 13))  # 8 ... 4,096 tokens
 
 
-def planner_html(model: str, device: str, weights: str, context: int, ttft_ms: float, itl_ms: float,
-                 efficiency: float, devices: dict[str, serving.Device] | None = None,
+def planner_html(model: str, device: str, weights: str, prompt_tokens: int, new_tokens: int, ttft_ms: float,
+                 itl_ms: float, efficiency: float, devices: dict[str, serving.Device] | None = None,
                  measured: tuple[Measured, ...] = ()) -> str:
     """The planner's answer as HTML: the estimate's three limits, and any measurement of the same setup."""
     devices = devices or {}
     dev = devices[device] if device in devices else serving.gpu_device(device)
     slo = serving.Slo(ttft_ms / 1000, itl_ms / 1000)
-    plan = serving.plan_capacity(model, dev, weights, context, min(context, max(1, context // 2)), slo, efficiency)
+    plan = serving.plan_capacity(model, dev, weights, prompt_tokens, new_tokens, slo, efficiency)
     lines = [f"ESTIMATE  {plan.text()}"]
     for m in measured:
         if (m.device, m.model, m.weights) == (dev.name, model, weights):
             best = serving.max_users_meeting(m.rows, slo)
             tried = ", ".join(str(r["users"]) for r in m.rows)
             lines.append(f"\nMEASURED  {m.where}: {best} concurrent users met {slo} at P99 "
-                         f"(users tried: {tried}; about {m.context:,} tokens per request)")
+                         f"(users tried: {tried}; prompts of about {m.prompt_tokens:,} tokens, answers of "
+                         f"{m.new_tokens:,})")
     return f"<pre>{html.escape(chr(10).join(lines))}</pre>"
 
 
 def capacity_planner(model: str = "llama-3.1-8b", device: str = "NVIDIA H100 80GB", weights: str = "Q4_K_M",
-                     context: int = 4096, ttft_ms: float = 1000, itl_ms: float = 100, efficiency: float = 0.5,
-                     devices: dict[str, serving.Device] | None = None, measured: tuple[Measured, ...] = ()):
-    """Dropdowns for model, card and weights; sliders for context, TTFT and ITL targets and efficiency."""
+                     prompt_tokens: int = 1024, new_tokens: int = 256, ttft_ms: float = 1000, itl_ms: float = 100,
+                     efficiency: float = 0.5, devices: dict[str, serving.Device] | None = None,
+                     measured: tuple[Measured, ...] = ()):
+    """Dropdowns for model, card and weights; sliders for prompt and answer length, TTFT and ITL targets and the
+    runtime's efficiency."""
     import ipywidgets as w
 
     from .hardware import gpu_table
@@ -57,16 +62,20 @@ def capacity_planner(model: str = "llama-3.1-8b", device: str = "NVIDIA H100 80G
     names = list(devices) + [g["name"] for g in gpu_table()]
     if device not in names:
         raise unknown("device", device, names)
-    if context not in CONTEXTS:
-        raise unknown("context", context, CONTEXTS)
+    if prompt_tokens not in PROMPTS:
+        raise unknown("prompt_tokens", prompt_tokens, PROMPTS)
+    if new_tokens not in ANSWERS:
+        raise unknown("new_tokens", new_tokens, ANSWERS)
     style = {"description_width": "110px"}
     controls = {
         "model": w.Dropdown(options=list_configs(), value=model, description="model", style=style),
         "device": w.Dropdown(options=names, value=device, description="card", style=style),
         "weights": w.Dropdown(options=list(serving.WEIGHT_FORMATS), value=weights, description="weights",
                               style=style),
-        "context": w.SelectionSlider(options=list(CONTEXTS), value=context, description="context / user",
-                                     style=style),
+        "prompt_tokens": w.SelectionSlider(options=list(PROMPTS), value=prompt_tokens, description="prompt tokens",
+                                           style=style),
+        "new_tokens": w.SelectionSlider(options=list(ANSWERS), value=new_tokens, description="answer tokens",
+                                        style=style),
         "ttft_ms": w.FloatLogSlider(value=ttft_ms, base=10, min=1, max=4, step=0.05, description="TTFT target ms",
                                     readout_format=".0f", style=style),
         "itl_ms": w.FloatLogSlider(value=itl_ms, base=10, min=0.7, max=3, step=0.05, description="ITL target ms",
@@ -85,7 +94,7 @@ def capacity_planner(model: str = "llama-3.1-8b", device: str = "NVIDIA H100 80G
     for c in controls.values():
         c.observe(update, names="value")
     update()
-    box = w.VBox([w.HBox([controls["model"], controls["device"], controls["weights"]]), controls["context"],
-                  controls["ttft_ms"], controls["itl_ms"], controls["efficiency"], out])
+    box = w.VBox([w.HBox([controls["model"], controls["device"], controls["weights"]]), controls["prompt_tokens"],
+                  controls["new_tokens"], controls["ttft_ms"], controls["itl_ms"], controls["efficiency"], out])
     box.update, box.controls, box.output = update, controls, out
     return box

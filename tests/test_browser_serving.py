@@ -10,9 +10,9 @@ from labkit import serving_widget
 pytestmark = browser_marks()
 
 CODE = ("from labkit import serving_widget\n"
-        "serving_widget.capacity_planner(model='llama-3.1-8b', device='NVIDIA T4', weights='Q4_K_M', context=4096,"
-        " ttft_ms=1000, itl_ms=100, efficiency=0.5)")
-ITL_SLIDER = 2  # sliders in order: context, TTFT target, ITL target, efficiency
+        "serving_widget.capacity_planner(model='llama-3.1-8b', device='NVIDIA T4', weights='Q4_K_M',"
+        " prompt_tokens=1024, new_tokens=256, ttft_ms=1000, itl_ms=100, efficiency=0.5)")
+ITL_SLIDER = 3  # sliders in order: prompt tokens, answer tokens, TTFT target, ITL target, efficiency
 
 
 def _itl_users(text: str) -> int:
@@ -28,7 +28,7 @@ def test_planner_reacts_to_the_itl_target(tmp_path):
             "() => { const t = document.querySelector('.widget-html pre'); return t && /ITL ≤ 200 ms/.test(t.innerText); }",
             timeout=60_000)
         after = page.locator(".widget-html pre").first.inner_text()
-    expected = serving_widget.planner_html("llama-3.1-8b", "NVIDIA T4", "Q4_K_M", 4096, 1000, 10 ** 2.3, 0.5)
+    expected = serving_widget.planner_html("llama-3.1-8b", "NVIDIA T4", "Q4_K_M", 1024, 256, 1000, 10 ** 2.3, 0.5)
     assert "ITL ≤ 100 ms" in before and "ITL ≤ 200 ms" in after
     assert _itl_users(after) > _itl_users(before)
     assert _itl_users(after) == _itl_users(expected)

@@ -162,12 +162,14 @@ def test_knee_and_users_meeting_a_target():
 def test_prompt_sets():
     mix = serving.prompt_mix(10, 8, long_share=0.4)
     assert [p.kind for p in mix].count("long") == 4
+    assert [p.kind for p in serving.prompt_mix(4, 8)] == ["short", "long"] * 2  # spread evenly: runs compare
     assert len({p.text.split()[1] for p in mix}) == 10  # every prompt starts differently (no shared prefix)
     shared = serving.shared_prefix_prompts(3, 8)
     prefix = os.path.commonprefix([p.text for p in shared])
     assert len(prefix) > 1000 and all(len(p.text) > len(prefix) for p in shared)
-    weather = serving.weather_prompts(3)
-    assert all(p.text.endswith("JSON:") for p in weather)
+    weather = serving.weather_prompts(3, examples=2)
+    assert all(p.text.endswith("JSON:") and p.text.count("JSON: {") == 2 for p in weather)
+    assert all(serving.check_json(p.expected, serving.WEATHER_SCHEMA).valid for p in weather)
     with pytest.raises(LabkitError):
         serving.prompt_mix(0, 8)
     with pytest.raises(LabkitError):
@@ -266,21 +268,47 @@ def test_open_loop_sends_at_a_rate():
 # ----------------------------------------------------------------------------- the capacity planner
 
 
+def test_estimate_load_by_hand():
+    # 1 GB of weights at 100 GB/s: a step of one user reads for 10 ms; 2 GFLOP per user at 1 TFLOP/s is 2 ms
+    e = serving.estimate_load(1, 500, 100, 1e9, 0.0, 100e9, 1e12, decode_params=1e9, prefill_params=0.5e9)
+    assert (e.step_s, e.bound, e.itl_s) == (pytest.approx(0.01), "memory", pytest.approx(0.01))
+    assert e.prefill_s == pytest.approx(2 * 0.5e9 * 500 / 1e12)  # 0.5 s of arithmetic for the prompt
+    assert e.tokens_per_s == pytest.approx(100 / (0.5 + 100 * 0.01))
+    e8 = serving.estimate_load(8, 500, 100, 1e9, 0.0, 100e9, 1e12, decode_params=1e9, prefill_params=0.5e9)
+    assert e8.bound == "compute" and e8.step_s == pytest.approx(0.016)
+    assert e8.itl_s == pytest.approx(0.016 + 7 * 0.5 / 100)  # the other 7 users' prompts, spread over 100 tokens
+    assert e8.ttft_burst_s == pytest.approx(8 * 0.5 + 0.016)
+    with pytest.raises(LabkitError):
+        serving.estimate_load(0, 500, 100, 1e9, 0.0, 100e9, 1e12, 1e9)
+
+
+def test_model_parameters_leave_out_what_a_token_does_not_multiply():
+    from labkit.vram import parameter_count
+
+    decode, prefill = serving.model_parameters("gemma-3-270m")  # tied embedding: the output layer reads it
+    assert decode == parameter_count("gemma-3-270m") and prefill < decode / 2
+    decode8, prefill8 = serving.model_parameters("llama-3.1-8b")  # untied: the input embedding is only gathered
+    assert parameter_count("llama-3.1-8b") - decode8 == pytest.approx(525_336_576)
+    assert decode8 - prefill8 == pytest.approx(525_336_576)
+
+
 def test_plan_capacity_limits_are_consistent():
     slo = serving.Slo(1.0, 0.1)
-    plan = serving.plan_capacity("llama-3.1-8b", "T4", "Q4_K_M", context=4096, prompt_tokens=512, slo=slo,
+    plan = serving.plan_capacity("llama-3.1-8b", "T4", "Q4_K_M", prompt_tokens=512, new_tokens=256, slo=slo,
                                  efficiency=0.5)
     assert plan.users == min(plan.users_by_memory, plan.users_by_itl, plan.users_by_ttft) > 0
-    # the ITL limit is the last user count whose decode step fits the target
-    assert plan.step_s(plan.users_by_itl) <= slo.itl_s < plan.step_s(plan.users_by_itl + 1)
+    # the ITL limit is the last user count whose estimated ITL meets the target
+    assert plan.at(plan.users_by_itl).itl_s <= slo.itl_s < plan.at(plan.users_by_itl + 1).itl_s
     # memory: KV caches of users_by_memory fit, one more does not
     free = plan.device.memory_bytes - plan.weight_bytes - plan.device.overhead_bytes
     assert plan.users_by_memory * plan.kv_bytes_per_user <= free < (plan.users_by_memory + 1) * plan.kv_bytes_per_user
-    longer = serving.plan_capacity("llama-3.1-8b", "T4", "Q4_K_M", context=16384, prompt_tokens=512, slo=slo)
+    longer = serving.plan_capacity("llama-3.1-8b", "T4", "Q4_K_M", 16384, 256, slo)
     assert longer.users_by_memory < plan.users_by_memory
-    faster = serving.plan_capacity("llama-3.1-8b", "T4", "Q4_K_M", 4096, 512, slo, efficiency=1.0)
+    faster = serving.plan_capacity("llama-3.1-8b", "T4", "Q4_K_M", 512, 256, slo, efficiency=1.0)
     assert faster.users_by_itl > plan.users_by_itl
     assert "limited by" in plan.text()
+    measured = serving.this_machine(10e9, 50e9, memory_bytes=2**33, compute_efficiency=0.8)
+    assert serving.plan_capacity("gemma-3-270m", measured, "Q4_K_M", 128, 16, slo, 0.4).compute_efficiency == 0.8
 
 
 def test_plan_capacity_says_zero_when_the_weights_alone_are_too_slow():
@@ -289,7 +317,7 @@ def test_plan_capacity_says_zero_when_the_weights_alone_are_too_slow():
 
 
 @pytest.mark.parametrize("kwargs", [dict(weights="fp8"), dict(efficiency=0), dict(efficiency=1.5),
-                                    dict(context=0), dict(prompt_tokens=10_000, context=4096), dict(device="GTX 9")])
+                                    dict(prompt_tokens=0), dict(new_tokens=0), dict(device="GTX 9")])
 def test_plan_capacity_bad_input(kwargs):
     with pytest.raises(LabkitError):
         serving.plan_capacity(**kwargs)
@@ -305,11 +333,11 @@ def test_planner_widget_shows_the_estimate_and_a_matching_measurement():
     rows = ({"users": 1, "completed": 2, "failed": 0, "ttft_p99_s": 0.2, "itl_p99_s": 0.03},
             {"users": 4, "completed": 8, "failed": 0, "ttft_p99_s": 0.9, "itl_p99_s": 0.08},
             {"users": 8, "completed": 16, "failed": 0, "ttft_p99_s": 2.5, "itl_p99_s": 0.15})
-    measured = (serving_widget.Measured("this machine", "gemma-3-270m", "Q4_K_M", 200, rows, "your sweep"),)
-    text = serving_widget.planner_html("gemma-3-270m", "this machine", "Q4_K_M", 256, 1000, 100, 0.3,
+    measured = (serving_widget.Measured("this machine", "gemma-3-270m", "Q4_K_M", 130, 16, rows, "your sweep"),)
+    text = serving_widget.planner_html("gemma-3-270m", "this machine", "Q4_K_M", 128, 16, 1000, 100, 0.3,
                                        devices={"this machine": here}, measured=measured)
     assert "ESTIMATE" in text and "MEASURED  your sweep: 4 concurrent users" in text
-    other = serving_widget.planner_html("llama-3.1-8b", "NVIDIA T4", "Q4_K_M", 4096, 1000, 100, 0.5,
+    other = serving_widget.planner_html("llama-3.1-8b", "NVIDIA T4", "Q4_K_M", 4096, 256, 1000, 100, 0.5,
                                         measured=measured)
     assert "MEASURED" not in other
     box = serving_widget.capacity_planner(device="NVIDIA T4")
@@ -457,8 +485,9 @@ def test_json_schema_is_enforced(server):
     prompts = serving.weather_prompts(2)
     result = serving.run_load(server.base_url, server.model, prompts, users=2, requests=2, max_tokens=40,
                               ignore_eos=False, extra_body={"json_schema": serving.WEATHER_SCHEMA}, progress=False)
-    share = serving.json_share(result, serving.WEATHER_SCHEMA)
+    share = serving.json_share(result, serving.WEATHER_SCHEMA, prompts)
     assert share["answers"] == 2 and share["valid"] == 1.0, [c.problem for c in share["checks"]]
+    assert 0 <= share["correct"] <= 1
 
 
 @needs_server
