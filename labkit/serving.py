@@ -114,11 +114,18 @@ def how_to_get_llama_server() -> str:
     )
 
 
+_told_how = False
+
+
 def llama_server_or_skip(purpose: str) -> Path | None:
-    """The binary, or None after printing why the cell is skipped and how to get it (for notebook cells)."""
+    """The binary, or None after printing why the cell is skipped and (the first time) how to get it."""
+    global _told_how
     path = llama_server_path()
     if path is None:
-        print(f"⏭  Skipped: {purpose} needs llama.cpp's llama-server.\n{how_to_get_llama_server()}")
+        how = "" if _told_how else "\n" + how_to_get_llama_server()
+        print(f"⏭  Skipped: {purpose} needs llama.cpp's llama-server{' (how to get it: see above)' if _told_how else '.'}"
+              f"{how}")
+        _told_how = True
     return path
 
 
@@ -357,8 +364,10 @@ def start_server(slots: int = 4, fallback: bool = True, **kwargs: Any):
         raise LabkitError(how_to_get_llama_server())
     from .runtimes import LlamaServer
 
+    global _told_how
     print("llama-server not found, so this uses llama-cpp-python's server, which serves ONE request at a time "
           "(the others wait in line).\n" + how_to_get_llama_server())
+    _told_how = True
     # by default it abandons the answer it is streaming when the next request arrives: make the others wait instead
     return LlamaServer(n_ctx=kwargs.get("ctx_per_slot", 1024), n_threads=kwargs.get("threads"), chat_format=None,
                        extra_args=["--interrupt_requests", "false"]).start()
@@ -371,6 +380,7 @@ class NotebookSizes:
     users: tuple[int, ...]  # the concurrency sweep
     requests_per_user: int
     max_tokens: int  # new tokens per request in the sweep
+    long_words: int | None  # the long prompts' length in words (None: whole paragraphs)
     ctx_per_slot: int
     time_limit_s: float  # per run: a slow machine stops there and reports what it measured
     prefix_requests: int
@@ -380,10 +390,10 @@ class NotebookSizes:
 
 
 NOTEBOOK_SIZES = {
-    "cpu": NotebookSizes(users=(1, 2, 4, 8, 16), requests_per_user=2, max_tokens=16, ctx_per_slot=1024,
+    "cpu": NotebookSizes(users=(1, 2, 4, 8, 16), requests_per_user=2, max_tokens=16, long_words=60, ctx_per_slot=1024,
                          time_limit_s=40, prefix_requests=3, spec_requests=2, spec_tokens=32, json_requests=4),
-    "gpu": NotebookSizes(users=(1, 2, 4, 8, 16, 32, 64), requests_per_user=2, max_tokens=64, ctx_per_slot=1024,
-                         time_limit_s=60, prefix_requests=8, spec_requests=4, spec_tokens=128, json_requests=16),
+    "gpu": NotebookSizes(users=(1, 2, 4, 8, 16, 32, 64), requests_per_user=2, max_tokens=64, long_words=None,
+                         ctx_per_slot=1024, time_limit_s=60, prefix_requests=8, spec_requests=4, spec_tokens=128, json_requests=16),
 }
 
 
@@ -428,9 +438,11 @@ def _passages() -> list[str]:
     return [p.strip() for p in text.split("\n\n") if len(p.split()) > 40]
 
 
-def prompt_mix(n: int, max_tokens: int, long_share: float = 0.5, seed: int = 0) -> list[Prompt]:
-    """`n` prompts, a share of them long (a paragraph to summarise, ~100-200 tokens) and the rest short (a
-    one-line question), spread evenly. Every prompt starts differently, so no request reuses another's prefix."""
+def prompt_mix(n: int, max_tokens: int, long_share: float = 0.5, long_words: int | None = None,
+               seed: int = 0) -> list[Prompt]:
+    """`n` prompts, a share of them long (a paragraph to summarise, ~100-200 tokens, or its first `long_words`
+    words) and the rest short (a one-line question), spread evenly. Every prompt starts differently, so no request
+    reuses another's prefix."""
     _require_int("n", n, 1, MAX_REQUESTS)
     _require_int("max_tokens", max_tokens, 1, MAX_TOKENS)
     if not 0 <= long_share <= 1:
@@ -443,7 +455,9 @@ def prompt_mix(n: int, max_tokens: int, long_share: float = 0.5, seed: int = 0) 
     out = []
     for i, kind in enumerate(kinds):
         if kind == "long":
-            text = f"Document {i + 1}.\n{passages[(start + i) % len(passages)]}\n\nIn one sentence, this document is about"
+            passage = passages[(start + i) % len(passages)]
+            passage = _opening(passage, long_words) if long_words else passage
+            text = f"Document {i + 1}.\n{passage}\n\nIn one sentence, this document is about"
         else:
             text = f"Question {i + 1}: {QUESTIONS[i % len(QUESTIONS)]}\nAnswer:"
         out.append(Prompt(text, max_tokens, kind))
@@ -697,6 +711,26 @@ def check_endpoint(base_url: str, model: str | None = None, api_key: str | None 
     return model
 
 
+def _count_prompt_tokens(base_url: str, model: str, records: list[RequestRecord], prompts: list[Prompt],
+                         api_key: str | None, chat: bool) -> None:
+    """For a server whose streams carry no token counts (llama-cpp-python's): ask once per distinct prompt, after
+    the timed run, with a one-token request that is not streamed (its `usage` says)."""
+    import httpx
+
+    counted: dict[str, int | None] = {}
+    for record in records:
+        prompt = prompts[record.index % len(prompts)]
+        if prompt.text not in counted:
+            body = {**_body(Prompt(prompt.text, 1), model, chat, {}, ignore_eos=False), "stream": False}
+            body.pop("stream_options")
+            try:
+                reply = httpx.post(_endpoint(base_url, chat), json=body, headers=_headers(api_key), timeout=60.0)
+                counted[prompt.text] = int(reply.json()["usage"]["prompt_tokens"])
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                counted[prompt.text] = None
+        record.prompt_tokens = counted[prompt.text]
+
+
 def _endpoint(base_url: str, chat: bool) -> str:
     return f"{base_url}/chat/completions" if chat else f"{base_url}/completions"
 
@@ -915,6 +949,8 @@ def run_load(base_url: str, model: str | None, prompts: Sequence[Prompt | str], 
     if stopped:
         stopped += f": {cut} request{'s' * (cut != 1)} cut off, {not_started} not sent"
     records = sorted(run.records, key=lambda r: r.index)
+    if records and not any(r.prompt_tokens for r in records):
+        _count_prompt_tokens(base_url, model, records, prompt_list, api_key, chat)
     return LoadResult(label, base_url, model, users, rate, records, run.wall_s, time_limit_s, stopped, not_started,
                       {"max_tokens": max_tokens, "requests": n_requests, "chat": chat, "extra_body": extra_body or {},
                        "ignore_eos": ignore_eos})

@@ -31,6 +31,7 @@ class _Handler(BaseHTTPRequestHandler):
     mode = "stream"  # "stream": one token per `gap_s`; "plain": a JSON answer (no streaming); "garbage": not JSON
     gap_s = 0.05
     tokens = 5
+    usage = True  # False: streams carry no token counts (llama-cpp-python's server); plain answers still do
 
     def log_message(self, *args):
         pass
@@ -46,9 +47,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         length = int(self.headers.get("Content-Length", 0))
         request = json.loads(self.rfile.read(length))
-        if self.mode == "plain":
+        if self.mode == "plain" or not request.get("stream"):
+            words = len(request.get("prompt", "").split())
             body = json.dumps({"choices": [{"text": "hello", "finish_reason": "stop"}],
-                               "usage": {"prompt_tokens": 1, "completion_tokens": 1}}).encode()
+                               "usage": {"prompt_tokens": words, "completion_tokens": 1}}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -65,8 +67,9 @@ class _Handler(BaseHTTPRequestHandler):
                 chunk = {"choices": [{"text": f" t{i}", "finish_reason": None}]}
                 self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 self.wfile.flush()
-            final = {"choices": [{"text": "", "finish_reason": "length"}],
-                     "usage": {"prompt_tokens": 3, "completion_tokens": n}}
+            final = {"choices": [{"text": "", "finish_reason": "length"}]}
+            if self.usage:
+                final["usage"] = {"prompt_tokens": 3, "completion_tokens": n}
             self.wfile.write(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):  # the client went away (time limit)
@@ -240,6 +243,15 @@ def test_closed_loop_records_every_token_and_request():
     assert result.tokens_per_s == pytest.approx(20 / result.wall_s)
     assert all(r.sent_s + r.e2e_s <= result.wall_s + 1e-6 for r in result.records)
     assert "5 requests" in str(result)
+
+
+def test_prompt_tokens_are_counted_afterwards_when_streams_carry_no_usage():
+    with stub_server(gap_s=0.0, tokens=3, usage=False) as url:
+        result = serving.run_load(url, None, ["one two", "one two three four"], users=1, requests=3, max_tokens=3,
+                                  progress=False)
+    assert [r.prompt_tokens for r in result.records] == [2, 4, 2]  # one untimed count per distinct prompt
+    assert [r.output_tokens for r in result.records] == [3, 3, 3]  # counted from the chunks
+    assert result.mean_prompt_tokens == pytest.approx(8 / 3)
 
 
 def test_a_run_past_its_time_limit_stops_by_itself_and_reports_what_it_measured():
