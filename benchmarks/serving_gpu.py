@@ -95,7 +95,8 @@ def make_model(args) -> Path:
 
 def server_version(binary: str) -> str:
     done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
-    return (done.stdout + done.stderr).strip().splitlines()[-1] if (done.stdout + done.stderr).strip() else "?"
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("version:")), "?")
 
 
 def markdown(out: dict) -> str:
@@ -107,9 +108,10 @@ def markdown(out: dict) -> str:
              f"llama-server {out['llama_server_version']}, {out['slots']} slots of {out['ctx_per_slot']} tokens, "
              f"{out['gguf_type']} ({out['file_gb']:.2f} GB), {out['bytes_per_token'] / 1e9:.2f} GB read per token, "
              f"measured bandwidth {out['bandwidth_gbps']:,.0f} GB/s → batch-1 roofline "
-             f"{out['roofline_tokens_per_s']:,.0f} tok/s. Prompts: `serving.prompt_mix` (half ~20-token questions, half "
-             f"~150-token paragraphs), {out['max_tokens']} new tokens each (end of sequence ignored), prefix cache off, "
-             f"greedy; {out['requests_per_user']} requests per user.", "",
+             f"{out['roofline_tokens_per_s']:,.0f} tok/s. Prompts: `serving.prompt_mix` (short questions and paragraphs "
+             f"in turn, {out.get('prompt_tokens_mean', float('nan')):.0f} tokens on average), {out['max_tokens']} new "
+             f"tokens each (end of sequence ignored), prefix cache off, greedy; {out['requests_per_user']} requests per "
+             "user.", "",
              "## Concurrency", "", serving.gpu_sweep_markdown(out, slo), ""]
     best = serving.max_users_meeting(out["sweep"], slo)
     lines += [f"Most users meeting {slo} at P99: {best}.", ""]
@@ -198,7 +200,8 @@ def main() -> None:
             save()
 
         if budget_left("prefix cache"):
-            shared = serving.shared_prefix_prompts(8, 32, paragraphs=12)
+            # a long shared system prompt that fits a slot: ~130 tokens a paragraph
+            shared = serving.shared_prefix_prompts(8, 32, paragraphs=max(1, min(12, args.ctx_per_slot // 300)))
             out["prefix_cache"] = {}
             for cache in (True, False):  # on first: nothing of this prefix is cached before
                 r = serving.run_load(srv.base_url, srv.model, shared, users=1, requests=8, max_tokens=32,
@@ -211,10 +214,12 @@ def main() -> None:
             save()
 
         if budget_left("json schema"):
-            weather = serving.weather_prompts(16)
+            json_users = min(8, max(users))
+            weather = serving.weather_prompts(2 * json_users)
             out["json_schema"] = {}
             for label, extra in (("off", {}), ("on", {"json_schema": serving.WEATHER_SCHEMA})):
-                r = serving.run_load(srv.base_url, srv.model, weather, users=8, requests=16, max_tokens=40,
+                r = serving.run_load(srv.base_url, srv.model, weather, users=json_users, requests=2 * json_users,
+                                     max_tokens=40,
                                      extra_body=extra, ignore_eos=False, time_limit_s=60, progress=False,
                                      label=f"json schema {label}")
                 print(r, flush=True)

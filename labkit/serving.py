@@ -1471,16 +1471,18 @@ def gpu_features_markdown(results: dict) -> str:
     """The committed GPU run's prefix-cache, JSON-schema and speculation measurements as a Markdown table."""
     lines = ["| feature | without | with | change |", "|---|---:|---:|---|"]
     cache = results.get("prefix_cache")
-    if cache:
+    if cache and cache["off"].get("completed") and cache["on"].get("completed"):
         off, on = cache["off"]["ttft_p50_s"], cache["on"]["ttft_p50_s"]
         lines.append(f"| prefix cache ({cache['off'].get('prompt_tokens', '?')}-token prompts, TTFT P50) | "
                      f"{_ms(off)} | {_ms(on)} | {off / on:.1f}x faster |")
     schema = results.get("json_schema")
-    if schema:
+    if schema and schema["off"].get("completed") and schema["on"].get("completed"):
         off, on = schema["off"]["itl_p50_s"], schema["on"]["itl_p50_s"]
         lines.append(f"| JSON schema (ITL P50; valid answers {schema['off']['valid']:.0%} → {schema['on']['valid']:.0%}) "
                      f"| {_ms(off)} | {_ms(on)} | {on / off:.2f}x the time per token |")
     for task, runs in (results.get("speculation") or {}).items():
+        if "off" not in runs or "ngram" not in runs:
+            continue
         off, on = runs["off"]["decode_tokens_per_s"], runs["ngram"]["decode_tokens_per_s"]
         lines.append(f"| n-gram speculation, {task} task (decode tok/s; {runs['ngram']['acceptance']:.0%} of drafts "
                      f"accepted) | {off:,.1f} | {on:,.1f} | {on / off:.2f}x |")
