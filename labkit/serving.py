@@ -117,6 +117,15 @@ def how_to_get_llama_server() -> str:
 _told_how = False
 
 
+def batching_or_skip(server: Any, purpose: str) -> bool:
+    """True when `server` is llama.cpp's llama-server; else print why the cell is skipped (for notebook cells)."""
+    if isinstance(server, LlamaCppServer):
+        return True
+    print(f"⏭  Skipped: {purpose} needs llama.cpp's llama-server, and this notebook runs llama-cpp-python's server "
+          "(see section 2 for how to get llama-server).")
+    return False
+
+
 def llama_server_or_skip(purpose: str) -> Path | None:
     """The binary, or None after printing why the cell is skipped and (the first time) how to get it."""
     global _told_how
@@ -356,18 +365,26 @@ class LlamaCppServer:
 
 
 def start_server(slots: int = 4, fallback: bool = True, **kwargs: Any):
-    """llama-server with `slots` slots; without the binary (and `fallback`), llama-cpp-python's own server, which
-    answers one request at a time (a real server still: the load generator measures it the same way)."""
+    """llama-server with `slots` slots. Without the binary, or when it does not start (a different llama.cpp
+    version), and with `fallback`: llama-cpp-python's own server, which answers one request at a time (a real
+    server still: the load generator measures it the same way)."""
+    global _told_how
     if llama_server_path() is not None:
-        return LlamaCppServer(slots=slots, **kwargs).start()
-    if not fallback:
+        try:
+            return LlamaCppServer(slots=slots, **kwargs).start()
+        except LabkitError as err:
+            if not fallback:
+                raise
+            print(f"llama-server did not start: {err}\n")
+    elif not fallback:
         raise LabkitError(how_to_get_llama_server())
+    else:
+        print("llama-server not found. " + how_to_get_llama_server() + "\n")
+    _told_how = True
     from .runtimes import LlamaServer
 
-    global _told_how
-    print("llama-server not found, so this uses llama-cpp-python's server, which serves ONE request at a time "
-          "(the others wait in line).\n" + how_to_get_llama_server())
-    _told_how = True
+    print("This notebook goes on with llama-cpp-python's server, which serves ONE request at a time (the others "
+          "wait in line).")
     # by default it abandons the answer it is streaming when the next request arrives: make the others wait instead
     return LlamaServer(n_ctx=kwargs.get("ctx_per_slot", 1024), n_threads=kwargs.get("threads"), chat_format=None,
                        extra_args=["--interrupt_requests", "false"]).start()
@@ -1127,7 +1144,8 @@ def plot_timeline(result: LoadResult, title: str | None = None, ax=None):
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the run started")
     ax.set_title(title or f"{result.label}: each request from sent to last token")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.figure.tight_layout()
     return ax.figure
 
 
@@ -1150,9 +1168,9 @@ def plot_sweep(results: Sequence[LoadResult], estimate: dict[int, LoadEstimate] 
     knee = knee_users(results)
     if knee:
         ax_tp.axvline(knee, color="grey", linestyle=":", linewidth=1)
-        ax_tp.annotate(f"knee ≈ {knee} users", (knee, ax_tp.get_ylim()[1] * 0.05), fontsize=8, color="grey")
-    ax_tp.set_xscale("log", base=2)
-    ax_tp.set_yscale("log")
+        top = max([r.tokens_per_s for r in results] + [e.tokens_per_s for e in (estimate or {}).values()])
+        ax_tp.annotate(f" knee: {knee} user{'s' * (knee > 1)}", (knee, top * 0.05), fontsize=8, color="grey")
+    ax_tp.set_ylim(bottom=0)
     ax_tp.set_xlabel("concurrent users")
     ax_tp.set_ylabel("generated tokens / s (all users)")
     ax_tp.set_title("Throughput")
@@ -1170,12 +1188,15 @@ def plot_sweep(results: Sequence[LoadResult], estimate: dict[int, LoadEstimate] 
                     label="ITL estimate")
         ax_lat.plot(list(estimate), [e.ttft_burst_s * 1000 for e in estimate.values()], ":", color="#e6550d",
                     label="TTFT estimate (all arrive at once)")
-    ax_lat.set_xscale("log", base=2)
     ax_lat.set_yscale("log")
     ax_lat.set_xlabel("concurrent users")
     ax_lat.set_ylabel("milliseconds")
     ax_lat.set_title("Latency: median and P99")
     ax_lat.legend(fontsize=8, ncol=2)
+    for ax in (ax_tp, ax_lat):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(users, [str(u) for u in users])
+        ax.minorticks_off()
     fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -443,6 +443,26 @@ def test_server_build_switches_and_cache_key(tmp_path, monkeypatch):
     assert build.server_in_wheel(wheel) == "bin/llama-server"
 
 
+@pytest.mark.slow
+def test_without_llama_server_the_fallback_answers_one_request_at_a_time(monkeypatch, capsys):
+    pytest.importorskip("llama_cpp.server")
+    monkeypatch.setattr(serving, "llama_server_path", lambda: None)
+    with pytest.raises(LabkitError, match="llama-server"):
+        serving.start_server(slots=2, fallback=False)
+    server = serving.start_server(slots=2, ctx_per_slot=512, threads=1)
+    try:
+        assert "ONE request at a time" in capsys.readouterr().out
+        assert not serving.batching_or_skip(server, "prefix caching")
+        assert "Skipped: prefix caching" in capsys.readouterr().out
+        result = serving.run_load(server.base_url, server.model, serving.prompt_mix(2, 6, long_share=0.0), users=2,
+                                  requests=2, max_tokens=6, progress=False)
+    finally:
+        server.stop()
+    first, second = sorted(result.completed, key=lambda r: r.sent_s + r.ttft_s)
+    assert second.sent_s + second.ttft_s >= first.sent_s + first.token_times[-1]  # it waited for the whole first answer
+    assert all(r.prompt_tokens for r in result.records)  # counted afterwards: this server's streams carry no usage
+
+
 @pytest.mark.parametrize("kwargs", [dict(host="0.0.0.0"), dict(slots=0), dict(slots=1000), dict(port=70000),
                                     dict(speculation="eagle"), dict(ctx_per_slot=8)])
 def test_bad_server_arguments(kwargs):
@@ -467,6 +487,7 @@ def server():
 @needs_server
 @pytest.mark.slow
 def test_two_users_are_decoded_together(server):
+    assert serving.batching_or_skip(server, "anything")
     prompts = serving.prompt_mix(2, 24, long_share=0.0)
     result = serving.run_load(server.base_url, server.model, prompts, users=2, requests=2, max_tokens=24,
                               extra_body={"cache_prompt": False}, progress=False)
