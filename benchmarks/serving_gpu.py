@@ -218,8 +218,9 @@ def main() -> None:
             weather = serving.weather_prompts(2 * json_users)
             out["json_schema"] = {}
             for label, extra in (("off", {}), ("on", {"json_schema": serving.WEATHER_SCHEMA})):
+                # random weights write long strings inside the grammar too: room for the longest valid object
                 r = serving.run_load(srv.base_url, srv.model, weather, users=json_users, requests=2 * json_users,
-                                     max_tokens=40,
+                                     max_tokens=96,
                                      extra_body=extra, ignore_eos=False, time_limit_s=60, progress=False,
                                      label=f"json schema {label}")
                 print(r, flush=True)

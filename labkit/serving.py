@@ -1476,6 +1476,20 @@ def load_gpu_results(path: str | Path | None = None) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def committed_gpu_name(results: dict) -> str:
+    """The datasets/gpus.json name of the card a committed run used (its device string names it)."""
+    from .hardware import find_gpu, gpu_table
+
+    device = results.get("device", "")
+    squeezed = device.replace(" ", "").replace("-", "")
+    candidates = [g for g in gpu_table() if g["name"].replace("NVIDIA ", "").split()[-1 if "RTX" in g["name"] else 0]
+                  in device]  # "H100", "A100", "4090" ...
+    if not candidates:
+        raise LabkitError(f"the committed run's device {device!r} is not a card of datasets/gpus.json")
+    sized = [g for g in candidates if f"{g['vram_gb']}GB" in squeezed]  # A100 40GB or 80GB
+    return find_gpu((sized or candidates)[0]["name"])["name"]
+
+
 def committed_gpu_throughput(results: dict | None = None) -> dict[int, float]:
     """Measured aggregate decode tokens/s by number of concurrent users on the GPU ({} without results).
 

@@ -407,6 +407,18 @@ def test_committed_gpu_results_load_through_the_datasets_folder(tmp_path, monkey
     assert "| 8 | 16 | 1,400 |" in serving.gpu_sweep_markdown(serving.load_gpu_results())
 
 
+@pytest.mark.parametrize("device, name", [("NVIDIA H100 80GB HBM3", "NVIDIA H100 80GB"), ("NVIDIA H200", "NVIDIA H200"),
+                                          ("NVIDIA A100-SXM4-80GB", "NVIDIA A100 80GB"),
+                                          ("NVIDIA GeForce RTX 4090", "NVIDIA RTX 4090")])
+def test_committed_gpu_name_finds_the_card(device, name):
+    assert serving.committed_gpu_name({"device": device}) == name
+
+
+def test_committed_gpu_name_refuses_an_unknown_card():
+    with pytest.raises(LabkitError, match="gpus.json"):
+        serving.committed_gpu_name({"device": "CPU (2 cores)"})
+
+
 def test_llama_server_path_honours_the_environment(tmp_path, monkeypatch):
     fake = tmp_path / "llama-server"
     fake.write_text("not a program")
