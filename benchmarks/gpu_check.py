@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, tuple[list[str], int]] = {
     "kv_cache_gpu": (["--out", "{out}"], 900),
     "attention_gpu": (["--out", "{out}"], 900),
     "lora_gpu": (["--out", "{out}"], 900),
+    "serving_gpu": (["--out", "{out}"], 600),
 }
 
 

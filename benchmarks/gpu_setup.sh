@@ -35,6 +35,10 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" $W/
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ "${NO_LLAMA_BUILD:-0}" != 1 ] && ! python3 -c "import llama_cpp" 2>/dev/null; then
   sdist=$(ls $W/all/llama_cpp_python-*.tar.gz 2>/dev/null | head -1 || true)
+  # a wheel built before llama-server was part of the build (no bin/llama-server in it) is built again
+  python3 -c "import glob, sys, zipfile; ok = [w for w in glob.glob('$W/built/llama_cpp_python-*.whl')
+if any(n.endswith('bin/llama-server') for n in zipfile.ZipFile(w).namelist())]; sys.exit(0 if ok else 1)" \
+    || rm -f $W/built/llama_cpp_python-*.whl
   if ! ls $W/built/llama_cpp_python-*.whl >/dev/null 2>&1 && [ -n "$sdist" ]; then
     echo "building llama-cpp-python and llama-server with CUDA from $sdist (about 6 minutes)"
     # the course's llama-server switches (labkit/llama_server_build.py): the binary lands in $SITE/bin/
