@@ -5,7 +5,7 @@ The model is a GGUF with Llama 3.1 8B's shapes and random weights and the real L
 benchmarks/llama_cpp_cuda.py, then quantized by llama.cpp's own quantizer). Speed does not depend on the weights'
 values; what random weights write is noise, so the speculation acceptance and the JSON answers here say nothing
 about quality (notebook 09 measures those on the real bundled model). Every measurement goes through
-labkit.serving, the same code the notebook runs.
+labkit.loadgen and labkit.serving, the same code the notebook runs.
 
     # on the GPU machine, after benchmarks/gpu_setup.sh (llama-cpp-python + llama-server built with CUDA):
     PYTHONPATH=/tmp/labkit-site:$PWD python3 benchmarks/serving_gpu.py --out /tmp/serving_gpu
@@ -100,9 +100,9 @@ def server_version(binary: str) -> str:
 
 
 def markdown(out: dict) -> str:
-    from labkit import serving
+    from labkit import loadgen, serving
 
-    slo = serving.Slo(out["slo"]["ttft_s"], out["slo"]["itl_s"])
+    slo = loadgen.Slo(out["slo"]["ttft_s"], out["slo"]["itl_s"])
     lines = [f"# llama-server on {out['device']}: {out['model']}", "",
              f"{out['date']} · `{out['command']}`", "",
              f"llama-server {out['llama_server_version']}, {out['slots']} slots of {out['ctx_per_slot']} tokens, "
@@ -113,7 +113,7 @@ def markdown(out: dict) -> str:
              f"tokens each (end of sequence ignored), prefix cache off, greedy; {out['requests_per_user']} requests per "
              "user.", "",
              "## Concurrency", "", serving.gpu_sweep_markdown(out, slo), ""]
-    best = serving.max_users_meeting(out["sweep"], slo)
+    best = loadgen.max_users_meeting(out["sweep"], slo)
     lines += [f"Most users meeting {slo} at P99: {best}.", ""]
     if any(part in out for part in ("prefix_cache", "speculation", "json_schema")):
         lines += ["## Prefix cache, JSON schema, speculation", "", serving.gpu_features_markdown(out), "",
@@ -142,12 +142,12 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=270, help="start no new part after this many seconds")
     args = ap.parse_args()
 
-    from labkit import bench, serving
+    from labkit import bench, llama_server, loadgen, serving
 
     t_start = time.perf_counter()
-    binary = args.llama_server or serving.llama_server_path()
+    binary = args.llama_server or llama_server.llama_server_path()
     if binary is None:
-        sys.exit(serving.how_to_get_llama_server())
+        sys.exit(llama_server.how_to_get_llama_server())
     device, bandwidth = gpu_name_and_bandwidth(args.device)
     print(f"{device}: measured bandwidth {bandwidth / 1e9:,.0f} GB/s", flush=True)
     model_path = make_model(args)
@@ -156,7 +156,7 @@ def main() -> None:
     users = sorted(set(args.users))
     prompts = serving.prompt_mix(max(users) * args.requests_per_user, args.max_tokens)
     per_token = bench.gguf_bytes_per_token(model_path, 150 + args.max_tokens / 2)
-    slo = serving.Slo()
+    slo = loadgen.Slo()
     out: dict = {
         "device": device, "bandwidth_gbps": bandwidth / 1e9, "llama_server": str(binary),
         "llama_server_version": server_version(str(binary)), "model_file": model_path.name,
@@ -181,8 +181,8 @@ def main() -> None:
         print(f"budget spent: skipping {part}", flush=True)
         return False
 
-    def server(slots: int, speculation: str | None = None) -> serving.LlamaCppServer:
-        return serving.LlamaCppServer(model_path, slots=slots, ctx_per_slot=args.ctx_per_slot, speculation=speculation,
+    def server(slots: int, speculation: str | None = None) -> llama_server.LlamaCppServer:
+        return llama_server.LlamaCppServer(model_path, slots=slots, ctx_per_slot=args.ctx_per_slot, speculation=speculation,
                                       binary=binary, alias="llama-8b-random", startup_timeout_s=300, **gpu)
 
     with server(max(users)) as srv:
@@ -191,7 +191,7 @@ def main() -> None:
         for u in users:
             if not budget_left(f"{u} users"):
                 break
-            r = serving.run_load(srv.base_url, srv.model, prompts, users=u, requests=u * args.requests_per_user,
+            r = loadgen.run_load(srv.base_url, srv.model, prompts, users=u, requests=u * args.requests_per_user,
                                  max_tokens=args.max_tokens, extra_body={"cache_prompt": False}, time_limit_s=120,
                                  progress=False)
             print(r, flush=True)
@@ -204,13 +204,13 @@ def main() -> None:
             shared = serving.shared_prefix_prompts(8, 32, paragraphs=max(1, min(12, args.ctx_per_slot // 300)))
             out["prefix_cache"] = {}
             for cache in (True, False):  # on first: nothing of this prefix is cached before
-                r = serving.run_load(srv.base_url, srv.model, shared, users=1, requests=8, max_tokens=32,
+                r = loadgen.run_load(srv.base_url, srv.model, shared, users=1, requests=8, max_tokens=32,
                                      extra_body={"cache_prompt": cache}, time_limit_s=60, progress=False,
                                      label=f"prefix cache {'on' if cache else 'off'}")
                 print(r, flush=True)
                 out["prefix_cache"]["on" if cache else "off"] = {
                     **r.summary(slo), "prompt_tokens": r.records[0].prompt_tokens,
-                    "cached_tokens_p50": serving.percentile([x.cached_tokens or 0 for x in r.completed], 50)}
+                    "cached_tokens_p50": loadgen.percentile([x.cached_tokens or 0 for x in r.completed], 50)}
             save()
 
         if budget_left("json schema"):
@@ -219,7 +219,7 @@ def main() -> None:
             out["json_schema"] = {}
             for label, extra in (("off", {}), ("on", {"json_schema": serving.WEATHER_SCHEMA})):
                 # random weights write long strings inside the grammar too: room for the longest valid object
-                r = serving.run_load(srv.base_url, srv.model, weather, users=json_users, requests=2 * json_users,
+                r = loadgen.run_load(srv.base_url, srv.model, weather, users=json_users, requests=2 * json_users,
                                      max_tokens=96,
                                      extra_body=extra, ignore_eos=False, time_limit_s=60, progress=False,
                                      label=f"json schema {label}")
@@ -234,7 +234,7 @@ def main() -> None:
             with server(1, spec) as srv:
                 for name, task in (("copy", serving.copy_prompts(3, args.max_tokens)),
                                    ("free-form", serving.freeform_prompts(3, args.max_tokens))):
-                    r = serving.run_load(srv.base_url, srv.model, task, users=1, requests=3, max_tokens=args.max_tokens,
+                    r = loadgen.run_load(srv.base_url, srv.model, task, users=1, requests=3, max_tokens=args.max_tokens,
                                          time_limit_s=90, progress=False, label=f"{name}, speculation {spec or 'off'}")
                     print(r, flush=True)
                     out["speculation"].setdefault(name, {})[spec or "off"] = {

@@ -43,3 +43,10 @@ def require_tokens(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise LabkitError(f"{name} must be a whole number of tokens, 1 or more; got {value!r}")
     return value
+
+
+def require_count(name: str, value: object, low: int, high: int) -> int:
+    """Raise LabkitError unless value is a whole number from low to high (users, requests, slots ...); return it."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise LabkitError(f"{name} must be a whole number from {low} to {high:,}, got {value!r}")
+    return value

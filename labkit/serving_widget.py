@@ -1,5 +1,5 @@
 """The capacity planner: model, card, weights, context and a latency target in; how many users decode at once
-out, from the roofline estimate (`serving.plan_capacity`) and, where one exists, beside a measurement (the
+out, from the roofline estimate (`plan_capacity`) and, where one exists, beside a measurement (the
 learner's own sweep on this machine, the committed GPU sweep). A thin ipywidgets view over `planner_html`."""
 
 from __future__ import annotations
@@ -7,8 +7,11 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
-from . import serving
+from .capacity import WEIGHT_FORMATS, Device, gpu_device, plan_capacity
 from .errors import unknown
+from .hardware import gpu_table
+from .loadgen import Slo, max_users_meeting
+from .models import list_configs
 
 
 @dataclass(frozen=True)
@@ -29,17 +32,17 @@ ANSWERS = tuple(2**k for k in range(3, 13))  # 8 ... 4,096 tokens
 
 
 def planner_html(model: str, device: str, weights: str, prompt_tokens: int, new_tokens: int, ttft_ms: float,
-                 itl_ms: float, efficiency: float, devices: dict[str, serving.Device] | None = None,
+                 itl_ms: float, efficiency: float, devices: dict[str, Device] | None = None,
                  measured: tuple[Measured, ...] = ()) -> str:
     """The planner's answer as HTML: the estimate's three limits, and any measurement of the same setup."""
     devices = devices or {}
-    dev = devices[device] if device in devices else serving.gpu_device(device)
-    slo = serving.Slo(ttft_ms / 1000, itl_ms / 1000)
-    plan = serving.plan_capacity(model, dev, weights, prompt_tokens, new_tokens, slo, efficiency)
+    dev = devices[device] if device in devices else gpu_device(device)
+    slo = Slo(ttft_ms / 1000, itl_ms / 1000)
+    plan = plan_capacity(model, dev, weights, prompt_tokens, new_tokens, slo, efficiency)
     lines = [f"ESTIMATE  {plan.text()}"]
     for m in measured:
         if (m.device, m.model, m.weights) == (dev.name, model, weights):
-            best = serving.max_users_meeting(m.rows, slo)
+            best = max_users_meeting(m.rows, slo)
             tried = ", ".join(str(r["users"]) for r in m.rows)
             lines.append(f"\nMEASURED  {m.where}: {best} concurrent users met {slo} at P99 "
                          f"(users tried: {tried}; prompts of about {m.prompt_tokens:,} tokens, answers of "
@@ -49,14 +52,11 @@ def planner_html(model: str, device: str, weights: str, prompt_tokens: int, new_
 
 def capacity_planner(model: str = "llama-3.1-8b", device: str = "NVIDIA H100 80GB", weights: str = "Q4_K_M",
                      prompt_tokens: int = 1024, new_tokens: int = 256, ttft_ms: float = 1000, itl_ms: float = 100,
-                     efficiency: float = 0.5, devices: dict[str, serving.Device] | None = None,
+                     efficiency: float = 0.5, devices: dict[str, Device] | None = None,
                      measured: tuple[Measured, ...] = ()):
     """Dropdowns for model, card and weights; sliders for prompt and answer length, TTFT and ITL targets and the
     runtime's efficiency."""
-    import ipywidgets as w
-
-    from .hardware import gpu_table
-    from .models import list_configs
+    import ipywidgets as w  # optional (the lab extra): imported when the widget is built
 
     devices = dict(devices or {})
     names = list(devices) + [g["name"] for g in gpu_table()]
@@ -70,7 +70,7 @@ def capacity_planner(model: str = "llama-3.1-8b", device: str = "NVIDIA H100 80G
     controls = {
         "model": w.Dropdown(options=list_configs(), value=model, description="model", style=style),
         "device": w.Dropdown(options=names, value=device, description="card", style=style),
-        "weights": w.Dropdown(options=list(serving.WEIGHT_FORMATS), value=weights, description="weights",
+        "weights": w.Dropdown(options=list(WEIGHT_FORMATS), value=weights, description="weights",
                               style=style),
         "prompt_tokens": w.SelectionSlider(options=list(PROMPTS), value=prompt_tokens, description="prompt tokens",
                                            style=style),
