@@ -27,6 +27,8 @@ from typing import Any
 from .errors import LabkitError, require_count, require_positive, unknown
 from .runtimes import require_loopback
 
+# ============================================================================ requests, records, runs
+
 MAX_USERS = 256  # concurrent users (or requests in flight) one run may drive
 MAX_REQUESTS = 5000
 MAX_TOKENS = 8192
@@ -176,6 +178,9 @@ METRICS = ("ttft_s", "itl_s", "e2e_s", "decode_tokens_per_s")
 def format_ms(seconds: float) -> str:
     """Seconds as rounded milliseconds ("1,234 ms"), or "n/a"."""
     return "n/a" if seconds is None or math.isnan(seconds) else f"{seconds * 1000:,.0f} ms"
+
+
+# ============================================================================ the load generator
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
