@@ -184,7 +184,7 @@ def main() -> None:
     def server(slots: int, speculation: str | None = None) -> llama_server.LlamaCppServer:
         return llama_server.LlamaCppServer(model_path, slots=slots, ctx_per_slot=args.ctx_per_slot, speculation=speculation,
                                       binary=binary, alias="llama-8b-random" if args.model is None else model_path.stem,
-                                           startup_timeout_s=300, **gpu)
+                                      startup_timeout_s=300, **gpu)
 
     with server(max(users)) as srv:
         print(f"{srv} ready in {srv.startup_s:.1f} s", flush=True)
