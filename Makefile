@@ -7,6 +7,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CONSTRAINTS := labkit/tested_versions.txt
+# What a pip user installs (labkit/course.py EXTRAS): every notebook's Colab cell, README's pip line, and the wheel
+# the notebook tests run on.
+EXTRAS := lab,llama
 TORCH := $(shell grep '^torch==' $(CONSTRAINTS))
 KERNEL_NAME := python3
 PORT ?= 8888
@@ -21,7 +24,7 @@ LAB_ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 CELL_TIMEOUT ?= 600
 NOTEBOOK_TIMEOUT ?= 1200
 
-.PHONY: lab test setup setup-dev unit notebooks lint clean strip help browser gpu-check
+.PHONY: lab test setup setup-dev unit notebooks wheel lint clean strip help browser gpu-check
 
 help:
 	@echo "make lab    - set up and open the course (JupyterLab on 127.0.0.1:$(PORT))"
@@ -35,13 +38,13 @@ $(PY):
 # torch first, at the tested version, so no other requirement pulls a different (multi-GB) build.
 $(VENV)/.lab-installed: pyproject.toml $(CONSTRAINTS) | $(PY)
 	$(PIP) install --quiet "$(TORCH)"
-	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[lab,llama]"
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL_NAME) --display-name "Python 3 (LLM Field Lab)" >/dev/null
 	$(PY) -m labkit doctor --quiet
 	touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.lab-installed
-	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[lab,llama,dev]"
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[$(EXTRAS),dev]"
 	@$(MAKE) --no-print-directory browser
 	touch $@
 
@@ -67,14 +70,28 @@ unit: setup-dev
 	$(NB_ENV) $(WORKER_ENV) $(VENV)/bin/pytest -q -p no:cacheprovider -n $(WORKERS) tests \
 	    --ignore=tests/test_student_versions.py --durations=15
 
+# The notebooks run as a pip user (Colab) has them: labkit built as a wheel and installed, not editable, with the
+# extras every Colab cell installs (checked against this environment, offline, at the tested versions), and the
+# notebooks alone in a folder outside the checkout. So a file a notebook reads that the wheel lacks fails here.
+NB_RUN := $(or $(TMPDIR),/tmp)/labkit-notebooks-$(shell printf %s "$(CURDIR)" | cksum | cut -d' ' -f1)
+WHEEL_SITE := $(NB_RUN)/site
+
+wheel: setup-dev
+	@rm -rf build/wheel $(NB_RUN) && mkdir -p $(NB_RUN)/notebooks
+	$(PIP) wheel --quiet --no-deps --no-build-isolation -w build/wheel .
+	$(PIP) install --quiet --no-deps --no-index --target $(WHEEL_SITE) build/wheel/labkit-*.whl
+	$(PIP) install --quiet --dry-run --no-index -c $(CONSTRAINTS) "labkit[$(EXTRAS)] @ file://$(CURDIR)/$$(ls build/wheel/labkit-*.whl)"
+	@cd $(NB_RUN)/notebooks && PYTHONPATH=$(WHEEL_SITE) $(CURDIR)/$(PY) -c "import labkit, labkit.paths as p; \
+	    assert labkit.__file__.startswith('$(WHEEL_SITE)') and p.datasets_dir().is_relative_to('$(WHEEL_SITE)'), labkit.__file__; \
+	    print('notebooks run on labkit', labkit.__version__, 'installed from its wheel in', p.datasets_dir().parent.parent)"
+
 # Every notebook once, under nbmake, in its paired form (labkit/grading.py): each exercise first as the
 # student gets it (its check must fail with its hint), then solved (it must pass); every other cell as written.
 # tests/test_student_versions.py proves statically that the cells after an exercise run the same either way.
-notebooks: setup-dev
-	@rm -rf build/paired
-	$(VENV)/bin/labkit paired notebooks/[0-9][0-9]_*.ipynb -o build/paired >/dev/null
-	$(NB_ENV) $(WORKER_ENV) $(VENV)/bin/pytest -q -p no:cacheprovider -n $(WORKERS) \
-	    --nbmake build/paired tests/test_student_versions.py \
+notebooks: wheel
+	PYTHONPATH=$(WHEEL_SITE) $(VENV)/bin/labkit paired notebooks/[0-9][0-9]_*.ipynb -o $(NB_RUN)/notebooks >/dev/null
+	PYTHONPATH=$(WHEEL_SITE) $(NB_ENV) $(WORKER_ENV) $(VENV)/bin/pytest -q -p no:cacheprovider -n $(WORKERS) \
+	    --nbmake $(NB_RUN)/notebooks tests/test_student_versions.py \
 	    --nbmake-timeout=$(CELL_TIMEOUT) --timeout=$(NOTEBOOK_TIMEOUT) --durations=0
 
 test: lint unit notebooks

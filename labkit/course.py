@@ -9,7 +9,18 @@ from .profiles import Profile, profile
 from .versions import warn_if_versions_differ
 
 REPO_URL = "https://github.com/llm-field-lab/llm-field-lab"
-COLAB_INSTALL = f"pip install -q 'labkit[lab,llama] @ git+{REPO_URL}'"
+# What a pip user installs: every notebook's Colab cell and README's pip line say exactly this, and `make notebooks`
+# runs the notebooks on labkit built as a wheel with these extras (tests/test_project.py keeps the three in step).
+EXTRAS = "lab,llama"
+PIP_REQUIREMENT = f"labkit[{EXTRAS}] @ git+{REPO_URL}"
+PIP_INSTALL = f'pip install "{PIP_REQUIREMENT}"'
+COLAB_CELL = f"""\
+# Set-up. On Colab this installs labkit as any pip user gets it: 5-10 minutes the first time, as llama-cpp-python
+# compiles from source (CPU build). Locally, `make lab` already did.
+import sys
+if "google.colab" in sys.modules:
+    %pip install -q "{PIP_REQUIREMENT}"
+"""
 
 
 def start(notebook: str, seed: int = 0) -> Profile:

@@ -1,5 +1,5 @@
 """labkit.vram: the formulas pinned against what transformers actually allocates (tiny configs, CPU),
-against the H100 measurements committed under benchmarks/results/, and bad input."""
+against the H100 measurements committed under datasets/results/, and bad input."""
 
 import json
 import math
@@ -15,8 +15,9 @@ from labkit import vram
 from labkit.check import check
 from labkit.errors import LabkitError
 from labkit.models import build_random_model, list_configs
+from labkit.paths import results_dir
 
-RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+RESULTS = results_dir()
 
 # One tiny config per family the estimator models. Wide enough in the sequence (N up to 512) that the
 # per-token tensors dominate, as they do at real sizes.
