@@ -32,18 +32,25 @@ def start(notebook: str, seed: int = 0) -> Profile:
     import torch
 
     hw = detect_hardware(check_online=False)
-    prof = profile()
+    prof = profile(hardware=hw)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    if prof.device == "cpu":
+    if prof.device != "cuda":  # on Apple silicon too: the CPU side of MPS runs threads of its own
         torch.set_num_threads(cpu_threads())
     where = hw.gpu_name or f"CPU, {hw.cpu_cores} cores"
-    print(f"LLM Field Lab · {notebook} · profile '{prof.name}' on {where}"
-          f"{' (Colab)' if hw.in_colab else ''} · torch {torch.__version__}")
+    print(f"LLM Field Lab · {notebook} · {prof.describe()} on {where}"
+          f"{' (Colab)' if hw.in_colab else ''}{_cap_note(hw)} · torch {torch.__version__}")
     warn_if_versions_differ()
     _plot_style()
+    _record_gpu_peak_at_exit(notebook)
     return prof
+
+
+def _cap_note(hw) -> str:
+    if hw.gpu_memory_cap_bytes and hw.vram_card_bytes and hw.vram_card_bytes > hw.gpu_memory_cap_bytes:
+        return f", capped to {hw.gpu_memory_cap_bytes / 2**30:g} GiB by LABKIT_GPU_MEMORY"
+    return ""
 
 
 def gpu_only(reason: str = "") -> bool:
@@ -55,6 +62,41 @@ def gpu_only(reason: str = "") -> bool:
     print(f"⏭  Skipped on this machine (no CUDA GPU){': ' + reason if reason else ''}. "
           "Run this notebook on a GPU (e.g. Colab with a T4) to see it.")
     return False
+
+
+def fits_here(needed_bytes: float, what: str, bigger: str, prof: Profile | None = None) -> bool:
+    """True when `needed_bytes` (an estimate) fits the memory this profile may use. Otherwise print that `what` is
+    skipped at this size, what it needs and has, and what `bigger` (the cell on a card that fits it) shows."""
+    prof = prof or profile()
+    if prof.fits(needed_bytes):
+        return True
+    have = f"{prof.usable_bytes / 2**30:.1f} GiB usable here" if prof.usable_bytes else "no GPU here"
+    print(f"⏭  {what} needs about {needed_bytes / 2**30:.1f} GiB ({have}, {prof.describe()}). "
+          f"On a card with room for it: {bigger}")
+    return False
+
+
+def _record_gpu_peak_at_exit(notebook: str) -> None:
+    """With LABKIT_GPU_REPORT set (benchmarks/gpu_course_run.py sets it), write torch's peak GPU memory of this
+    kernel to that JSON-lines file when it exits, so each notebook's peak is known."""
+    import atexit
+    import json
+    import os
+
+    import torch
+
+    path = os.environ.get("LABKIT_GPU_REPORT")
+    if not path or not torch.cuda.is_available():
+        return
+
+    def write() -> None:
+        record = {"notebook": notebook, "max_reserved_bytes": torch.cuda.max_memory_reserved(),
+                  "max_allocated_bytes": torch.cuda.max_memory_allocated(),
+                  "cap_bytes": os.environ.get("LABKIT_GPU_MEMORY") or None}
+        with open(path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    atexit.register(write)
 
 
 def _plot_style() -> None:

@@ -130,13 +130,21 @@ def check_n_gpu_layers(n_gpu_layers: int | None) -> int | None:
     return n_gpu_layers
 
 
-def resolve_n_gpu_layers(n_gpu_layers: int | None) -> int:
-    """What llama.cpp will actually offload: None means all layers when the build has a GPU backend;
-    a GPU request on a CPU-only build warns (with the rebuild command) and gives 0."""
+def resolve_n_gpu_layers(n_gpu_layers: int | None, gguf: str | Path | None = None, n_ctx: int = 2048,
+                         n_batch: int = 512) -> int:
+    """What llama.cpp will actually offload. None: when the build has a GPU backend, as many layers of `gguf` as
+    fit this GPU with `n_ctx` tokens of context (labkit.offload: all of them when the model fits), else 0.
+    A GPU request on a CPU-only build warns (with the rebuild command) and gives 0."""
     check_n_gpu_layers(n_gpu_layers)
     offload = llama_cpp_gpu_offload()
     if n_gpu_layers is None:
-        return -1 if offload else 0
+        if not offload:
+            return 0
+        if gguf is None:
+            return -1
+        from .offload import gpu_layers_for
+
+        return gpu_layers_for(gguf, n_ctx, n_batch)[0]
     if n_gpu_layers and not offload:
         warnings.warn("this llama-cpp-python build has no GPU backend, so n_gpu_layers is ignored and the model "
                       "runs on the CPU. Rebuild it for an NVIDIA GPU with: CMAKE_ARGS=\"-DGGML_CUDA=on\" "
@@ -150,8 +158,9 @@ def load_llama_cpp(path: str | Path | None = None, n_ctx: int = 2048, n_threads:
                    flash_attn: bool = False, logits_all: bool = False, n_batch: int = 512) -> LoadedModel:
     """Load a GGUF (the bundled model by default) into llama.cpp through llama-cpp-python.
 
-    `n_gpu_layers`: how many layers to offload to the GPU (-1: all). By default all of them when this
-    llama-cpp-python build has a GPU backend (`llama_cpp_gpu_offload()`), else none.
+    `n_gpu_layers`: how many layers to offload to the GPU (-1: all). By default, when this llama-cpp-python build
+    has a GPU backend (`llama_cpp_gpu_offload()`), as many as fit the GPU (all of them when the model fits: see
+    labkit.offload), else none.
     `logits_all`: keep the logits of every position (`llm.scores`), as perplexity needs (labkit.quant).
     """
     try:
@@ -162,7 +171,7 @@ def load_llama_cpp(path: str | Path | None = None, n_ctx: int = 2048, n_threads:
     from .hardware import cpu_threads
 
     gguf = validate_gguf(path) if path is not None else bundled_gguf_path()
-    n_gpu_layers = resolve_n_gpu_layers(n_gpu_layers)
+    n_gpu_layers = resolve_n_gpu_layers(n_gpu_layers, gguf, n_ctx, n_batch)
     _route_llama_cpp_logs(verbose)
     start = time.perf_counter()
     llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=n_threads or cpu_threads(), seed=seed,
