@@ -29,7 +29,7 @@ NOTEBOOK_TIMEOUT ?= 1200
 help:
 	@echo "make lab    - set up and open the course (JupyterLab on 127.0.0.1:$(PORT))"
 	@echo "make test   - set up and run all tests (lint, unit tests, notebooks)"
-	@echo "make gpu-check - on a CUDA machine: every notebook in the gpu profile + the GPU benchmarks (outputs/gpu-check/)"
+	@echo "make gpu-check - on a CUDA machine: every notebook at full size and capped to 15/7.5 GiB + the GPU benchmarks"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -99,9 +99,12 @@ test: lint unit notebooks
 strip: setup-dev
 	$(VENV)/bin/nbstripout --keep-id notebooks/*.ipynb
 
-# On a CUDA machine: every notebook in the gpu profile, one at a time, then benchmarks/*; summary printed last.
+# On a CUDA machine, one uninterrupted run: every notebook at full size and capped to 15 and 7.5 GiB (LABKIT_GPU_MEMORY),
+# then every GPU benchmark; time and peak GPU memory per step, summary printed last (outputs/gpu-course-run/summary.md).
+# A subset: make gpu-check GPU_CHECK_ARGS="--caps 15GiB 7.5GiB --jobs 6 --benchmarks none" (benchmarks/gpu_course_run.py -h)
+GPU_CHECK_ARGS ?=
 gpu-check: setup-dev
-	$(PY) benchmarks/gpu_check.py --out outputs/gpu-check
+	$(PY) benchmarks/gpu_course_run.py --out outputs/gpu-course-run $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -23,7 +23,7 @@ from typing import Any
 
 from .dtypes import normalize_dtype, torch_dtype
 from .errors import LabkitError, MissingPackageError, unknown
-from .paths import cache_dir, datasets_dir
+from .paths import cache_dir, cache_lock, datasets_dir
 
 BUNDLED = "gemma-3-270m"
 BUNDLED_LICENCE = "Gemma Terms of Use (open-weight, commercial use allowed with restrictions)"
@@ -304,9 +304,10 @@ def load_bundled_transformers(dtype: str = "fp32", device: str = "cpu") -> Loade
     dtype = normalize_dtype(dtype)
     dense = dense_cache_path()
     start = time.perf_counter()
-    built_now = not (dense / "model.safetensors").exists()
-    if built_now:
-        _build_dense_copy(dense)
+    with cache_lock("bundled-dense"):  # one process converts; another one asking meanwhile waits for its copy
+        built_now = not (dense / "model.safetensors").exists()
+        if built_now:
+            _build_dense_copy(dense)
     tokenizer = AutoTokenizer.from_pretrained(str(dense))
     if not bundled_tokenizer_matches(tokenizer):
         record = dense / _BUILT_WITH

@@ -8,7 +8,9 @@ package `labkit.datasets` in the wheel (pyproject.toml). labkit reads those file
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from platformdirs import user_cache_dir
@@ -53,6 +55,24 @@ def shipped_file(*parts: str) -> Path:
             f"labkit's shipped data has no {'/'.join(parts)} (looked in {path.parent}). This install is incomplete: "
             f"reinstall labkit (`{PIP_INSTALL} --force-reinstall`) or, in a checkout, check `git status datasets/`.")
     return path
+
+
+@contextlib.contextmanager
+def cache_lock(name: str) -> Iterator[None]:
+    """Hold an exclusive lock named `name` in labkit's cache while making something there, so that two processes
+    (parallel test workers, two notebooks) wanting the same file make it once: the second waits, then finds it.
+    Where the OS has no flock (Windows), no lock: each process then makes its own copy, as before."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(cache_dir() / f".{name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def cache_dir() -> Path:
