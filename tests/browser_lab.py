@@ -54,11 +54,13 @@ def jupyter_lab(tmp_path: Path, code: str) -> Iterator[str]:
     nbformat.write(nb, tmp_path / "widget.ipynb")
     port, token = free_port(), "labkit-browser-test"
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"), JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"))
+    # The server's log goes to a file: a pipe nobody reads fills up (64 KiB of log lines) and blocks the server.
+    log = (tmp_path / "jupyterlab.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
          f"--IdentityProvider.token={token}", f"--notebook-dir={tmp_path}", "--ServerApp.allow_root=True",
          "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True)
+        stdout=subprocess.DEVNULL, stderr=log, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -67,15 +69,17 @@ def jupyter_lab(tmp_path: Path, code: str) -> Iterator[str]:
                 break
             except OSError:
                 if proc.poll() is not None:
-                    pytest.fail(f"jupyter lab exited: {proc.stderr.read().decode()[-2000:]}")
+                    pytest.fail(f"jupyter lab exited: {(tmp_path / 'jupyterlab.log').read_text()[-2000:]}")
                 time.sleep(0.5)
         yield f"http://127.0.0.1:{port}/lab/tree/widget.ipynb?token={token}"
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+        log.close()
 
 
 def _accept_dialogs(page) -> None:
