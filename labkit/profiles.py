@@ -56,7 +56,7 @@ class Profile:
 
     def describe(self) -> str:
         if self.usable_bytes is None:
-            return f"profile '{self.name}'"
+            return f"profile '{self.name}'" + (f", {self.tier} tier" if self.tier != "cpu" else "")
         return f"profile '{self.name}', {self.tier} tier ({self.usable_bytes / GIB:.1f} GiB usable)"
 
 
@@ -122,8 +122,9 @@ def profile(name: str | None = None, hardware=None) -> Profile:
                           "Use LABKIT_PROFILE=cpu.")
     if chosen == "cpu":
         return Profile(name="cpu", device="cpu", **PROFILES["cpu"])
-    usable = hw.vram_total_bytes * (1 - SAFETY_MARGIN)
-    tier = tier_for(usable)
+    # a GPU that does not say how much memory it has gets the smallest tier: its sizes fit every card
+    usable = hw.vram_total_bytes * (1 - SAFETY_MARGIN) if hw.vram_total_bytes else None
+    tier = tier_for(usable) if usable else TIERS[0]
     sizes = dict(PROFILES[chosen])
     if chosen == "mps" and hw.bf16_supported:  # macOS 14+; before it MPS has no bf16 (and Gemma overflows fp16)
         sizes["dtype"] = "bf16"
