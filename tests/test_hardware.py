@@ -14,6 +14,12 @@ from labkit.errors import LabkitError
 from labkit.hardware import GIB, detect_hardware, find_gpu, gpu_table, is_online, measure_memory_bandwidth
 
 
+@pytest.fixture(autouse=True)
+def no_cap_from_the_caller(monkeypatch):
+    """A LABKIT_GPU_MEMORY of whoever runs the tests must not change what they detect; the tests set their own."""
+    monkeypatch.delenv("LABKIT_GPU_MEMORY", raising=False)
+
+
 def test_detect_hardware_reports_this_machine():
     hw = detect_hardware(check_online=False)
     assert hw.device in ("cpu", "cuda", "mps")
@@ -213,6 +219,13 @@ def test_apple_silicon_without_torch_recommended_max_uses_macos_default_share(mo
     assert detect_hardware(check_online=False).vram_total_bytes == int(64 * GIB * 0.75)
     install_apple_silicon(monkeypatch, ram_gib=16, recommended_gib=None)
     assert detect_hardware(check_online=False).vram_total_bytes == int(16 * GIB * 2 / 3)
+
+
+def test_a_cap_applies_to_the_macs_gpu_share_too(monkeypatch):
+    install_apple_silicon(monkeypatch, ram_gib=32, recommended_gib=21.3)
+    monkeypatch.setenv("LABKIT_GPU_MEMORY", "7.5GiB")
+    hw = detect_hardware(check_online=False)
+    assert hw.vram_total_bytes == int(7.5 * GIB) and hw.vram_card_bytes == int(21.3 * GIB)
 
 
 def test_a_cpu_build_of_llama_cpp_on_a_mac_has_no_gpu_backend(monkeypatch):

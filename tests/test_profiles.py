@@ -12,6 +12,14 @@ from labkit.models import load_config
 from labkit.profiles import PROFILES, TIERS, profile, tier_for
 
 
+@pytest.fixture(autouse=True)
+def no_profile_override(monkeypatch):
+    """The tests choose the profile from the (mocked) hardware: a LABKIT_PROFILE of the caller (`make test` sets
+    cpu) must not decide it."""
+    monkeypatch.delenv("LABKIT_PROFILE", raising=False)
+    monkeypatch.delenv("LABKIT_GPU_MEMORY", raising=False)
+
+
 def card(shown_gib: float, device: str = "cuda", name: str = "a card", unified: bool = False) -> Hardware:
     """A machine whose GPU shows `shown_gib` to labkit (after any LABKIT_GPU_MEMORY cap)."""
     base = detect_hardware(check_online=False)
@@ -30,7 +38,6 @@ def test_profile_follows_env_and_rejects_unknown(monkeypatch):
 
 
 def test_gpu_profiles_are_refused_without_their_gpu(monkeypatch):
-    monkeypatch.delenv("LABKIT_PROFILE", raising=False)
     cpu_only = replace(detect_hardware(check_online=False), device="cpu")
     with pytest.raises(LabkitError, match="needs a CUDA GPU"):
         profile("gpu", hardware=cpu_only)
@@ -57,7 +64,6 @@ CARDS = [
 
 @pytest.mark.parametrize("shown_gib, tier", CARDS)
 def test_a_gpu_profile_is_sized_by_the_cards_usable_memory(monkeypatch, shown_gib, tier):
-    monkeypatch.delenv("LABKIT_PROFILE", raising=False)
     prof = profile(hardware=card(shown_gib))
     assert prof.name == "gpu" and prof.device == "cuda" and prof.is_gpu and prof.dtype == "bf16"
     assert prof.tier == tier and prof.usable_bytes == pytest.approx(shown_gib * GIB * (1 - SAFETY_MARGIN))
@@ -88,7 +94,6 @@ def test_tiers_grow_with_memory():
 
 
 def test_apple_silicon_gets_the_mps_profile_sized_by_its_gpu_share(monkeypatch):
-    monkeypatch.delenv("LABKIT_PROFILE", raising=False)
     mac = replace(card(10.7, device="mps", name="Apple GPU (MPS, Apple M2)", unified=True), bf16_supported=False)
     prof = profile(hardware=mac)
     assert prof.name == "mps" and prof.device == "mps" and not prof.is_gpu  # CUDA-only cells stay skipped
