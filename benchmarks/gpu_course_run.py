@@ -15,8 +15,9 @@ How it runs:
   (--jobs) as long as their caps add up to at most 90% of it. A full-size run always has the card to itself.
 - Peak GPU memory per notebook: torch's peak (max_memory_reserved, written by the kernel itself at exit through
   LABKIT_GPU_REPORT) and, for a run alone on the card, the device's peak used memory sampled by nvidia-smi every
-  0.5 s (the CUDA context and llama.cpp's buffers included; "n/a" for runs that shared the card). A capped run
-  whose torch peak passes its cap, or whose outputs mention running out of memory, is flagged in the summary.
+  0.5 s (the CUDA context and llama.cpp's buffers included; "n/a" for runs that shared the card). A run whose torch
+  peak passes its cap, or whose kernel met CUDA out-of-memory errors (torch counts them, caught ones too: notebook
+  06's sweep reports naive attention running out of memory as a result), is flagged in the summary.
 - Benchmarks: each script in its own process with its own limit, results under --out/<name>/.
 - Progress: --out/summary.json is rewritten after every step; --resume skips the steps it lists as passed, so a run
   cut short (a lease ending) goes on where it stopped. Executed notebooks and logs land in --out/notebooks and
@@ -70,7 +71,7 @@ class Step:
     seconds: float | None = None
     torch_peak_gib: float | None = None  # the kernel's torch.cuda.max_memory_reserved
     device_peak_gib: float | None = None  # nvidia-smi's used memory, peak less the level before the step
-    out_of_memory_mentions: int = 0  # outputs that mention running out of memory (caught by the notebook)
+    out_of_memory_errors: int | None = None  # CUDA out-of-memory errors in the kernel (torch's count; caught ones too)
     flags: list[str] = field(default_factory=list)
     log: str = ""
 
@@ -141,16 +142,6 @@ class PeakSampler:
         return round(max(0, self.peak - self.base) / GIB, 2)
 
 
-def out_of_memory_mentions(executed: Path) -> int:
-    """Outputs of an executed notebook that mention running out of memory (a caught OutOfMemoryError, a sweep row)."""
-    try:
-        nb = json.loads(executed.read_text())
-    except (OSError, ValueError):
-        return 0
-    text = [json.dumps(o) for c in nb.get("cells", []) for o in c.get("outputs", [])]
-    return sum(bool(re.search(r"(?i)out of memory|OutOfMemoryError", t)) for t in text)
-
-
 def run_notebook(step: Step, out: Path, env: dict, timeout: int, threads: int, alone: bool) -> Step:
     executed = out / "notebooks" / step.cap / f"{step.name}.ipynb"
     executed.parent.mkdir(parents=True, exist_ok=True)
@@ -175,12 +166,12 @@ def run_notebook(step: Step, out: Path, env: dict, timeout: int, threads: int, a
     peaks = [json.loads(line) for line in report.read_text().splitlines()] if report.exists() else []
     if peaks:
         step.torch_peak_gib = round(max(p["max_reserved_bytes"] for p in peaks) / GIB, 2)
-    step.out_of_memory_mentions = out_of_memory_mentions(executed)
+        step.out_of_memory_errors = sum(p.get("out_of_memory_errors", 0) for p in peaks)
     cap = parse_cap(step.cap)
     if cap and step.torch_peak_gib and step.torch_peak_gib * GIB > cap:
         step.flags.append(f"torch peak {step.torch_peak_gib} GiB is over the {step.cap} cap")
-    if step.out_of_memory_mentions:
-        step.flags.append(f"{step.out_of_memory_mentions} output(s) mention running out of memory")
+    if step.out_of_memory_errors:  # e.g. notebook 06's sweep, which reports naive attention running out of memory
+        step.flags.append(f"{step.out_of_memory_errors} CUDA out-of-memory error(s), caught by the notebook")
     return step
 
 
@@ -369,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         finish(run_benchmark(s, out, env))
     save(out, header, steps)
     print_summary(steps)
-    return 0 if all(s.status.startswith(("passed", "skipped")) and not s.flags for s in steps) else 1
+    return 0 if all(s.status.startswith(("passed", "skipped")) for s in steps) else 1  # flags are reported, not failed
 
 
 if __name__ == "__main__":

@@ -92,6 +92,7 @@ def _record_gpu_peak_at_exit(notebook: str) -> None:
     def write() -> None:
         record = {"notebook": notebook, "max_reserved_bytes": torch.cuda.max_memory_reserved(),
                   "max_allocated_bytes": torch.cuda.max_memory_allocated(),
+                  "out_of_memory_errors": torch.cuda.memory_stats().get("num_ooms", 0),  # caught ones too
                   "cap_bytes": os.environ.get("LABKIT_GPU_MEMORY") or None}
         with open(path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
