@@ -306,12 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     steps += [Step("benchmark", name) for name in names]
     done: dict[str, dict] = {}
     if args.resume and (out / "summary.json").exists():
-        done = {f"{s['kind']}:{s['name']}:{s['cap']}": s for s in json.loads((out / "summary.json").read_text())["steps"]
-                if s["status"] == "passed"}
-    for s in steps:
-        if s.key in done:
-            for k, v in done[s.key].items():
-                setattr(s, k, v)
+        fields = Step.__dataclass_fields__
+        before = [Step(**{k: v for k, v in s.items() if k in fields})
+                  for s in json.loads((out / "summary.json").read_text())["steps"]]
+        done = {s.key: s for s in before if s.status.startswith(("passed", "skipped"))}
+        planned = {s.key for s in steps}
+        steps = [s for s in before if s.key not in planned] + [done.get(s.key, s) for s in steps]  # keep earlier rows
     print(f"gpu course run on {device}: {len(steps)} steps ({len(done)} already passed)", flush=True)
     save(out, header, steps)
 
