@@ -7,7 +7,8 @@
 #
 # start: installs the carried wheels (benchmarks/gpu_setup.sh without the llama.cpp build), then at the same time
 # builds llama-cpp-python with CUDA (about 6 minutes on 16 cores) and runs the notebooks that need no llama.cpp
-# (01, 03, 06); once the build is there, everything else the options ask for (--resume: nothing runs twice).
+# (01, 03, 06); once the build is there, everything else the options ask for (--resume: nothing that passed runs
+# twice, and a second `start` in the same folder adds its rows to the same summary).
 # E.g. `start --caps 7.5GiB 15GiB --jobs 6 --benchmarks llama_cpp_offload tensor_parallel_check`.
 # The run's folder is $GPU_RUN_DIR (default /tmp/gpu-course-run): run.log, summary.md/json, notebooks/, logs/.
 set -euo pipefail
@@ -23,7 +24,7 @@ case "${1:-status}" in
     setsid nohup bash -c "
       NO_LLAMA_BUILD=1 bash '$SETUP' > '$RUN/setup.log' 2>&1 || { echo 'set-up failed: see setup.log' >> '$RUN/run.log'; exit 1; }
       (bash '$SETUP' > '$RUN/llama-build.log' 2>&1; touch '$RUN/llama-built') &
-      python3 benchmarks/gpu_course_run.py --out '$RUN' $args --notebooks 01 03 06 --benchmarks none >> '$RUN/run.log' 2>&1
+      python3 benchmarks/gpu_course_run.py --out '$RUN' $args --notebooks 01 03 06 --benchmarks none --resume >> '$RUN/run.log' 2>&1
       while [ ! -e '$RUN/llama-built' ]; do sleep 5; done
       python3 benchmarks/gpu_course_run.py --out '$RUN' $args --resume >> '$RUN/run.log' 2>&1
       touch '$RUN/finished'" > /dev/null 2>&1 < /dev/null &
