@@ -20,6 +20,7 @@ case "${1:-status}" in
   start)
     shift
     mkdir -p "$RUN"
+    rm -f "$RUN/finished" "$RUN/llama-built"
     args=$(printf ' %q' "$@")
     setsid nohup bash -c "
       NO_LLAMA_BUILD=1 bash '$SETUP' > '$RUN/setup.log' 2>&1 || { echo 'set-up failed: see setup.log' >> '$RUN/run.log'; exit 1; }
