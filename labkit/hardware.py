@@ -29,7 +29,9 @@ class Hardware:
     vram_card_bytes: int | None = None  # the card's own memory as CUDA shows it (= vram_total_bytes unless capped)
     gpu_memory_cap_bytes: int | None = None  # LABKIT_GPU_MEMORY, when set
     unified_memory: bool = False  # Apple silicon: CPU and GPU share one memory (vram_* is the GPU's working set)
-    llama_cpp_gpu: str | None = None  # llama.cpp's GPU backend in this llama-cpp-python build: "CUDA", "Metal" or None
+    # llama.cpp's GPU backend in this llama-cpp-python build: "CUDA", "Metal" or "none"; None = not checked (llama_cpp
+    # is looked at only once something imported it: importing it initialises its GPU backend beside torch's)
+    llama_cpp_gpu: str | None = None
 
     def summary(self) -> str:
         """A few readable lines, as the notebooks and `labkit doctor` print them."""
@@ -48,7 +50,7 @@ class Hardware:
             f"bf16 supported : {self.bf16_supported}",
             f"RAM            : {self.ram_total_bytes / GIB:.1f} GiB total, {self.ram_available_bytes / GIB:.1f} GiB available",
             f"CPU cores      : {self.cpu_cores}",
-            f"llama.cpp GPU  : {self.llama_cpp_gpu or 'none (CPU build)'}",
+            f"llama.cpp GPU  : {_LLAMA_CPP_GPU_TEXT.get(self.llama_cpp_gpu, self.llama_cpp_gpu)}",
             f"Colab          : {self.in_colab}",
             f"online         : {self.online}",
         ]
@@ -56,6 +58,9 @@ class Hardware:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+_LLAMA_CPP_GPU_TEXT = {"none": "none (a CPU build)", None: "not checked (llama_cpp not imported yet)"}
 
 
 def is_online(host: str = "huggingface.co", port: int = 443, timeout_s: float = 1.5) -> bool:
@@ -194,7 +199,7 @@ def detect_hardware(check_online: bool = True) -> Hardware:
         vram_card_bytes=card,
         gpu_memory_cap_bytes=cap,
         unified_memory=unified,
-        llama_cpp_gpu=llama_cpp_gpu_backend(),
+        llama_cpp_gpu=(llama_cpp_gpu_backend() or "none") if "llama_cpp" in sys.modules else None,
     )
 
 

@@ -26,6 +26,7 @@ def test_detect_hardware_reports_this_machine():
     assert hw.cpu_cores == os.cpu_count()
     assert abs(hw.ram_total_bytes - psutil.virtual_memory().total) < 2**20
     assert "RAM" in hw.summary() and "CPU cores" in hw.summary() and "llama.cpp GPU" in hw.summary()
+    assert hw.llama_cpp_gpu in ("CUDA", "Metal", "none", None)
 
 
 def test_offline_mode_is_respected(monkeypatch):
@@ -230,7 +231,8 @@ def test_a_cap_applies_to_the_macs_gpu_share_too(monkeypatch):
 
 def test_a_cpu_build_of_llama_cpp_on_a_mac_has_no_gpu_backend(monkeypatch):
     install_apple_silicon(monkeypatch, metal_llama_cpp=False)
-    assert detect_hardware(check_online=False).llama_cpp_gpu is None
+    assert detect_hardware(check_online=False).llama_cpp_gpu == "none"
+    assert "none (a CPU build)" in detect_hardware(check_online=False).summary()
 
 
 def test_a_cuda_build_of_llama_cpp_is_named(monkeypatch):
@@ -239,3 +241,15 @@ def test_a_cuda_build_of_llama_cpp_is_named(monkeypatch):
     monkeypatch.setattr(platform, "system", lambda: "Linux")
     monkeypatch.setitem(sys.modules, "llama_cpp", types.SimpleNamespace(llama_supports_gpu_offload=lambda: True))
     assert hardware.llama_cpp_gpu_backend() == "CUDA"
+
+
+def test_detecting_the_hardware_does_not_import_llama_cpp():
+    """Importing llama_cpp initialises its GPU backend; notebooks that never run llama.cpp (01, 03, 06) must not get it
+    beside torch's CUDA just by asking what the machine is (a CUDA llama.cpp and torch in one process crashed on the
+    GPU image before, see benchmarks/gpu_course_run.py libstdcxx_preload)."""
+    import subprocess
+
+    code = ("import sys, labkit.hardware as h; hw = h.detect_hardware(check_online=False); "
+            "print('llama_cpp' in sys.modules, hw.llama_cpp_gpu)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "None"]
