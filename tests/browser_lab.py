@@ -35,7 +35,7 @@ from labkit.runtimes import free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 STARTUP_TIMEOUT_S = 300  # JupyterLab up, the kernel started and the cell's imports done, on a loaded machine
-STATE_TIMEOUT_S = 300  # a widget's output reaching the state a test asserts
+STATE_TIMEOUT_S = 600  # a widget's output reaching the state a test asserts (200 slider steps on a busy kernel)
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
