@@ -5,15 +5,11 @@ from __future__ import annotations
 import random
 
 from .hardware import cpu_threads, detect_hardware
+from .paths import EXTRAS, PIP_INSTALL, PIP_REQUIREMENT, REPO_URL  # noqa: F401  (the course's names for them)
 from .profiles import Profile, profile
 from .versions import warn_if_versions_differ
 
-REPO_URL = "https://github.com/llm-field-lab/llm-field-lab"
-# What a pip user installs: every notebook's Colab cell and README's pip line say exactly this, and `make notebooks`
-# runs the notebooks on labkit built as a wheel with these extras (tests/test_project.py keeps the three in step).
-EXTRAS = "lab,llama"
-PIP_REQUIREMENT = f"labkit[{EXTRAS}] @ git+{REPO_URL}"
-PIP_INSTALL = f'pip install "{PIP_REQUIREMENT}"'
+# Every notebook's first cell: on Colab, install labkit exactly as README's pip line does (labkit.paths.PIP_INSTALL)
 COLAB_CELL = f"""\
 # Set-up. On Colab this installs labkit as any pip user gets it: 5-10 minutes the first time, as llama-cpp-python
 # compiles from source (CPU build). Locally, `make lab` already did.

@@ -135,14 +135,30 @@ class GgufFile:
                 f"{self.bits_per_weight:.2f} bits per weight")
 
 
+GGUF_MAGIC = b"GGUF"
+
+
+def validate_gguf(path: str | Path) -> Path:
+    """Return the path if it is a readable GGUF file; raise LabkitError naming the problem otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise LabkitError(f"no such GGUF file: {path}. Pass the path of a .gguf model file.")
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise LabkitError(
+            f"{path} is not a GGUF file (it starts with {magic!r}, a GGUF file starts with b'GGUF'). "
+            "Accepted: a llama.cpp model file in GGUF format, e.g. from a Hub repo whose name ends in -GGUF."
+        )
+    return path
+
+
 def _reader(path: str | Path):
     """(path, gguf.GGUFReader) for a file that starts like a GGUF file; LabkitError when it is not one.
 
     Parsing a header walks every tokenizer entry in Python (a second for a 262k vocabulary), so readers
     are kept per file version (path, size, modification time).
     """
-    from .models import validate_gguf
-
     path = validate_gguf(path).resolve()
     st = path.stat()
     return path, _cached_reader(str(path), st.st_size, st.st_mtime_ns)
@@ -241,8 +257,6 @@ def read_gguf(path: str | Path, max_array: int = 1024) -> GgufFile:
     Arrays longer than `max_array` (the tokenizer's vocabulary) are recorded as "<array of N>".
     Results are cached per file (path, size and modification time).
     """
-    from .models import validate_gguf
-
     p = validate_gguf(path).resolve()
     st = p.stat()
     return _read_cached(str(p), st.st_size, st.st_mtime_ns, max_array)

@@ -23,11 +23,11 @@ from typing import Any
 
 from .dtypes import normalize_dtype, torch_dtype
 from .errors import LabkitError, MissingPackageError, unknown
+from .gguf_files import GGUF_MAGIC, validate_gguf  # noqa: F401  (models.validate_gguf: the name callers know)
 from .paths import cache_dir, cache_lock, datasets_dir
 
 BUNDLED = "gemma-3-270m"
 BUNDLED_LICENCE = "Gemma Terms of Use (open-weight, commercial use allowed with restrictions)"
-GGUF_MAGIC = b"GGUF"
 
 
 @dataclass
@@ -68,21 +68,6 @@ class LoadedModel:
 
 
 # ----------------------------------------------------------------------------- the bundled GGUF
-
-
-def validate_gguf(path: str | Path) -> Path:
-    """Return the path if it is a readable GGUF file; raise LabkitError naming the problem otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise LabkitError(f"no such GGUF file: {path}. Pass the path of a .gguf model file.")
-    with path.open("rb") as f:
-        magic = f.read(4)
-    if magic != GGUF_MAGIC:
-        raise LabkitError(
-            f"{path} is not a GGUF file (it starts with {magic!r}, a GGUF file starts with b'GGUF'). "
-            "Accepted: a llama.cpp model file in GGUF format, e.g. from a Hub repo whose name ends in -GGUF."
-        )
-    return path
 
 
 _verified: dict[Path, float] = {}

@@ -16,6 +16,13 @@ from pathlib import Path
 from platformdirs import user_cache_dir
 
 _PACKAGE = Path(__file__).resolve().parent
+REPO_URL = "https://github.com/llm-field-lab/llm-field-lab"
+# What a pip user installs: every notebook's Colab cell (labkit.course.COLAB_CELL) and README's pip line say exactly
+# this, and `make notebooks` runs the notebooks on labkit built as a wheel with these extras
+# (tests/test_project.py keeps the three in step).
+EXTRAS = "lab,llama"
+PIP_REQUIREMENT = f"labkit[{EXTRAS}] @ git+{REPO_URL}"
+PIP_INSTALL = f'pip install "{PIP_REQUIREMENT}"'
 
 
 def _checkout_datasets() -> Path | None:
@@ -48,7 +55,6 @@ def shipped_file(*parts: str) -> Path:
     install, never a normal state: say which file and how to repair it."""
     path = datasets_dir().joinpath(*parts)
     if not path.is_file():
-        from .course import PIP_INSTALL
         from .errors import LabkitError
 
         raise LabkitError(
