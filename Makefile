@@ -7,6 +7,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CONSTRAINTS := labkit/tested_versions.txt
+# What a pip user installs (labkit/course.py EXTRAS): every notebook's Colab cell, README's pip line, and the wheel
+# the notebook tests run on.
+EXTRAS := lab,llama
 TORCH := $(shell grep '^torch==' $(CONSTRAINTS))
 KERNEL_NAME := python3
 PORT ?= 8888
@@ -21,12 +24,12 @@ LAB_ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 CELL_TIMEOUT ?= 600
 NOTEBOOK_TIMEOUT ?= 1200
 
-.PHONY: lab test setup setup-dev unit notebooks lint clean strip help browser sandbox gpu-check
+.PHONY: lab test setup setup-dev unit notebooks wheel lint clean strip help browser sandbox gpu-check
 
 help:
 	@echo "make lab    - set up and open the course (JupyterLab on 127.0.0.1:$(PORT))"
 	@echo "make test   - set up and run all tests (lint, unit tests, notebooks)"
-	@echo "make gpu-check - on a CUDA machine: every notebook in the gpu profile + the GPU benchmarks (outputs/gpu-check/)"
+	@echo "make gpu-check - on a CUDA machine: every notebook at full size and capped to 15/7.5 GiB + the GPU benchmarks"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,13 +42,13 @@ $(VENV)/.lab-installed: pyproject.toml $(CONSTRAINTS) labkit/llama_server_build.
 	$(PIP) install --quiet "$(TORCH)"
 	@wheel=$$($(PY) labkit/llama_server_build.py --quiet) && $(PIP) install --quiet --no-deps --force-reinstall "$$wheel" \
 	    || echo "note: llama-server was not built (see above); notebook 09 falls back to one request at a time" >&2
-	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[lab,llama]"
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL_NAME) --display-name "Python 3 (LLM Field Lab)" >/dev/null
 	$(PY) -m labkit doctor --quiet
 	touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.lab-installed
-	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[lab,llama,dev]"
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[$(EXTRAS),dev]"
 	@$(MAKE) --no-print-directory browser
 	@$(MAKE) --no-print-directory sandbox
 	touch $@
@@ -81,14 +84,28 @@ unit: setup-dev
 	$(NB_ENV) $(WORKER_ENV) $(VENV)/bin/pytest -q -p no:cacheprovider -n $(WORKERS) tests \
 	    --ignore=tests/test_student_versions.py --durations=15
 
+# The notebooks run as a pip user (Colab) has them: labkit built as a wheel and installed, not editable, with the
+# extras every Colab cell installs (checked against this environment, offline, at the tested versions), and the
+# notebooks alone in a folder outside the checkout. So a file a notebook reads that the wheel lacks fails here.
+NB_RUN := $(or $(TMPDIR),/tmp)/labkit-notebooks-$(shell printf %s "$(CURDIR)" | cksum | cut -d' ' -f1)
+WHEEL_SITE := $(NB_RUN)/site
+
+wheel: setup-dev
+	@rm -rf build/wheel $(NB_RUN) && mkdir -p $(NB_RUN)/notebooks
+	$(PIP) wheel --quiet --no-deps --no-build-isolation -w build/wheel .
+	$(PIP) install --quiet --no-deps --no-index --target $(WHEEL_SITE) build/wheel/labkit-*.whl
+	$(PIP) install --quiet --dry-run --no-index -c $(CONSTRAINTS) "labkit[$(EXTRAS)] @ file://$(CURDIR)/$$(ls build/wheel/labkit-*.whl)"
+	@cd $(NB_RUN)/notebooks && PYTHONPATH=$(WHEEL_SITE) $(CURDIR)/$(PY) -c "import labkit, labkit.paths as p; \
+	    assert labkit.__file__.startswith('$(WHEEL_SITE)') and p.datasets_dir().is_relative_to('$(WHEEL_SITE)'), labkit.__file__; \
+	    print('notebooks run on labkit', labkit.__version__, 'installed from its wheel in', p.datasets_dir().parent.parent)"
+
 # Every notebook once, under nbmake, in its paired form (labkit/grading/paired.py): each exercise first as the
 # student gets it (its check must fail with its hint), then solved (it must pass); every other cell as written.
 # tests/test_student_versions.py proves statically that the cells after an exercise run the same either way.
-notebooks: setup-dev
-	@rm -rf build/paired
-	$(VENV)/bin/labkit paired notebooks/[0-9][0-9]_*.ipynb -o build/paired >/dev/null
-	$(NB_ENV) $(WORKER_ENV) $(VENV)/bin/pytest -q -p no:cacheprovider -n $(WORKERS) \
-	    --nbmake build/paired tests/test_student_versions.py \
+notebooks: wheel
+	PYTHONPATH=$(WHEEL_SITE) $(VENV)/bin/labkit paired notebooks/[0-9][0-9]_*.ipynb -o $(NB_RUN)/notebooks >/dev/null
+	PYTHONPATH=$(WHEEL_SITE) $(NB_ENV) $(WORKER_ENV) $(VENV)/bin/pytest -q -p no:cacheprovider -n $(WORKERS) \
+	    --nbmake $(NB_RUN)/notebooks tests/test_student_versions.py \
 	    --nbmake-timeout=$(CELL_TIMEOUT) --timeout=$(NOTEBOOK_TIMEOUT) --durations=0
 
 test: lint unit notebooks
@@ -96,9 +113,12 @@ test: lint unit notebooks
 strip: setup-dev
 	$(VENV)/bin/nbstripout --keep-id notebooks/*.ipynb
 
-# On a CUDA machine: every notebook in the gpu profile, one at a time, then benchmarks/*; summary printed last.
+# On a CUDA machine, one uninterrupted run: every notebook at full size and capped to 15 and 7.5 GiB (LABKIT_GPU_MEMORY),
+# then every GPU benchmark; time and peak GPU memory per step, summary printed last (outputs/gpu-course-run/summary.md).
+# A subset: make gpu-check GPU_CHECK_ARGS="--caps 15GiB 7.5GiB --jobs 6 --benchmarks none" (benchmarks/gpu_course_run.py -h)
+GPU_CHECK_ARGS ?=
 gpu-check: setup-dev
-	$(PY) benchmarks/gpu_check.py --out outputs/gpu-check
+	$(PY) benchmarks/gpu_course_run.py --out outputs/gpu-course-run $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -18,7 +18,7 @@ Timing: CUDA events recorded from a logits processor at every step (no host sync
 inside the loop), relative to an event recorded just before `generate`.
 
 Reproduce (one GPU with >= 24 GB, e.g. an H100):
-    python benchmarks/decode_roofline.py --out benchmarks/results
+    python benchmarks/decode_roofline.py --out datasets/results
 CPU smoke test of the code path (tiny copy of the architecture, no compilation):
     python benchmarks/decode_roofline.py --device cpu --layers 2 --hidden 256 --out /tmp/dr
 """
@@ -199,7 +199,7 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=330, help="stop starting new work after this many seconds")
     ap.add_argument("--layers", type=int, default=None, help="smoke test: fewer layers")
     ap.add_argument("--hidden", type=int, default=None, help="smoke test: smaller hidden size")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--out", default=str(ROOT / "datasets" / "results"))
     ap.add_argument("--skip", default="",
                     help="comma-separated variants to skip: plain,static_compiled,static_eager,compiled_loop")
     ap.add_argument("--compile-backend", default="inductor", help="'eager' for a quick CPU check of the loop")

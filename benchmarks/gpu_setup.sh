@@ -3,10 +3,10 @@
 #   bash benchmarks/gpu_setup.sh            # in the checkout, with .gpu-wheels/c*/ carried there
 # Joins split files, installs the wheels into /tmp/labkit-site (the image's torch/transformers stay), builds
 # llama-cpp-python with CUDA once (about 5 minutes on 16 cores; the wheel is kept in .gpu-wheels/built/),
-# registers the notebook kernel and prints what it has. Then: PYTHONPATH=/tmp/labkit-site python3 benchmarks/gpu_check.py
+# registers the notebook kernel and prints what it has. Then: PYTHONPATH=/tmp/labkit-site python3 benchmarks/gpu_course_run.py
 # NO_LLAMA_BUILD=1 skips the build (to run the notebooks that need no llama.cpp while it builds elsewhere).
 # In your own shell on that image, also export LD_PRELOAD=/lib/x86_64-linux-gnu/libstdc++.so.6 before Python
-# runs torch and llama.cpp together (gpu_check.py does it for its runs; see libstdcxx_preload there).
+# runs torch and llama.cpp together (gpu_course_run.py does it for its runs; see libstdcxx_preload there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SITE=/tmp/labkit-site

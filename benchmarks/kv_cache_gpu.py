@@ -15,7 +15,7 @@ QuantizedCache (int4) at a few lengths.
 Random weights: memory and speed are those of the real model; the tokens are meaningless.
 
 Reproduce (one GPU with >= 48 GB for 128k tokens; an H100/H200):
-    python benchmarks/kv_cache_gpu.py --out benchmarks/results
+    python benchmarks/kv_cache_gpu.py --out datasets/results
 CPU smoke test (tiny copy of the architecture):
     python benchmarks/kv_cache_gpu.py --device cpu --layers 2 --hidden 256 --max-tokens 4096 --out /tmp/kv
 """
@@ -134,7 +134,7 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=200)
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--hidden", type=int, default=None)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--out", default=str(ROOT / "datasets" / "results"))
     args = ap.parse_args()
 
     import torch

@@ -10,7 +10,7 @@ splitting out outliers and rescaling (LLM.int8()) before the same bf16/int8 arit
 Speed and memory do not depend on the weights' values; the weights are random, never used for quality.
 
     # on a CUDA machine with bitsandbytes installed:
-    python benchmarks/quant_gpu.py --out benchmarks/results/
+    python benchmarks/quant_gpu.py --out datasets/results/
     # a CPU smoke test of the whole path on a 2-layer model (no bitsandbytes GPU kernels):
     python benchmarks/quant_gpu.py --out /tmp/o --layers 2 --device cpu --formats bf16
 

@@ -6,7 +6,7 @@ Two steps, so that the GPU time is spent on measuring only:
     python benchmarks/vram_accuracy.py measure --out /tmp/vram --budget-s 420
 
     # anywhere: compare the current estimator with the measurements, write the result tables
-    python benchmarks/vram_accuracy.py report --raw benchmarks/results/vram_accuracy_raw.json
+    python benchmarks/vram_accuracy.py report --raw datasets/results/vram_accuracy_raw.json
 
 Each cell builds a real architecture from datasets/configs/ with RANDOM weights (memory does not
 depend on the values) in bf16, or loads it through bitsandbytes (int8 = LLM.int8(), nf4 = 4-bit
@@ -53,7 +53,7 @@ SECOND_PASS_CELLS = (
 MOE_ARCHS = ["qwen3-30b-a3b", "gpt-oss-20b", "qwen1.5-moe-a2.7b", "olmoe-1b-7b", "granite-3.0-3b-a800m"]
 PROFILE_CELLS = ["llama-3.2-1b:int8:512:1", "llama-3.2-1b:int8:4096:1", "qwen2.5-0.5b:int8:4096:1",
                  "gemma-3-270m:bf16:16384:1", "phi-3-mini:bf16:32768:1", "deepseek-v2-lite:bf16:512:1"]
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent.parent / "datasets" / "results"
 
 
 def log(*args) -> None:

@@ -2,7 +2,7 @@
 
     import labkit
     labkit.detect_hardware()          # what this machine is
-    labkit.profile()                  # sizes for this machine ('cpu' or 'gpu')
+    labkit.profile()                  # sizes for this machine ('cpu', 'gpu' by its memory tier, or 'mps')
     labkit.load_model()               # the bundled Gemma 3 270M (real weights, offline)
     labkit.check("00.tokens_per_second", answer, tokens=..., seconds=...)
 

@@ -715,7 +715,7 @@ def plot_tiles(seq_len: int = 16, block_q: int = 4, block_k: int = 4, causal: bo
 
 
 def load_gpu_results() -> dict | None:
-    """The committed GPU benchmark (benchmarks/results/attention_gpu.json), or None when absent."""
+    """The committed GPU benchmark (datasets/results/attention_gpu.json), or None when absent."""
     return load_benchmark_results("attention_gpu")
 
 

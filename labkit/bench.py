@@ -351,12 +351,14 @@ def plot_runtimes(results: Sequence[BenchResult], title: str = "One model, sever
     return fig
 
 
-def load_benchmark_results(name: str = "decode_roofline") -> dict | None:
-    """Committed benchmark results (benchmarks/results/<name>.json in the course checkout), or None."""
+def load_benchmark_results(name: str = "decode_roofline") -> dict:
+    """The committed results of benchmarks/<name>.py (datasets/results/<name>.json, shipped with labkit).
+    They ship in every install, so a missing file raises LabkitError (a broken install) instead of vanishing."""
     import json
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / f"{name}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    from .paths import shipped_file
+
+    return json.loads(shipped_file("results", f"{name}.json").read_text())
 
 
 GPU_VARIANT_LABELS = {
@@ -368,7 +370,7 @@ GPU_VARIANT_LABELS = {
 
 
 def committed_gpu_results(results: dict | None = None) -> list[BenchResult]:
-    """The committed GPU benchmark (benchmarks/results/decode_roofline.json) as BenchResults, or []."""
+    """The committed GPU benchmark (datasets/results/decode_roofline.json) as BenchResults, or []."""
     results = results if results is not None else load_benchmark_results()
     if not results:
         return []
@@ -390,7 +392,7 @@ def committed_gpu_results(results: dict | None = None) -> list[BenchResult]:
 
 
 def committed_llama_cpp_gpu_results(results: dict | None = None, flash_attn: bool = True) -> list[BenchResult]:
-    """The committed llama.cpp-on-CUDA benchmark (benchmarks/results/llama_cpp_cuda.json): the same
+    """The committed llama.cpp-on-CUDA benchmark (datasets/results/llama_cpp_cuda.json): the same
     Llama 3.1 8B architecture as `committed_gpu_results`, as GGUF F16 / Q8_0 / Q4_K_M files, or []."""
     results = results if results is not None else load_benchmark_results("llama_cpp_cuda")
     if not results:

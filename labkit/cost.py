@@ -570,7 +570,7 @@ def reference_gpu_result(gguf_type: str = "Q4_K_M"):
     """The committed llama.cpp-on-CUDA measurement (Llama 3.1 8B architecture, batch 1) of one GGUF type."""
     rows = [r for r in committed_llama_cpp_gpu_results() if r.runtime.endswith(gguf_type)]
     if not rows:
-        raise LabkitError(f"no committed llama.cpp GPU result for {gguf_type!r} in benchmarks/results/llama_cpp_cuda.json")
+        raise LabkitError(f"no committed llama.cpp GPU result for {gguf_type!r} in datasets/results/llama_cpp_cuda.json")
     return rows[0]
 
 

@@ -74,7 +74,8 @@ def diagnose(check_online: bool = True) -> list[Finding]:
                                               f"{hw.ram_total_bytes / 2**30:.1f} GiB RAM)"))
     try:
         prof = profile()
-        findings.append(Finding("OK", "profile", f"{prof.name} (set LABKIT_PROFILE=cpu|gpu to override)"))
+        findings.append(Finding("OK", "profile", f"{prof.describe()} (LABKIT_PROFILE=cpu|gpu|mps overrides; "
+                                                  "LABKIT_GPU_MEMORY caps the GPU memory used)"))
     except ValueError as err:
         findings.append(Finding("FAIL", "profile", str(err)))
     try:

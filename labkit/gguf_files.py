@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 
 from .errors import LabkitError, MissingPackageError, unknown
-from .models import validate_gguf
 
 # gguf is imported inside the functions that use it: `import labkit` stays quick and works without the
 # optional extras.
@@ -137,6 +136,24 @@ class GgufFile:
         return (f"{self.path.name}: {self.architecture}, made as {self.file_type}, {len(self.tensors)} tensors, "
                 f"{self.n_parameters / 1e6:,.1f} M weights, {size / 1e6:,.1f} MB, "
                 f"{self.bits_per_weight:.2f} bits per weight")
+
+
+GGUF_MAGIC = b"GGUF"
+
+
+def validate_gguf(path: str | Path) -> Path:
+    """Return the path if it is a readable GGUF file; raise LabkitError naming the problem otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise LabkitError(f"no such GGUF file: {path}. Pass the path of a .gguf model file.")
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise LabkitError(
+            f"{path} is not a GGUF file (it starts with {magic!r}, a GGUF file starts with b'GGUF'). "
+            "Accepted: a llama.cpp model file in GGUF format, e.g. from a Hub repo whose name ends in -GGUF."
+        )
+    return path
 
 
 def _reader(path: str | Path):

@@ -17,8 +17,8 @@ GIB = 1024**3
 class Hardware:
     device: str  # "cuda", "mps" or "cpu"
     gpu_name: str | None
-    vram_total_bytes: int | None
-    vram_free_bytes: int | None
+    vram_total_bytes: int | None  # what labkit may use: the card's memory, or LABKIT_GPU_MEMORY when that is less
+    vram_free_bytes: int | None  # of that, what is free now
     compute_capability: tuple[int, int] | None
     bf16_supported: bool
     ram_total_bytes: int
@@ -26,20 +26,31 @@ class Hardware:
     cpu_cores: int
     in_colab: bool
     online: bool
+    vram_card_bytes: int | None = None  # the card's own memory as CUDA shows it (= vram_total_bytes unless capped)
+    gpu_memory_cap_bytes: int | None = None  # LABKIT_GPU_MEMORY, when set
+    unified_memory: bool = False  # Apple silicon: CPU and GPU share one memory (vram_* is the GPU's working set)
+    # llama.cpp's GPU backend in this llama-cpp-python build: "CUDA", "Metal" or "none"; None = not checked (llama_cpp
+    # is looked at only once something imported it: importing it initialises its GPU backend beside torch's)
+    llama_cpp_gpu: str | None = None
 
     def summary(self) -> str:
         """A few readable lines, as the notebooks and `labkit doctor` print them."""
         lines = [f"device         : {self.device}"]
         if self.gpu_name:
             cc = ".".join(map(str, self.compute_capability)) if self.compute_capability else "n/a"
-            lines.append(f"GPU            : {self.gpu_name} (compute capability {cc})")
+            lines.append(f"GPU            : {self.gpu_name}" + (f" (compute capability {cc})" if self.device == "cuda" else ""))
         if self.vram_total_bytes:
             free = self.vram_free_bytes or 0
-            lines.append(f"VRAM           : {self.vram_total_bytes / GIB:.1f} GiB total, {free / GIB:.1f} GiB free")
+            kind = "GPU memory (unified, the GPU's share)" if self.unified_memory else "VRAM"
+            capped = ""
+            if self.gpu_memory_cap_bytes and self.vram_card_bytes and self.vram_card_bytes > self.vram_total_bytes:
+                capped = f" (capped by LABKIT_GPU_MEMORY; the card has {self.vram_card_bytes / GIB:.1f} GiB)"
+            lines.append(f"{kind:<15}: {self.vram_total_bytes / GIB:.1f} GiB total, {free / GIB:.1f} GiB free{capped}")
         lines += [
             f"bf16 supported : {self.bf16_supported}",
             f"RAM            : {self.ram_total_bytes / GIB:.1f} GiB total, {self.ram_available_bytes / GIB:.1f} GiB available",
             f"CPU cores      : {self.cpu_cores}",
+            f"llama.cpp GPU  : {_LLAMA_CPP_GPU_TEXT.get(self.llama_cpp_gpu, self.llama_cpp_gpu)}",
             f"Colab          : {self.in_colab}",
             f"online         : {self.online}",
         ]
@@ -47,6 +58,9 @@ class Hardware:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+_LLAMA_CPP_GPU_TEXT = {"none": "none (a CPU build)", None: "not checked (llama_cpp not imported yet)"}
 
 
 def is_online(host: str = "huggingface.co", port: int = 443, timeout_s: float = 1.5) -> bool:
@@ -64,23 +78,112 @@ def in_colab() -> bool:
     return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
 
 
-def detect_hardware(check_online: bool = True) -> Hardware:
-    """Inspect this machine. Cheap (well under a second); the online probe waits at most 1.5 s."""
+_MEMORY_UNITS = {"gib": GIB, "gb": 10**9, "mib": 2**20, "mb": 10**6}
+
+
+def gpu_memory_cap() -> int | None:
+    """LABKIT_GPU_MEMORY in bytes, or None when unset: the most GPU memory labkit treats as there, e.g. "15GiB"
+    (a T4's worth), "7.5GiB", "8GB", "12000MiB"; a bare number is GiB. On a bigger card it makes the course behave
+    as on a small one: profiles, fit verdicts and llama.cpp's layer split use it, and torch's allocator is held to
+    it (torch.cuda.set_per_process_memory_fraction)."""
+    import re
+
+    text = os.environ.get("LABKIT_GPU_MEMORY", "").strip()
+    if not text:
+        return None
+    found = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(gib|gb|mib|mb)?", text.lower())
+    if not found or float(found.group(1)) <= 0:
+        from .errors import LabkitError
+
+        raise LabkitError(f"LABKIT_GPU_MEMORY must be an amount of memory such as 15GiB, 7.5GiB, 16GB or 12000MiB "
+                          f"(a bare number is GiB), got {text!r}")
+    return int(float(found.group(1)) * _MEMORY_UNITS[found.group(2) or "gib"])
+
+
+_TORCH_CAP = {"fraction": None}
+
+
+def cap_torch_cuda_memory(cap_bytes: int | None, card_bytes: int) -> float | None:
+    """Hold torch's CUDA allocator to `cap_bytes` of the card (once per process; a later, different cap replaces
+    it). Returns the fraction set, or None without a cap. Allocations past it raise torch.OutOfMemoryError, as on a
+    card of that size."""
     import torch
 
-    device, gpu_name, total, free, cc = "cpu", None, None, None, None
+    if not cap_bytes or cap_bytes >= card_bytes:
+        return None
+    fraction = cap_bytes / card_bytes
+    if _TORCH_CAP["fraction"] != fraction:
+        torch.cuda.set_per_process_memory_fraction(fraction, 0)
+        _TORCH_CAP["fraction"] = fraction
+    return fraction
+
+
+def llama_cpp_gpu_backend() -> str | None:
+    """The GPU backend of the installed llama-cpp-python: "CUDA", "Metal" (Apple silicon) or None (a CPU build, or
+    not installed). `llama_supports_gpu_offload` says whether there is one; the platform says which."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    if not llama_cpp.llama_supports_gpu_offload():
+        return None
+    if is_apple_silicon():
+        return "Metal"
+    return "CUDA"
+
+
+def is_apple_silicon() -> bool:
+    import platform
+
+    return platform.system() == "Darwin" and platform.machine() == "arm64"
+
+
+def apple_gpu_working_set(ram_total_bytes: int) -> int:
+    """The unified memory Metal lets the GPU use on Apple silicon: torch.mps.recommended_max_memory() where torch
+    has it, else macOS's default working-set limit (about 2/3 of memory up to 36 GB, 3/4 above)."""
+    import torch
+
+    recommended = getattr(getattr(torch, "mps", None), "recommended_max_memory", None)
+    if recommended is not None:
+        try:
+            return int(recommended())
+        except Exception:  # older macOS / torch builds: fall back to the documented default
+            pass
+    share = 0.75 if ram_total_bytes > 36 * GIB else 2 / 3
+    return int(ram_total_bytes * share)
+
+
+def detect_hardware(check_online: bool = True) -> Hardware:
+    """Inspect this machine. Cheap (well under a second); the online probe waits at most 1.5 s.
+
+    With LABKIT_GPU_MEMORY set, a GPU's memory is reported (and torch's allocator held) at that cap."""
+    import torch
+
+    device, gpu_name, total, free, cc, card = "cpu", None, None, None, None, None
     bf16 = True  # CPUs run bf16 (slowly but correctly) in PyTorch
+    cap = gpu_memory_cap()
+    unified = False
+    vm = psutil.virtual_memory()
     if torch.cuda.is_available():
         device = "cuda"
         props = torch.cuda.get_device_properties(0)
         gpu_name = props.name
-        free, total = torch.cuda.mem_get_info(0)
+        free, card = torch.cuda.mem_get_info(0)
         cc = (props.major, props.minor)
         bf16 = torch.cuda.is_bf16_supported()
+        total = card
+        if cap and cap < card:
+            cap_torch_cuda_memory(cap, card)
+            total = cap
+            free = max(0, min(free, cap - torch.cuda.memory_reserved(0)))
     elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        device = "mps"
-        gpu_name = "Apple GPU (MPS)"
-    vm = psutil.virtual_memory()
+        device, unified = "mps", True
+        bf16 = _mps_supports_bf16()
+        gpu_name = f"Apple GPU (MPS, {_apple_chip_name()})"
+        card = apple_gpu_working_set(vm.total)
+        total = min(card, cap) if cap else card
+        in_use = int(getattr(torch.mps, "driver_allocated_memory", lambda: 0)())
+        free = max(0, min(total - in_use, vm.available))
     return Hardware(
         device=device,
         gpu_name=gpu_name,
@@ -93,7 +196,33 @@ def detect_hardware(check_online: bool = True) -> Hardware:
         cpu_cores=os.cpu_count() or 1,
         in_colab=in_colab(),
         online=is_online() if check_online else False,
+        vram_card_bytes=card,
+        gpu_memory_cap_bytes=cap,
+        unified_memory=unified,
+        llama_cpp_gpu=(llama_cpp_gpu_backend() or "none") if "llama_cpp" in sys.modules else None,
     )
+
+
+def _mps_supports_bf16() -> bool:
+    """MPS runs bf16 from macOS 14 on; earlier it refuses to make such a tensor."""
+    import torch
+
+    try:
+        torch.ones(1, dtype=torch.bfloat16, device="mps")
+        return True
+    except (RuntimeError, TypeError):
+        return False
+
+
+def _apple_chip_name() -> str:
+    """"Apple M2 Pro" or the like (sysctl's brand string); "Apple silicon" when it cannot be read."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "Apple silicon"
+    except (OSError, subprocess.SubprocessError):
+        return "Apple silicon"
 
 
 def cpu_threads() -> int:
@@ -284,8 +413,12 @@ def usable_memory(device_or_gb=None, margin: float = SAFETY_MARGIN) -> UsableMem
         raise LabkitError(f"margin must be a fraction between 0 and 1 (0.05 keeps 5% free), got {margin!r}")
     if device_or_gb is None or device_or_gb in ("this", "auto", "yours"):
         hw = detect_hardware(check_online=False)
+        capped = " under LABKIT_GPU_MEMORY" if hw.gpu_memory_cap_bytes else ""
         if hw.device == "cuda":
-            return UsableMemory(f"this GPU ({hw.gpu_name}, free)", float(hw.vram_free_bytes), margin)
+            return UsableMemory(f"this GPU ({hw.gpu_name}, free{capped})", float(hw.vram_free_bytes), margin)
+        if hw.device == "mps":
+            return UsableMemory(f"this Mac's GPU share of unified memory (free{capped})", float(hw.vram_free_bytes),
+                                margin)
         return UsableMemory("this machine's available RAM", float(hw.ram_available_bytes), margin)
     if isinstance(device_or_gb, dict):
         return UsableMemory(device_or_gb["name"], shown_gib(device_or_gb) * GIB, margin)

@@ -23,8 +23,9 @@ from typing import Any
 
 from .dtypes import normalize_dtype, torch_dtype
 from .errors import LabkitError, MissingPackageError, unknown
+from .gguf_files import GGUF_MAGIC, validate_gguf  # noqa: F401  (models.validate_gguf: the name callers know)
 from .hardware import cpu_threads, detect_hardware, is_online
-from .paths import cache_dir, datasets_dir
+from .paths import cache_dir, cache_lock, datasets_dir
 from .versions import tested_versions
 
 # torch, transformers, llama_cpp, huggingface_hub and the bundled model's package are imported inside the
@@ -32,7 +33,6 @@ from .versions import tested_versions
 
 BUNDLED = "gemma-3-270m"
 BUNDLED_LICENCE = "Gemma Terms of Use (open-weight, commercial use allowed with restrictions)"
-GGUF_MAGIC = b"GGUF"
 
 
 @dataclass
@@ -73,21 +73,6 @@ class LoadedModel:
 
 
 # ----------------------------------------------------------------------------- the bundled GGUF
-
-
-def validate_gguf(path: str | Path) -> Path:
-    """Return the path if it is a readable GGUF file; raise LabkitError naming the problem otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise LabkitError(f"no such GGUF file: {path}. Pass the path of a .gguf model file.")
-    with path.open("rb") as f:
-        magic = f.read(4)
-    if magic != GGUF_MAGIC:
-        raise LabkitError(
-            f"{path} is not a GGUF file (it starts with {magic!r}, a GGUF file starts with b'GGUF'). "
-            "Accepted: a llama.cpp model file in GGUF format, e.g. from a Hub repo whose name ends in -GGUF."
-        )
-    return path
 
 
 _verified: dict[Path, float] = {}
@@ -135,13 +120,21 @@ def check_n_gpu_layers(n_gpu_layers: int | None) -> int | None:
     return n_gpu_layers
 
 
-def resolve_n_gpu_layers(n_gpu_layers: int | None) -> int:
-    """What llama.cpp will actually offload: None means all layers when the build has a GPU backend;
-    a GPU request on a CPU-only build warns (with the rebuild command) and gives 0."""
+def resolve_n_gpu_layers(n_gpu_layers: int | None, gguf: str | Path | None = None, n_ctx: int = 2048,
+                         n_batch: int = 512) -> int:
+    """What llama.cpp will actually offload. None: when the build has a GPU backend, as many layers of `gguf` as
+    fit this GPU with `n_ctx` tokens of context (labkit.offload: all of them when the model fits), else 0.
+    A GPU request on a CPU-only build warns (with the rebuild command) and gives 0."""
     check_n_gpu_layers(n_gpu_layers)
     offload = llama_cpp_gpu_offload()
     if n_gpu_layers is None:
-        return -1 if offload else 0
+        if not offload:
+            return 0
+        if gguf is None:
+            return -1
+        from .offload import gpu_layers_for
+
+        return gpu_layers_for(gguf, n_ctx, n_batch)[0]
     if n_gpu_layers and not offload:
         warnings.warn("this llama-cpp-python build has no GPU backend, so n_gpu_layers is ignored and the model "
                       "runs on the CPU. Rebuild it for an NVIDIA GPU with: CMAKE_ARGS=\"-DGGML_CUDA=on\" "
@@ -155,8 +148,9 @@ def load_llama_cpp(path: str | Path | None = None, n_ctx: int = 2048, n_threads:
                    flash_attn: bool = False, logits_all: bool = False, n_batch: int = 512) -> LoadedModel:
     """Load a GGUF (the bundled model by default) into llama.cpp through llama-cpp-python.
 
-    `n_gpu_layers`: how many layers to offload to the GPU (-1: all). By default all of them when this
-    llama-cpp-python build has a GPU backend (`llama_cpp_gpu_offload()`), else none.
+    `n_gpu_layers`: how many layers to offload to the GPU (-1: all). By default, when this llama-cpp-python build
+    has a GPU backend (`llama_cpp_gpu_offload()`), as many as fit the GPU (all of them when the model fits: see
+    labkit.offload), else none.
     `logits_all`: keep the logits of every position (`llm.scores`), as perplexity needs (labkit.quant).
     """
     try:
@@ -165,7 +159,7 @@ def load_llama_cpp(path: str | Path | None = None, n_ctx: int = 2048, n_threads:
         raise MissingPackageError("llama-cpp-python", "Running GGUF models in-process", extra="llama") from err
 
     gguf = validate_gguf(path) if path is not None else bundled_gguf_path()
-    n_gpu_layers = resolve_n_gpu_layers(n_gpu_layers)
+    n_gpu_layers = resolve_n_gpu_layers(n_gpu_layers, gguf, n_ctx, n_batch)
     _route_llama_cpp_logs(verbose)
     start = time.perf_counter()
     llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=n_threads or cpu_threads(), seed=seed,
@@ -298,9 +292,10 @@ def load_bundled_transformers(dtype: str = "fp32", device: str = "cpu") -> Loade
     dtype = normalize_dtype(dtype)
     dense = dense_cache_path()
     start = time.perf_counter()
-    built_now = not (dense / "model.safetensors").exists()
-    if built_now:
-        _build_dense_copy(dense)
+    with cache_lock("bundled-dense"):  # one process converts; another one asking meanwhile waits for its copy
+        built_now = not (dense / "model.safetensors").exists()
+        if built_now:
+            _build_dense_copy(dense)
     tokenizer = AutoTokenizer.from_pretrained(str(dense))
     if not bundled_tokenizer_matches(tokenizer):
         record = dense / _BUILT_WITH

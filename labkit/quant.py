@@ -563,13 +563,16 @@ def build_ladder(levels: Sequence[str] = LADDER, source: str | Path | None = Non
     need = sum(params * _ladder_bits(lvl) / 8 for lvl in missing) + (0 if ref_path.exists() else params * 2)
     if need:
         require_disk_space(folder, need, "the quant ladder")
-    ref = reference_gguf(source)
-    paths = {REFERENCE: ref}
-    for level in tqdm(levels, desc="quant ladder", disable=not missing):
-        out = ref.with_name(ref.name.replace(REFERENCE, level))
-        if not out.exists():
-            quantize_gguf(ref, level, out, threads)
-        paths[level] = out
+    from .paths import cache_lock
+
+    with cache_lock("quant-ladder"):  # parallel workers and notebooks make each file once
+        ref = reference_gguf(source)
+        paths = {REFERENCE: ref}
+        for level in tqdm(levels, desc="quant ladder", disable=not missing):
+            out = ref.with_name(ref.name.replace(REFERENCE, level))
+            if not out.exists():
+                quantize_gguf(ref, level, out, threads)
+            paths[level] = out
     return paths
 
 

@@ -450,7 +450,7 @@ class LlamaServer:
     def __init__(self, model_path: str | Path | None = None, port: int | None = None, host: str = "127.0.0.1",
                  api_key: str | None = None, n_ctx: int = 2048, n_threads: int | None = None,
                  model_alias: str | None = None, chat_format: str | None = "gemma",
-                 startup_timeout_s: float = 60.0, extra_args: Iterable[str] = (), n_gpu_layers: int | None = None):
+                 startup_timeout_s: float = 300.0, extra_args: Iterable[str] = (), n_gpu_layers: int | None = None):
         if host not in LOOPBACK_HOSTS:
             raise LabkitError(f"host {host!r} would expose the server to the network. Accepted: "
                               f"{', '.join(LOOPBACK_HOSTS)}.")
@@ -505,7 +505,7 @@ class LlamaServer:
                               "server you started earlier). Pick another port, or pass port=None for a free one.")
         cmd = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), "--model", str(path), "--host", self.host,
                "--port", str(self.port), "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads),
-               "--model_alias", self.model, "--n_gpu_layers", str(resolve_n_gpu_layers(self.n_gpu_layers)),
+               "--model_alias", self.model, "--n_gpu_layers", str(resolve_n_gpu_layers(self.n_gpu_layers, path, self.n_ctx)),
                *self.extra_args]
         if self.chat_format:
             cmd += ["--chat_format", self.chat_format]

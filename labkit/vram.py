@@ -18,7 +18,7 @@ notebook 03 prints and its exercises close the module.
 
 The benchmark `benchmarks/vram_accuracy.py` measures the estimate's error on an H100 for ten real
 architectures (random weights) in bf16, fp16, int8 and nf4 from 512 to 32k tokens: within 0.7% for
-bf16/fp16 and 3.6% for the quantized formats (benchmarks/results/vram_accuracy.md, and notebook 03);
+bf16/fp16 and 3.6% for the quantized formats (datasets/results/vram_accuracy.md, and notebook 03);
 a third pass on an H200 adds the mixture-of-experts families of transformers 5 (Qwen3-30B-A3B,
 Qwen1.5-MoE, OLMoE, Granite MoE, gpt-oss-20b) in bf16, within 0.25%.
 
@@ -74,7 +74,7 @@ BNB_NESTED_BLOCK = 256
 # --- runtime overhead -------------------------------------------------------------------------
 # The CUDA context of a PyTorch process (driver state, the kernels loaded lazily as they are first
 # used) and cuBLAS's workspace. Measured on an H100 (torch 2.11, CUDA 13): see
-# benchmarks/results/vram_accuracy.md. Other GPUs and drivers differ by a few hundred MiB; pass
+# datasets/results/vram_accuracy.md. Other GPUs and drivers differ by a few hundred MiB; pass
 # `overhead_bytes=` to use your own (measure_inference reports it).
 CUDA_CONTEXT_BYTES = 690 * MIB
 CUBLAS_WORKSPACE_BYTES = 32 * MIB  # allocated through PyTorch's allocator at the first matmul

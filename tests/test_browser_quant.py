@@ -2,7 +2,7 @@
 (F16 / Q8_0 / Q2_K of the bundled model, cached after the first build) and shows the widget; the test
 picks a level in the dropdown and moves the context slider, and the verdict and quality follow."""
 
-from browser_lab import browser_marks, press_slider, widget_page
+from browser_lab import browser_marks, press_slider, wait_for_state, widget_page
 
 pytestmark = browser_marks()
 
@@ -13,17 +13,13 @@ quant_widget.ladder_explorer(rows)"""
 
 
 def test_ladder_widget_follows_level_and_context(tmp_path):
-    with widget_page(tmp_path, CODE, ready=".ladder-result", timeout_s=400) as page:
-        result = page.locator(".ladder-result")
-        before = result.first.inner_text()
+    with widget_page(tmp_path, CODE, ready=".ladder-result") as page:
+        before = page.locator(".ladder-result").first.inner_text()
         assert "llama-3.1-8b at Q2_K" in before and "fits ✅" in before  # 8B at 2-3 bits fits a 4090
 
         page.locator(".widget-dropdown select").first.select_option("F16")
-        page.wait_for_function(
-            "before => document.querySelector('.ladder-result').innerText !== before", arg=before, timeout=10_000)
-        f16 = result.first.inner_text()
+        f16 = wait_for_state(page, ".ladder-result", lambda text: "at F16" in text)
         assert "at F16" in f16 and "KLD 0.0000" in f16 and "same top token 100.0%" in f16
 
         press_slider(page, times=200)  # context towards 131k tokens: the KV cache outgrows the card
-        page.wait_for_function(
-            "() => document.querySelector('.ladder-result').innerText.includes('does NOT fit')", timeout=10_000)
+        wait_for_state(page, ".ladder-result", lambda text: "does NOT fit" in text)

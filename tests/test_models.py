@@ -92,12 +92,14 @@ def test_bundled_model_in_transformers_generates_real_text(bundled_dense):
 
 
 @pytest.mark.slow
-def test_dense_cache_makes_the_second_load_fast(bundled_dense):
-    from labkit.models import load_bundled_transformers
+def test_dense_cache_makes_the_second_load_fast(bundled_dense, monkeypatch):
+    """The second load reads the cached dense copy (seconds) instead of converting the GGUF again (a minute).
+    Checked by what it does, not by a time limit that a loaded machine could miss."""
+    import labkit.models as models
 
-    again = load_bundled_transformers()
-    assert again.report.load_seconds < 30
-    assert again.report.parameters == bundled_dense.report.parameters
+    monkeypatch.setattr(models, "_build_dense_copy", lambda *a: pytest.fail("converted the GGUF again"))
+    again = models.load_bundled_transformers()
+    assert again.report.parameters == bundled_dense.report.parameters and again.report.load_seconds > 0
 
 
 @pytest.mark.llama

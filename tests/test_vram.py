@@ -1,12 +1,11 @@
 """labkit.vram: the estimates pinned against what transformers actually allocates (tiny configs, CPU), against
-the H100 measurements committed under benchmarks/results/, and bad input. The model's shape is tested in
+the H100 measurements committed under datasets/results/, and bad input. The model's shape is tested in
 test_architecture.py, the measuring in test_vram_measure.py, the calculator in test_vram_widget.py."""
 
 import json
 import math
 import warnings
 from contextlib import nullcontext
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,9 +16,10 @@ from labkit import vram
 from labkit.check import check
 from labkit.errors import LabkitError
 from labkit.models import build_random_model, load_config, to_transformers_config
+from labkit.paths import results_dir
 from labkit.vram_measure import TensorMemoryTracker, cache_storage_bytes
 
-RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+RESULTS = results_dir()
 
 
 def generate(model, context: int, new_tokens: int = 2, track: bool = False):

@@ -1,6 +1,6 @@
 """The GPU paths of the course, checked through labkit's public API on a CUDA machine.
 
-    python benchmarks/gpu_checks.py --out /tmp/gpu_checks      # needs CUDA; about 2-3 minutes on an H100
+    python benchmarks/gpu_labkit_api.py --out /tmp/gpu_labkit_api      # needs CUDA; about 2-3 minutes on an H100
 
 1. `vram_measure.measure_inference` against `vram.estimate_inference` (what notebook 03 shows a learner with a
    GPU): real architectures, random weights, bf16, a few contexts.
@@ -11,7 +11,7 @@
    speed does not depend on the weights' values (greedy decoding with min_new_tokens keeps the
    length fixed).
 
-Writes gpu_checks.json to --out and prints every number.
+Writes gpu_labkit_api.json to --out and prints every number.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def main() -> None:
     import torch
 
     if not torch.cuda.is_available():
-        sys.exit("gpu_checks.py needs a CUDA GPU")
+        sys.exit("gpu_labkit_api.py needs a CUDA GPU")
     out: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
     for step in (check_memory, lambda o: check_runtimes(o, args.new_tokens, args.runs)):
         try:
@@ -104,7 +104,7 @@ def main() -> None:
             traceback.print_exc()
             out.setdefault("errors", []).append(repr(err))
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "gpu_checks.json").write_text(json.dumps(out, indent=2))
+    (Path(args.out) / "gpu_labkit_api.json").write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":
