@@ -33,6 +33,18 @@ print(f"{len(list((w / 'all').iterdir()))} files ready ({len(whole)} joined from
 PY
 python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" $W/all/*.whl
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# cuBLAS and friends come as pip wheels in this image (torch's): make them findable for llama.cpp's CUDA build too.
+NVLIBS=$(python3 -c "import glob, site; print(':'.join(sorted(glob.glob(site.getsitepackages()[0] + '/nvidia/*/lib'))))")
+export LD_LIBRARY_PATH="$NVLIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+echo "export PYTHONPATH=$PYTHONPATH LD_LIBRARY_PATH=$LD_LIBRARY_PATH" > /tmp/labkit-env.sh
+# A CUDA build of llama.cpp made elsewhere (benchmarks/llama_cuda_prebuild.sh): its libraries replace the CPU ones
+# of the llama-cpp-python just installed, and llama-server & co. go to $SITE/bin (RUNPATH $ORIGIN), so nothing
+# compiles here.
+if [ -f $W/all/llama-cuda-sm90.tar.xz ]; then
+  rm -rf /tmp/llama-cuda && mkdir -p /tmp/llama-cuda && tar xJf $W/all/llama-cuda-sm90.tar.xz -C /tmp/llama-cuda
+  mkdir -p "$SITE/bin" && cp -a /tmp/llama-cuda/bin/. "$SITE/bin/" && cp -a /tmp/llama-cuda/bin/lib*.so* "$SITE/llama_cpp/lib/"
+  echo "llama.cpp: the prebuilt CUDA build is in $SITE/bin and $SITE/llama_cpp/lib"
+fi
 if [ "${NO_LLAMA_BUILD:-0}" != 1 ] && ! python3 -c "import llama_cpp" 2>/dev/null; then
   sdist=$(ls $W/all/llama_cpp_python-*.tar.gz 2>/dev/null | head -1 || true)
   # a wheel built before llama-server was part of the build (no bin/llama-server in it) is built again

@@ -77,8 +77,14 @@ def download(name: str, version: str) -> None:
     base = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(WHEELS)]
     binary = [*base, "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
               *[f"--platform={p}" for p in PLATFORMS], f"{name}=={version}"]
-    if subprocess.run(binary).returncode != 0:
-        raise SystemExit(f"no Python 3.12 x86-64 wheel of {name}=={version}")
+    if subprocess.run(binary).returncode == 0:
+        return
+    # Some packages publish only an sdist (hqq 0.2.8.post1): build the wheel here, and carry it if it is pure Python.
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(WHEELS),
+                            f"{name}=={version}"])
+    pure = list(WHEELS.glob(f"{name.replace('-', '_')}-{version}-py3-none-any.whl"))
+    if built.returncode != 0 or not pure:
+        raise SystemExit(f"no Python 3.12 x86-64 wheel of {name}=={version}, and no pure-Python wheel built from its sdist")
 
 
 def split_large(path: Path) -> list[Path]:
