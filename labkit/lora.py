@@ -800,18 +800,40 @@ def plan_text(rows: list[dict]) -> str:
 # ============================================================================ exercises
 
 
-@exercise("07.lora_params", hint="Each adapted matrix of shape (out, in) gets A (r x in) and B (out x r): "
-          "r * (in + out) parameters. Sum over the matrices you listed.")
+@exercise("07.lora_params",
+          hint="Read the shapes of A and B in section 2: each is thin, with r on one side. Count the entries of "
+               "both, for each matrix you listed, and add them up.",
+          slips={"counting only A (r x in) or only B (out x r), not both":
+                 lambda expected, shapes, rank: sum(rank * i for _, i in shapes),
+                 "counting only B (out x r), not A": lambda expected, shapes, rank: sum(o * rank for o, _ in shapes),
+                 "counting the full matrices (in x out: what full fine-tuning trains)":
+                 lambda expected, shapes, rank: sum(o * i for o, i in shapes),
+                 "forgetting to multiply by the rank r": lambda expected, shapes, rank: sum(o + i for o, i in shapes)})
 def _expected_lora_params(shapes: list[tuple[int, int]], rank: int) -> int:
     return lora_parameter_count(shapes, rank)
 
 
-@exercise("07.scaling", hint="peft multiplies B @ A by lora_alpha / r.")
+@exercise("07.scaling",
+          hint="peft builds the scale from lora_alpha and r so that raising the rank alone does not make the update "
+               "bigger (section 2). Which of the two goes on top?",
+          slips={"dividing the other way round (r / alpha)": lambda expected, rank, alpha: rank / alpha,
+                 "using alpha alone, without the rank": lambda expected, rank, alpha: alpha})
 def _expected_scaling(rank: int, alpha: float) -> float:
     return alpha / rank
 
 
-@validator("07.merged_weight", hint="The merged matrix is W + (alpha / r) * B @ A, with B @ A of shape (out, in).")
+def _merged_weight_slips(layer: Any) -> dict:
+    """The matrices a learner gets by each common slip on the merge (the names are shown when one matches)."""
+    w, a, b, s = (layer.base.weight.detach().float(), layer.lora_A.detach().float(), layer.lora_B.detach().float(),
+                  layer.scaling)
+    return {"leaving out the scale alpha / r (W + B @ A)": w + b @ a,
+            "returning only the update, without W": s * b @ a,
+            "scaling W too ((W + B @ A) * scale)": (w + b @ a) * s}
+
+
+@validator("07.merged_weight",
+           hint="The merged matrix must give the same output as the wrapped layer for every input x: write down what "
+                "LoRALinear.forward computes and factor x out.")
 def _validate_merged_weight(answer: Any, layer: Any = None) -> str | None:
     import torch
 
@@ -819,18 +841,26 @@ def _validate_merged_weight(answer: Any, layer: Any = None) -> str | None:
         return f"expected a torch tensor, got {type(answer).__name__}"
     expected = layer.merged_weight().detach()
     if answer.shape != expected.shape:
-        return f"shape {tuple(answer.shape)}, expected {tuple(expected.shape)}"
-    if not torch.allclose(answer.detach().float(), expected.float(), atol=1e-5, rtol=1e-4):
-        return "the values differ from W + scaling * B @ A"
-    return None
+        hint = (" (A @ B is r x r or fails: the update is B @ A, out x in)" if tuple(answer.shape) ==
+                tuple(layer.lora_A.shape[:1] * 2) else "")
+        return f"shape {tuple(answer.shape)}, expected {tuple(expected.shape)} (out x in, like W){hint}"
+    got = answer.detach().float()
+    if torch.allclose(got, expected.float(), atol=1e-5, rtol=1e-4):
+        return None
+    for slip, value in _merged_weight_slips(layer).items():
+        if torch.allclose(got, value, atol=1e-5, rtol=1e-4):
+            return f"the values differ from the merged layer's. That is the matrix you get by {slip}"
+    return "the values differ from the merged layer's (check each term and its scale)"
 
 
-@validator("07.valid_rate", hint="Use parse_answer(output) on each output: it returns None when the output is not "
-           "valid; the rate is the share of outputs that are not None.")
-def _validate_valid_rate(answer: Any, outputs: list[str] | None = None) -> str | None:
-    expected = sum(parse_answer(o) is not None for o in outputs) / len(outputs)
-    try:
-        value = float(answer)
-    except (TypeError, ValueError):
-        return f"expected a number between 0 and 1, got {answer!r}"
-    return None if math.isclose(value, expected, abs_tol=1e-9) else f"got {value:.3f}, which is not right"
+@exercise("07.valid_rate",
+          hint="parse_answer tells you, output by output, whether it is valid. The rate is a share of all the "
+               "outputs: a number between 0 and 1.",
+          slips={"giving the number of valid outputs instead of their share":
+                 lambda expected, outputs: expected * len(outputs),
+                 "giving a percentage where a share between 0 and 1 is asked": 100.0,
+                 "counting the invalid outputs instead of the valid ones": lambda expected, outputs: 1 - expected})
+def _expected_valid_rate(outputs: list[str]) -> float:
+    if not outputs:
+        raise LabkitError("outputs is empty: pass the model's outputs to check the rate against.")
+    return sum(parse_answer(o) is not None for o in outputs) / len(outputs)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from labkit import LabkitError, lora, models, vram
+from labkit.check import evaluate, exercises
 from labkit.paths import datasets_dir
 
 
@@ -306,3 +307,52 @@ def test_scoring_stops_a_rambling_model_early_with_the_same_score():
                                   stop_when_invalid=True)
     assert [len(e) <= len(f) and f.startswith(e) for e, f in zip(early, full)] == [True] * 4
     assert lora.score_answers(rows, early).valid == lora.score_answers(rows, full).valid
+
+
+# ----------------------------------------------------------------------------- exercises: each slip is named
+
+SHAPES = [(1024, 640), (128, 640)]  # not the notebook's (1024, 640), (256, 640), where only-A and only-B coincide
+
+
+@pytest.mark.parametrize("exercise_id, inputs, slip, answer", [
+    ("07.lora_params", dict(shapes=SHAPES, rank=8), "only A", 8 * 640 * 2),
+    ("07.lora_params", dict(shapes=SHAPES, rank=8), "only B", 8 * (1024 + 128)),
+    ("07.lora_params", dict(shapes=SHAPES, rank=8), "full matrices", 1024 * 640 + 128 * 640),
+    ("07.lora_params", dict(shapes=SHAPES, rank=8), "rank", 1024 + 640 + 128 + 640),
+    ("07.scaling", dict(rank=8, alpha=16), "other way round", 0.5),
+    ("07.scaling", dict(rank=8, alpha=16), "alpha alone", 16),
+    ("07.valid_rate", dict(outputs=['{"city": "Oslo", "sky": "sunny", "temp_c": 3}', "no"] * 5), "number of valid", 5),
+    ("07.valid_rate", dict(outputs=['{"city": "Oslo", "sky": "sunny", "temp_c": 3}', "no"] * 5), "percentage", 50),
+    ("07.valid_rate", dict(outputs=['{"city": "Oslo", "sky": "sunny", "temp_c": 3}'] * 3 + ["no"] * 7), "invalid",
+     0.7),
+])
+def test_each_slip_of_the_lora_exercises_is_named_when_made(exercise_id, inputs, slip, answer):
+    verdict = evaluate(exercise_id, answer, **inputs)
+    assert not verdict.passed and verdict.slip and slip in verdict.slip, verdict
+    assert evaluate(exercise_id, exercises()[exercise_id].expected(**inputs), **inputs).passed
+
+
+def _merge_layer():
+    torch.manual_seed(0)
+    layer = lora.LoRALinear(torch.nn.Linear(16, 12, bias=False), rank=4, alpha=8)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    return layer
+
+
+@pytest.mark.parametrize("slip", ["leaving out the scale", "only the update", "scaling W too"])
+def test_each_slip_of_the_merge_exercise_is_named_and_a_misshapen_answer_gets_a_message(slip):
+    layer = _merge_layer()
+    w, a, b, s = layer.base.weight.detach(), layer.lora_A.detach(), layer.lora_B.detach(), layer.scaling
+    answers = {"leaving out the scale": w + b @ a, "only the update": s * b @ a, "scaling W too": (w + b @ a) * s}
+    message = evaluate("07.merged_weight", answers[slip], layer=layer).message
+    assert slip in message
+    assert evaluate("07.merged_weight", w + s * b @ a, layer=layer).passed
+    assert "out x in" in evaluate("07.merged_weight", a @ a.T, layer=layer).message  # A @ A.T: r x r
+    assert "torch tensor" in evaluate("07.merged_weight", [[1.0]], layer=layer).message
+
+
+def test_every_exercise_of_notebook_07_declares_at_least_two_slips():
+    for exercise_id in ("07.lora_params", "07.scaling", "07.valid_rate"):
+        assert len(exercises()[exercise_id].slips) >= 2, exercise_id
+    assert len(lora._merged_weight_slips(_merge_layer())) >= 2
