@@ -841,9 +841,11 @@ def flops_per_byte_ratio(gpu: str, cpu_flops_per_s: float, cpu_bytes_per_s: floa
 
 
 def batching_markdown(points: Sequence[BatchPoint], projected: dict[int, float], additive: dict[int, float],
-                      flops_per_s: float, compute_tokens_per_s: float, gpu_ratio: float | None = None) -> str:
+                      flops_per_s: float, compute_tokens_per_s: float, gpu_ratio: float | None = None,
+                      thin: tuple[tuple[int, int, int], float] | None = None) -> str:
     """What this machine's batching measurement shows, every number computed from the measurement: the gain, the
-    estimates beside it, and where the gap between them goes (the prefill, and arithmetic that is not free)."""
+    estimates beside it, and where the gap between them goes (the prefill, and arithmetic that is not free).
+    `thin`: ((m, k, n), FLOP/s) of a product of the model's own shape at the largest batch."""
     if not points:
         raise LabkitError("batching_markdown needs at least one measured batch size")
     first, last = points[0], points[-1]
@@ -873,6 +875,12 @@ def batching_markdown(points: Sequence[BatchPoint], projected: dict[int, float],
                  else "below both estimates" if decode_b < low else "above both estimates")
         lines.append(f"* the measured decode speed at batch {b}, {decode_b:.1f} tokens/s, lies **{where}** "
                      f"({low:.1f} and {high:.1f}).")
+    if thin is not None:
+        (m, k, n), thin_flops = thin
+        lines.append(f"* **thin products are slower**: both estimates use the square product's {flops_per_s / 1e9:,.0f} "
+                     f"GFLOP/s, but a product of this model's own shape at batch {m} ({m} x {k} by {k} x {n}) ran at "
+                     f"{thin_flops / 1e9:,.0f} GFLOP/s ({thin_flops / flops_per_s:.0%} of it): few rows leave the "
+                     "cores waiting on the weights they read.")
     if gpu_ratio is not None:
         lines.append(f"\nAn H100's datasheet has **{gpu_ratio:,.0f}x** more FLOP/s per byte/s of bandwidth than this "
                      "machine's measured matrix product and memory copy, so there a batch's arithmetic stays hidden "

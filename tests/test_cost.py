@@ -361,3 +361,9 @@ def test_a_committed_serving_measurement_replaces_the_projection(monkeypatch):
     assert cost.gpu_tokens_per_s("H100", batch=32) == (1234.0, "measured on an H100")
     assert cost.break_even_for(1e9, cost.cheapest_gpu_offer("H100"), cost.find_api_price("OpenAI", "GPT-6 Luna"),
                                0.5, 32).tokens_per_s == 1234.0
+
+
+def test_batching_markdown_names_the_thin_products_rate():
+    points = [cost.BatchPoint(1, 8, 2.8, 0.5), cost.BatchPoint(8, 8, 7.2, 1.6)]
+    text = cost.batching_markdown(points, {1: 2.9, 8: 23.2}, {1: 2.9, 8: 20.0}, 25e9, 46, thin=((8, 640, 2048), 10e9))
+    assert "8 x 640 by 640 x 2048" in text and "10 GFLOP/s (40% of it)" in text and "below both" in text
