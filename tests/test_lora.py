@@ -238,48 +238,7 @@ def test_lora_plan_has_the_source_config_trainable_count():
 # ----------------------------------------------------------------------------- GGUF names
 
 
-def test_gguf_names_cover_gemma3_and_add_one_to_norms():
-    model = tiny_gemma()
-    tensors = lora.to_gguf_tensors(model.state_dict())
-    assert "token_embd.weight" in tensors and "blk.1.attn_q_norm.weight" in tensors
-    assert not any(k.startswith("output.") for k in tensors), "Gemma ties the output head to the embeddings"
-    norm = model.model.layers[0].input_layernorm.weight.detach().numpy()
-    assert (tensors["blk.0.attn_norm.weight"] == norm + 1).all()
-    with pytest.raises(LabkitError, match="only Gemma 3"):
-        lora.gguf_name("transformer.h.0.attn.c_attn.weight")
-
-
 # ----------------------------------------------------------------------------- the real bundled model
-
-
-def test_gguf_export_mapping_round_trips_the_bundled_weights():
-    """The dense weights transformers de-quantized from the bundled GGUF, mapped back, equal the GGUF's own
-    (so no q/k permutation is needed for Gemma 3, and the norms' +1 is right)."""
-    from labkit.gguf_files import read_tensor
-
-    state = models.load_bundled_transformers().model.state_dict()
-    ours = lora.to_gguf_tensors({k: v for k, v in state.items() if k.startswith(("model.layers.0.", "model.norm"))})
-    assert len(ours) == 14
-    for name, array in ours.items():
-        original = read_tensor(models.bundled_gguf_path(), name).reshape(array.shape)
-        assert abs(original - array.astype("float32")).max() < 2e-3 * max(1.0, abs(original).max()), name
-
-
-def test_untrained_export_runs_in_llama_cpp_like_the_bundled_model(tmp_path):
-    """Round trip: the bundled model de-quantized into transformers, exported back to GGUF (F16), gives llama.cpp
-    the same greedy tokens as the bundled Q4_K_M file."""
-    pytest.importorskip("llama_cpp")
-    dense = models.load_bundled_transformers().model
-    path = lora.export_gguf(dense, tmp_path / "roundtrip-F16.gguf")
-    prompt = lora.chat_prompt("Oslo: sunny, 3 degrees.") + '{"city": "'
-    tokens = {}
-    for name, gguf_file in (("bundled", None), ("exported", path)):
-        llm = models.load_llama_cpp(gguf_file, n_ctx=256, n_gpu_layers=0).model
-        out = llm.create_completion(prompt, max_tokens=12, temperature=0)
-        tokens[name] = llm.tokenize(out["choices"][0]["text"].encode(), add_bos=False, special=True)
-        del llm
-    assert len(tokens["bundled"]) >= 4
-    assert tokens["exported"] == tokens["bundled"]
 
 
 def test_lora_training_raises_the_held_out_score():
@@ -356,3 +315,38 @@ def test_every_exercise_of_notebook_07_declares_at_least_two_slips():
     for exercise_id in ("07.lora_params", "07.scaling", "07.valid_rate"):
         assert len(exercises()[exercise_id].slips) >= 2, exercise_id
     assert len(lora._merged_weight_slips(_merge_layer())) >= 2
+
+
+# ----------------------------------------------------------------------------- memory table, GPU check, 4-bit merge
+
+
+def test_training_memory_table_adds_up_to_the_estimate_it_prints():
+    model = lora.add_lora(tiny_gemma(), rank=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    mem = lora.training_memory(model, "lora", seq_len=16, rank=4, target_modules=["q_proj", "v_proj"])
+    rows = dict(line.rsplit(maxsplit=1) for line in mem.table().splitlines()[1:])
+    parts = sum(float(v) for k, v in rows.items() if k.strip() not in ("sum (estimate)", "measured"))
+    assert float(rows["sum (estimate)"]) == pytest.approx(parts, abs=0.003)
+    assert float(rows["sum (estimate)"]) == pytest.approx(mem.estimate / 2**30, abs=0.001)
+
+
+def test_the_committed_gpu_check_is_quoted_for_each_checkpointing_setting():
+    results = {"device_name": "GPU X", "model": "m", "seq_len": 64, "rows": [
+        {"method": "lora", "gradient_checkpointing": False, "error": -0.147},
+        {"method": "lora", "gradient_checkpointing": True, "error": 0.005}, {"method": "qlora", "skipped": "no bnb"}]}
+    assert lora.committed_estimate_check(results) == {False: [("lora", -0.147)], True: [("lora", 0.005)]}
+    assert "-14.7%" in lora.estimate_accuracy_note(False, results) and "GPU X" in lora.estimate_accuracy_note(False, results)
+    assert "+0.5%" in lora.estimate_accuracy_note(True, results)
+    assert "no committed" in lora.estimate_accuracy_note(True, {"rows": []})
+
+
+def test_merging_the_trained_adapter_into_a_4bit_base_stays_close_to_the_adapter(tmp_path):
+    """On a CPU, bitsandbytes repacks 4-bit weights at the first inference; the merge must unpack them first, or it
+    writes nonsense (KLD of tens of nats). Measured on the course's adapter: the merge costs little."""
+    pytest.importorskip("bitsandbytes")
+    from labkit.profiles import profile
+
+    peft_model, tokenizer, _ = lora.train_bundled_adapter(profile().train_steps, device="cpu")
+    peft_model.save_pretrained(tmp_path / "adapter")
+    four = lora.merge_into_4bit(tmp_path / "adapter", peft_model, tokenizer, lora.load_task("heldout")[:4])
+    assert 0 < four.base_to_4bit < 0.5 and 0 < four.merge_in_4bit < 0.5 and four.merged_vs_full < 1.0, four
+    assert "merged INTO the NF4 weights" in str(four)
