@@ -380,7 +380,8 @@ def copy_peft_adapter(peft_state: dict, model: Any) -> int:
 
 def _require_peft():
     try:
-        import peft
+        with quiet_libraries():  # importing peft imports bitsandbytes, which logs a notice (see quiet_libraries)
+            import peft
     except ImportError as err:
         raise MissingPackageError("peft", "LoRA training", extra="lab") from err
     return peft
