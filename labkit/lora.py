@@ -743,12 +743,13 @@ def unpack_cpu_4bit_weights(model: Any) -> int:
 
 
 def merge_into_4bit(adapter_dir: str | Path, reference: Any, tokenizer: Any, rows: list[dict],
-                    device: str = "cpu") -> FourBitMerge:
-    """Load the bundled model in NF4 and put the saved adapter on it; then merge the adapter INTO the 4-bit weights
-    (peft de-quantizes each matrix, adds the update and quantizes the sum again) and compare the three by KL
-    divergence. `reference` is the adapter on the full-precision base (what it was trained on)."""
+                    device: str = "cpu", base: Any = None) -> FourBitMerge:
+    """Put the saved adapter on the bundled model in NF4 (`base`, e.g. a QLoRA model after `unload()`, or loaded
+    here); then merge the adapter INTO the 4-bit weights (peft de-quantizes each matrix, adds the update and
+    quantizes the sum again) and compare the three by KL divergence. `reference` is the adapter on the
+    full-precision base (what it was trained on). The NF4 base is merged in place: do not reuse it."""
     full = answer_logprobs(reference, tokenizer, rows)
-    adapted = load_adapter(load_bundled_qlora(device=device), adapter_dir)
+    adapted = load_adapter(base if base is not None else load_bundled_qlora(device=device), adapter_dir)
     adapted.eval()
     apart = answer_logprobs(adapted, tokenizer, rows)
     unpack_cpu_4bit_weights(adapted)
