@@ -61,28 +61,24 @@ def test_untrained_export_runs_in_llama_cpp_like_the_bundled_model(tmp_path):
 
 
 
-def test_the_export_carries_the_chat_template_and_ends_sequences_at_end_of_turn(tmp_path):
+def test_the_served_fine_tune_ends_its_answer_with_the_template_in_the_file(tmp_path):
+    """The course's trained adapter, merged and exported: the file carries Gemma's chat template and <end_of_turn> as
+    EOS; served with the template read from the file, the answer ends on its own (finish_reason 'stop', well before
+    max_tokens) and is the task's JSON."""
+    pytest.importorskip("llama_cpp")
     from gguf import GGUFReader
 
-    dense = models.load_bundled_transformers().model
-    path = lora_export.export_gguf(dense, tmp_path / "with-template-F16.gguf")
-    fields = GGUFReader(str(path)).fields
-    eos = int(fields["tokenizer.ggml.eos_token_id"].contents())
-    assert eos == lora_export.token_id_in_gguf(models.bundled_gguf_path(), lora.END_OF_TURN) != 1  # not the base <eos>
-    assert fields["tokenizer.chat_template"].contents() == lora.GEMMA_CHAT_TEMPLATE
-    with pytest.raises(LabkitError, match="no token"):
-        lora_export.token_id_in_gguf(path, "<not a token>")
-
-
-def test_the_served_fine_tune_ends_its_answer_with_the_template_in_the_file(tmp_path):
-    """The course's trained adapter, merged and exported, served with the chat template read from the file: the
-    answer ends on its own (finish_reason 'stop', well before max_tokens) and is the task's JSON."""
-    pytest.importorskip("llama_cpp")
     from labkit.profiles import profile
 
     peft_model, _, _ = lora.train_bundled_adapter(profile().train_steps, device="cpu")
     merged = peft_model.merge_and_unload()
     path = lora_export.export_gguf(merged, tmp_path / "weather-json-F16.gguf")
+    fields = GGUFReader(str(path)).fields
+    eos = int(fields["tokenizer.ggml.eos_token_id"].contents())
+    assert eos == lora_export.token_id_in_gguf(models.bundled_gguf_path(), lora.END_OF_TURN) != 1  # not <eos>
+    assert fields["tokenizer.chat_template"].contents() == lora.GEMMA_CHAT_TEMPLATE
+    with pytest.raises(LabkitError, match="no token"):
+        lora_export.token_id_in_gguf(path, "<not a token>")
     answer = lora_export.served_answer(path, "Weather to JSON: In Vienna it is foggy with 4 degrees.", max_tokens=48)
     assert answer.finish_reason == "stop" and answer.completion_tokens < 48, answer
     assert lora.parse_answer(answer.text) == {"city": "Vienna", "sky": "foggy", "temp_c": 4}, answer
