@@ -88,7 +88,7 @@ def test_bad_notebooks_are_refused_with_the_reason(tmp_path, content, reason):
         read_notebook(tmp_path / "a.ipynb")
 
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 _json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
@@ -108,6 +108,10 @@ _notebook = st.fixed_dictionaries({"nbformat": st.sampled_from([3, 4, 4, 5, "4"]
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(_notebook)
+@example({"nbformat": 4, "nbformat_minor": 0, "metadata": {},  # nbformat reads it; its source is a bool
+          "cells": [{"cell_type": "code", "source": True, "metadata": {}}]})
+@example({"nbformat": 4, "nbformat_minor": 5, "metadata": {},
+          "cells": [{"cell_type": "code", "source": {"a": 1}, "metadata": {}, "id": "x"}]})
 def test_whatever_is_handed_in_is_read_or_refused_and_never_breaks_the_rebuild(tmp_path, data):
     """Bad input of every shape: refused with a reason, or read and rebuilt; never an exception."""
     from pathlib import Path

@@ -163,8 +163,9 @@ def read_notebook(path: Path):
         notes.append(f"the notebook was saved without cell ids (nbformat 4.{display(minor, 10)}); its cells were "
                      "matched to the master's by content")
     for cell in nb.cells:  # whatever the file held, the rest of the grader sees strings
-        if not isinstance(cell.get("source"), str):
-            cell["source"] = "".join(s for s in cell.get("source") or [] if isinstance(s, str))
+        source = cell.get("source")
+        if not isinstance(source, str):
+            cell["source"] = "".join(s for s in source if isinstance(s, str)) if isinstance(source, list) else ""
         if cell.get("cell_type") not in ("code", "markdown", "raw"):
             cell["cell_type"] = "raw"
         if not isinstance(cell.get("id"), str):

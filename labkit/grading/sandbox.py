@@ -161,11 +161,13 @@ def environment(sandbox: Sandbox, files: ClassFiles, paths: JobPaths, threads: i
     cache = os.environ.get("LABKIT_CACHE")
     if cache and Path(cache).is_dir():
         env["LABKIT_CACHE"] = cache
-    if sandbox.kind == "none":
-        from ..paths import datasets_dir
+    from ..paths import datasets_dir
 
+    # the sealed labkit sits where no pyproject.toml is beside it, so it could not find a checkout's datasets/
+    # by itself: name the folder (mounted read-only at the same path in bubblewrap)
+    env["LABKIT_DATASETS"] = str(datasets_dir().resolve())
+    if sandbox.kind == "none":
         env["PYTHONPATH"] = str(files.sealed_labkit.parent)
-        env["LABKIT_DATASETS"] = str(datasets_dir())
     return env
 
 
