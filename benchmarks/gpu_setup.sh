@@ -43,7 +43,10 @@ echo "export PYTHONPATH=$PYTHONPATH LD_LIBRARY_PATH=$LD_LIBRARY_PATH" > /tmp/lab
 if [ -f $W/all/llama-cuda-sm90.tar.xz ]; then
   rm -rf /tmp/llama-cuda && mkdir -p /tmp/llama-cuda && tar xJf $W/all/llama-cuda-sm90.tar.xz -C /tmp/llama-cuda
   mkdir -p "$SITE/bin" && cp -a /tmp/llama-cuda/bin/. "$SITE/bin/" && cp -a /tmp/llama-cuda/bin/lib*.so* "$SITE/llama_cpp/lib/"
-  echo "llama.cpp: the prebuilt CUDA build is in $SITE/bin and $SITE/llama_cpp/lib"
+  # the server wheel keeps its own (CPU) libggml in $SITE/lib, which labkit's server launcher puts first on the
+  # library path: without this copy llama-server ran on the CPU (17 tok/s on the 8B)
+  mkdir -p "$SITE/lib" && cp -a /tmp/llama-cuda/bin/lib*.so* "$SITE/lib/"
+  echo "llama.cpp: the prebuilt CUDA build is in $SITE/bin, $SITE/lib and $SITE/llama_cpp/lib"
 fi
 if [ "${NO_LLAMA_BUILD:-0}" != 1 ] && ! python3 -c "import llama_cpp" 2>/dev/null; then
   sdist=$(ls $W/all/llama_cpp_python-*.tar.gz 2>/dev/null | head -1 || true)
