@@ -1207,7 +1207,8 @@ PEFT_EXPERT_TARGETS = {
     "qwen2_moe": {"gate": "gate.weight", "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj",
                   "down_proj": "down_proj"},
 }
-GEMMA_NORM = ("gemma2", "gemma3", "gemma3_text")  # (1 + weight) * x, all in float32
+GEMMA_NORM = ("gemma2", "gemma3", "gemma3_text")  # four norms per layer, (1 + weight) * x in float32
+FP32_NORM_WEIGHT = (*GEMMA_NORM, "olmo2", "gpt_oss")  # the norm's weight multiplies in float32, then the cast
 
 
 @dataclass(frozen=True)
@@ -1336,7 +1337,7 @@ def _layer_saved(a: Architecture, s: _Step, index: int, T: int, batch: int, seq_
         # weight's gradient needs the normalized input too (float32 in Gemma's (1 + w) form)
         add(name, 4 * width + 4 * rows)
         if s.full:
-            add(name, width * (4 if a.model_type in GEMMA_NORM else s.stream))
+            add(name, width * (4 if a.model_type in FP32_NORM_WEIGHT else s.stream))
 
     n_norms = 4 if a.model_type in GEMMA_NORM else 2
     for j in range(n_norms):
@@ -1385,17 +1386,17 @@ def _layer_saved(a: Architecture, s: _Step, index: int, T: int, batch: int, seq_
     if a.is_mla and s.device == "cpu":  # CPU SDPA has no kernel for a value width other than the key's: the
         # math path, in float32, keeps the scores' softmax
         add("attention (SDPA math path, float32)", 4 * (Q + H * hd + H * vhd) + 4 * H * seq_len)
-        add("attention output (o_proj input)", Out * s.mm)
     elif eager:
         add("attention: q, and k, v repeated to every head", es * (Q + H * hd + H * vhd))
-        if a.attention_sinks:  # GPT-OSS: the softmax over the scores and the sink, in the compute dtype
-            add("attention: softmax with the sink column", H * (seq_len + 1) * es + 8 * H)
+        if a.attention_sinks:  # GPT-OSS: the softmax over the scores and the sink (float32 under autocast,
+            # whose fp32 sinks promote the scores; its 16-bit copy then feeds the product with v)
+            add("attention: softmax with the sink column", H * (seq_len + 1) * (4 if s.autocast else es) + 8 * H
+                + (es * H * seq_len if s.autocast else 0))
         else:
             scores = 4 * H * seq_len + (0 if es == 4 else es * H * seq_len)  # float32 softmax, its 16-bit copy
             if a.model_type == "gemma2":  # soft-capping keeps tanh's output
                 scores += es * H * seq_len
             add("attention: scores (eager)", scores)
-        add("attention output (o_proj input)", Out * s.mm)
     else:
         gqa_native = not mask_here and hd == vhd <= 256
         kv = K + V if gqa_native else H * (hd + vhd)
@@ -1425,11 +1426,12 @@ def _moe_saved(a: Architecture, s: _Step) -> dict[str, float]:
         per_pair += 3 * ei * ex
     if experts_trainable:
         per_pair += h * ex + ei * ex  # the gathered inputs, act(gate) x up
-    per_pair += (4 if a.router_weights_fp32 else s.mm) + 8 * (3 + a.expert_bias)  # routing weight, indices
+    # the routing weight, the sort's indices (and the expert biases' gather, when they train)
+    per_pair += (4 if a.router_weights_fp32 else s.mm) + 8 * (3 + (a.expert_bias and experts_trainable))
     out = {"experts (per token and chosen expert)": k * per_pair}
     router = 8 * k + (s.mm * k if a.attention_sinks else 4 * E)  # top-k indices, the softmax (float32)
-    if router_trainable:
-        router += 4 * h if a.router_weights_fp32 and a.is_mla else h * s.stream
+    if router_trainable:  # the router's input (DeepSeek's router computes in float32; autocast casts it)
+        router += 4 * h if a.router_weights_fp32 and a.is_mla else (2 * h if s.autocast else h * s.stream)
     if a.model_type == "mixtral":
         router += 4 + 4 * k
     out["router"] = router
@@ -1473,9 +1475,9 @@ def _layer_backward(a: Architecture, s: _Step, kind: str, saved: dict[str, float
 
     Q, o = H * a.head_dim, H * a.v_head_dim
     if s.attention == "eager" or (a.is_mla and s.device == "cpu"):
-        attention = H * seq_len * (8 if a.is_mla or s.mm == 4 else s.mm + 4)
+        attention = H * seq_len * (8 if a.is_mla or s.mm == 4 else 1.5 * s.mm + 4)
         if a.attention_sinks:
-            attention = 3 * H * (seq_len + 1) * s.mm
+            attention = H * (seq_len + 1) * (s.mm + 4)
     else:
         attention = s.mm * (o + Q + H * (a.head_dim + a.v_head_dim)) + (4 * Q if s.device == "cuda" else 0)
     whole = sum(saved.values())
@@ -1489,9 +1491,9 @@ def _training_moments(a: Architecture, s: _Step, seq_len: int, batch: int, check
     T = seq_len * batch
     h, L, Vocab = a.hidden_size, a.num_layers, a.vocab_size
     tensors = weight_tensors(a)
-    gemma = a.model_type in GEMMA_NORM
+    fp32_norm = a.model_type in FP32_NORM_WEIGHT
     fixed: dict[str, float] = {}
-    fixed["final norm (float32 input and statistics)"] = T * (4 * h + 4 + ((4 if gemma else s.stream) * h if s.full else 0))
+    fixed["final norm (float32 input and statistics)"] = T * (4 * h + 4 + ((4 if fp32_norm else s.stream) * h if s.full else 0))
     if s.full:
         fixed["output head input"] = T * h * (2 if s.autocast else s.e)
         fixed["token ids (embedding gradient)"] = T * 8
@@ -1526,6 +1528,11 @@ def _training_moments(a: Architecture, s: _Step, seq_len: int, batch: int, check
         if merged:
             per_layer["LoRA: merged expert weights (peft ParamWrapper), every MoE layer"] = merged
         moments["start of backward"] = {**per_layer, **always, **fixed, **loss_backward}
+        if s.attention == "eager":  # the last layer's eager attention, forward: the scores before softmax
+            mlp_side = sum(v_ for k_, v_ in saved[-1].items() if k_.startswith(("MLP", "experts", "router", "shared")))
+            before = sum(sum(one.values()) for one in saved) - mlp_side
+            scores = T * a.num_heads * (seq_len + 1) * s.mm * (2 if a.attention_sinks else 1)
+            moments["last layer's attention (forward)"] = {"saved so far": before, **always, "attention scores": scores}
         last = _layer_backward(a, s, kinds[-1], saved[-1], T, seq_len) - sum(saved[-1].values())
         moments["last layer's backward"] = {**per_layer, **always, "backward temporaries of one layer": last,
                                             "gradients so far": head_grads}
