@@ -895,10 +895,6 @@ def estimate_inference(model: Any, dtype: str = "bf16", context: int = 4096, bat
         warnings.warn(message, stacklevel=2)
         notes.append(message)
     notes.append(str(weight_check(a)))
-    if a.generic:
-        notes.append(f"{a.model_type}: no formula for this model type; the KV cache and activations are modelled as a "
-                     f"standard decoder layer ({a.kv_grouping} attention, a gated MLP"
-                     f"{', routed experts' if a.is_moe else ''}), not checked against measurements.")
     compute = dtype if dtype in FLOAT_DTYPES else ("fp16" if runtime == "llama.cpp" else "bf16")
     kv_dtype = kv_dtype or compute
     w = weight_bytes(a, dtype, double_quant=double_quant, compute_dtype=compute)
@@ -912,8 +908,14 @@ def estimate_inference(model: Any, dtype: str = "bf16", context: int = 4096, bat
     else:
         attention = attention or a.attention
         kv = kv_cache_bytes(a, tokens, batch, kv_dtype)
-        peak = _transformers_peak(a, dtype, compute, kv_dtype, context, new_tokens, batch, attention, device,
-                                  int8_outlier_fraction)
+        if a.generic:
+            peak = _generic_peak(a, dtype, compute, kv_dtype, context, new_tokens, batch, attention, device,
+                                 int8_outlier_fraction)
+            kv = peak.get("kv_steady", kv)
+            notes.extend(peak["notes"])
+        else:
+            peak = _transformers_peak(a, dtype, compute, kv_dtype, context, new_tokens, batch, attention, device,
+                                      int8_outlier_fraction)
         details.update(peak["details"])
         kv_at_peak = peak["kv"]
         # the steady-state cache is `kv`; anything the peak holds beyond it counts as activations
@@ -1021,6 +1023,105 @@ def _prefill(a: Architecture, context: int, batch: int, e: float, kv_token_layer
     logits = batch * a.vocab_size * (e + 4 * 3)  # the last position's logits, as float32 scores
     details["activations: last-token logits"] = logits
     return details, sum(persistent.values()) + sum(steps[best].values()) + logits, kv_before[best]
+
+
+EXPERT_DISPATCH = {
+    "grouped": "only the chosen experts, grouped by expert (transformers' experts interface: grouped_mm for the "
+               "prompt; batched_mm, which gathers each chosen expert's weights per token, to decode on a GPU)",
+    "every expert": "every expert on every token (the router only weights their outputs): memory grows with "
+                    "experts x tokens",
+    "loop": "a Python loop over the experts the router picked: how much each step holds depends on how many "
+            "tokens go to one expert",
+}
+_LOOP_MARKERS = ("for expert_idx in", "for expert in", "for i, expert in", ".nonzero(", "torch.where(expert_mask",
+                 ".tolist()")
+
+
+@lru_cache(maxsize=64)
+def _experts_dispatch(model_type: str) -> str:
+    """How transformers' modeling code for `model_type` runs its experts (see EXPERT_DISPATCH), read from that
+    code: classes decorated with @use_experts_implementation dispatch the chosen experts through the experts
+    interface; otherwise a loop over the routed experts, or (no loop at all) every expert on every token.
+    tests/test_vram.py checks the reading against the meta device: only "loop" cannot be traced there."""
+    import importlib
+    import inspect
+
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        module = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+        source = inspect.getsource(module)
+    except (ImportError, OSError, TypeError):
+        import transformers
+
+        cls = getattr(transformers, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type, ""), None)
+        source = inspect.getsource(inspect.getmodule(cls)) if cls is not None else ""
+    if "@use_experts_implementation" in source:
+        return "grouped"
+    if any(marker in source for marker in _LOOP_MARKERS):
+        return "loop"
+    return "every expert"
+
+
+def experts_dispatch(model: Any) -> str | None:
+    """How transformers runs the experts of `model` (None for a dense model): "grouped", "every expert" or
+    "loop" (EXPERT_DISPATCH says what each means for memory)."""
+    a = architecture(model)
+    return _experts_dispatch(a.model_type) if a.is_moe else None
+
+
+def _generic_peak(a: Architecture, dtype: str, compute: str, kv_dtype: str, context: int, new_tokens: int,
+                  batch: int, attention: str, device: str, int8_outliers: float = 0.0) -> dict[str, Any]:
+    """The peak of `generate` for a model type without a formula: its prefill traced on the meta device (every
+    tensor transformers makes, with the fused SDPA kernels standing in for the math path; see
+    `_traced_prefill`), then the decode steps. bitsandbytes' own temporaries (de-quantized weights, LLM.int8()'s
+    buffers) come from the standard-decoder formula. A forward pass that routes tokens to experts in a Python
+    loop cannot be traced: the standard-decoder formula then stands in, with a wider band."""
+    formula = _transformers_peak(a, dtype, compute, kv_dtype, context, new_tokens, batch, attention, device,
+                                 int8_outliers)
+    trace_dtype = compute if compute in FLOAT_DTYPES else "bf16"
+    try:
+        peak, kv_at_peak, kv_end, top = _traced_prefill(a, trace_dtype, context, batch, attention, device)
+    except DataDependent as err:
+        return {**formula, "traced": False,
+                "notes": [f"{err} The prefill is modelled as a standard decoder layer instead."]}
+    e = BITS_PER_WEIGHT[compute] / 8
+    details = {f"activations: prefill (traced on the meta device): made by {op}": size for op, size in top}
+    rest = peak - kv_at_peak - sum(size for _, size in top)
+    details["activations: prefill (traced on the meta device): the rest"] = rest
+    notes = [f"{a.model_type}: no formula for this model type; the prefill was traced on the meta device (every "
+             "tensor transformers makes, shapes only) and the decode steps follow the standard decoder"]
+    if kv_dtype != trace_dtype:  # the trace holds the cache in the compute dtype
+        scale = _kv_bits(kv_dtype) / (BITS_PER_WEIGHT[trace_dtype])
+        kv_at_peak, kv_end = kv_at_peak * scale, kv_end * scale
+    act = peak - kv_at_peak
+    if dtype in BNB_DTYPES:  # bitsandbytes' temporaries, from the formula: its prefill minus the same in bf16
+        plain = _transformers_peak(a, "bf16", compute, kv_dtype, context, 0, batch, attention, device)
+        bnb = _transformers_peak(a, dtype, compute, kv_dtype, context, 0, batch, attention, device, int8_outliers)
+        extra = max(0.0, bnb["activations"] - plain["activations"])
+        details["activations: bitsandbytes temporaries (formula)"] = extra
+        act += extra
+    logits = batch * a.vocab_size * (e + 4 * 3)  # the last position's logits, as float32 scores
+    details["activations: last-token logits"] = logits
+    act += logits
+    kv_formula = kv_cache_bytes(a, context, batch, kv_dtype)
+    per_token = kv_end / (context * batch)
+    if abs(kv_formula - kv_end) <= 0.03 * kv_end:
+        kv_steady = kv_cache_bytes(a, context + new_tokens, batch, kv_dtype)
+    else:  # the config's fields do not give the cache transformers keeps (e.g. multi-head latent attention)
+        kv_steady = per_token * batch * (context + new_tokens)
+        notes.append(f"KV cache: {per_token / 1024:.1f} KiB per token, as transformers' cache held it after the trace "
+                     f"(the config's heads would give {kv_formula / (context * batch) / 1024:.1f})")
+    best = {"activations": act, "kv": kv_at_peak, "details": details}
+    if new_tokens:
+        decode = {"one layer's cache being concatenated": kv_steady / a.num_layers, "last-token logits": logits}
+        if a.is_moe and device == "cuda" and _experts_dispatch(a.model_type) == "grouped":
+            decode["chosen experts' weights, gathered"] = batch * a.experts_per_token * 3 * a.hidden_size * \
+                a.expert_intermediate * e
+        if sum(decode.values()) + kv_steady > act + kv_at_peak:
+            best = {"activations": sum(decode.values()), "kv": kv_steady,
+                    "details": {f"activations: decode: {k}": v for k, v in decode.items()}}
+    return {**best, "kv_steady": kv_steady, "traced": True, "notes": notes}
 
 
 def _rope_bytes(a: Architecture, T: int, e: float) -> float:
@@ -1169,6 +1270,170 @@ def _layer_steps(a: Architecture, kind: str, T: int, batch: int, context: int, e
     return steps
 
 
+# ---------------------------------------------------------------------------- no formula: a trace on meta
+
+
+@contextlib.contextmanager
+def _sdpa_as_kernels(device: str):
+    """On the meta device SDPA would run its math path (N x N scores). Stand in for the fused kernels
+    transformers gets on a GPU: the output (laid out as the kernels lay it out), and the boolean mask turned
+    into the query's dtype while the kernel runs (on a CPU too). On a CPU a value width other than the
+    key's has no fused kernel: the math path is what runs there, so it is traced as is."""
+    import torch
+    import torch.nn.functional as F
+
+    original = F.scaled_dot_product_attention
+
+    def kernel(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if device == "cpu" and query.shape[-1] != value.shape[-1]:
+            return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                            scale=scale, enable_gqa=enable_gqa)
+        mask = None
+        if attn_mask is not None and attn_mask.dtype == torch.bool:  # (on a CPU, as an additive float mask)
+            mask = torch.empty(attn_mask.shape, dtype=query.dtype, device=query.device)
+        b, h, n = query.shape[:3]
+        out = torch.empty(b, n, h, value.shape[-1], dtype=query.dtype, device=query.device).transpose(1, 2)
+        del mask
+        return out
+
+    class Fused(torch.autograd.Function):
+        """Training: what the flash / memory-efficient kernels keep for backward (q, k, v, the output and
+        the float32 log-sum-exp per head and position, the converted mask), and the gradients they return."""
+
+        @staticmethod
+        def forward(ctx, query, key, value, mask):
+            out = kernel(query, key, value, attn_mask=mask)
+            lse = torch.empty(query.shape[:3], dtype=torch.float32, device=query.device)
+            kept = torch.empty(mask.shape, dtype=query.dtype, device=query.device) if mask is not None else None
+            ctx.save_for_backward(query, key, value, out, lse, kept)
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):
+            query, key, value, *_ = ctx.saved_tensors
+            return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value), None
+
+    def dispatch(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if device == "cpu" and query.shape[-1] != value.shape[-1]:
+            return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                            scale=scale, enable_gqa=enable_gqa)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
+            mask = attn_mask if attn_mask is not None and attn_mask.dtype == torch.bool else None
+            return Fused.apply(query, key, value, mask)
+        return kernel(query, key, value, attn_mask=attn_mask)
+
+    import transformers.masking_utils as masking
+
+    packed = masking.find_packed_sequence_indices
+    F.scaled_dot_product_attention = dispatch
+    masking.find_packed_sequence_indices = lambda position_ids: None  # one sequence per row: what it finds
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+        masking.find_packed_sequence_indices = packed
+
+
+@lru_cache(maxsize=4)
+def _meta_model(config_json: str, dtype: str, attention: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .dtypes import torch_dtype
+    from .models import to_transformers_config
+
+    cfg = to_transformers_config(json.loads(config_json))
+    cfg.quantization_config = None
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = AutoModelForCausalLM.from_config(cfg, dtype=torch_dtype(dtype), attn_implementation=attention)
+    return net.eval()
+
+
+class DataDependent(LabkitError):
+    """The model's forward pass decides shapes from values (a loop over the experts tokens were routed to):
+    it cannot be traced on the meta device."""
+
+
+@lru_cache(maxsize=64)
+@lru_cache(maxsize=32)
+def _traced_training_step(a: Architecture, method: str, dtype: str, rank: int, targets: tuple[str, ...] | str,
+                          seq_len: int, batch: int, checkpointing: bool, device: str) -> tuple[float, tuple[tuple[str, float], ...]]:
+    """One forward and backward pass of a training step on the meta device, the loss on every position
+    (peft's LoRA on the base for method lora/qlora; no optimizer): the most bytes alive at once beyond the
+    weights (saved tensors, gradients, temporaries), and the largest groups at that moment."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .dtypes import torch_dtype
+    from .models import to_transformers_config
+
+    cfg = to_transformers_config(json.loads(a.config_json))
+    cfg.quantization_config = None
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = AutoModelForCausalLM.from_config(cfg, dtype=torch_dtype(dtype))
+        if checkpointing:
+            # (no RNG state to keep: the meta device has none, and the trace has no dropout)
+            net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False,
+                                                                             "preserve_rng_state": False})
+        if method != "full":
+            from peft import LoraConfig, get_peft_model
+
+            net = get_peft_model(net, LoraConfig(r=rank, lora_alpha=2 * rank, task_type="CAUSAL_LM",
+                                                 target_modules=targets if isinstance(targets, str) else list(targets)))
+    net.train()
+    ids = torch.zeros(batch, seq_len, dtype=torch.long, device="meta")
+    trace = _MetaTrace()
+    try:
+        with _sdpa_as_kernels(device), warnings.catch_warnings(), trace:
+            warnings.simplefilter("ignore")
+            loss = net(input_ids=ids, labels=ids).loss
+            loss.backward()
+            del loss
+    except (NotImplementedError, RuntimeError) as err:
+        if "meta" in str(err) or "data-dependent" in str(err) or "nonzero" in str(err):
+            raise DataDependent(f"{a.model_type}: the forward pass depends on the values ({str(err).splitlines()[0][:120]})") from err
+        raise
+    groups: dict[str, float] = {}
+    for op, size in trace.at_peak.values():
+        groups[op] = groups.get(op, 0.0) + size
+    return float(trace.peak), tuple(sorted(groups.items(), key=lambda kv: -kv[1])[:6])
+
+
+def _traced_prefill(a: Architecture, compute: str, context: int, batch: int, attention: str,
+                    device: str) -> tuple[float, float, float, tuple[tuple[str, float], ...]]:
+    """Run the prefill of `generate` (the prompt, with a cache, logits of the last position) on the meta
+    device and count every tensor it makes. Returns (peak bytes, KV cache held at the peak, KV cache at the
+    end, the largest groups alive at the peak as (operation, bytes))."""
+    import torch
+
+    net = _meta_model(a.config_json, compute, attention)
+    ids = torch.zeros(batch, context, dtype=torch.long, device="meta")
+    trace = _MetaTrace()
+    try:
+        with torch.no_grad(), _sdpa_as_kernels(device), warnings.catch_warnings(), trace:
+            warnings.simplefilter("ignore")
+            out = net(input_ids=ids, use_cache=True, logits_to_keep=1)
+    except (NotImplementedError, RuntimeError) as err:
+        if "meta" in str(err) or "data-dependent" in str(err) or "nonzero" in str(err):
+            raise DataDependent(f"{a.model_type}: the forward pass depends on the values ({str(err).splitlines()[0][:120]})") from err
+        raise
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    cache = {StorageWeakRef(t.untyped_storage()).cdata: t.untyped_storage().nbytes()
+             for layer in getattr(out.past_key_values, "layers", []) for t in (getattr(layer, "keys", None),
+                                                                              getattr(layer, "values", None))
+             if isinstance(t, torch.Tensor)}
+    kv_at_peak = float(sum(size for key, (_, size) in trace.at_peak.items() if key in cache))
+    groups: dict[str, float] = {}
+    for key, (op, size) in trace.at_peak.items():
+        if key not in cache:
+            groups[op] = groups.get(op, 0.0) + size
+    top = tuple(sorted(groups.items(), key=lambda kv: -kv[1])[:6])
+    return float(trace.peak), kv_at_peak, float(sum(cache.values())), top
+
+
 def _llama_cpp_compute_buffer(a: Architecture, tokens: int, batch: int, device: str) -> float:
     """llama.cpp's compute buffer (approximate: llama.cpp sizes it from its graph): one micro-batch
     of 512 tokens through a layer in float32, the attention scores of that micro-batch against the
@@ -1212,7 +1477,7 @@ FP32_NORM_WEIGHT = (*GEMMA_NORM, "olmo2", "gpt_oss")  # the norm's weight multip
 
 
 @dataclass(frozen=True)
-class LoraPlan:
+class LoraTargets:
     """Which weights LoRA adapts, as peft adapts them: nn.Linear modules by short name, and (for the
     mixture-of-experts types peft converts) the experts' stacked weights and the router."""
 
@@ -1239,7 +1504,7 @@ def _peft_expert_mapping(model_type: str) -> dict[str, str]:
     return dict(_MOE_TARGET_MODULE_MAPPING.get(_MODEL_TO_CONVERSION_PATTERN.get(model_type, ""), {}))
 
 
-def lora_plan(model: Any, rank: int = 16, target_modules: str | tuple[str, ...] | list[str] = "all-linear") -> LoraPlan:
+def lora_targets(model: Any, rank: int = 16, target_modules: str | tuple[str, ...] | list[str] = "all-linear") -> LoraTargets:
     """The weights peft's LoRA adapts for `target_modules` ("all-linear": every nn.Linear but the output
     head), and its trainable parameters: r x (in + out) per adapted matrix."""
     a = architecture(model)
@@ -1265,7 +1530,7 @@ def lora_plan(model: Any, rank: int = 16, target_modules: str | tuple[str, ...] 
         trainable += moe * rank * e * (ei + h)
     if "gate.weight" in experts:  # the router (E, h)
         trainable += moe * rank * (h + e)
-    return LoraPlan(chosen, experts, trainable)
+    return LoraTargets(chosen, experts, trainable)
 
 
 @dataclass(frozen=True)
@@ -1556,6 +1821,27 @@ def _training_moments(a: Architecture, s: _Step, seq_len: int, batch: int, check
     return moments
 
 
+def _generic_training_moments(a: Architecture, s: _Step, method: str, dtype: str, rank: int, targets: Any,
+                              seq_len: int, batch: int, checkpointing: bool, device: str,
+                              formula: dict[str, dict[str, float]], notes: list[str]) -> dict[str, dict[str, float]]:
+    """A model type without a formula: its training step traced on the meta device (mixed precision cannot
+    be: autocast does not run on the meta device, so the standard-decoder formula stays, with its band)."""
+    if s.autocast:
+        notes.append(f"{a.model_type}: no formula for this model type, and autocast cannot be traced on the meta "
+                     "device: the activations are modelled as a standard decoder layer")
+        return formula
+    key = targets if isinstance(targets, str) else tuple(sorted(targets))
+    peak, top = _traced_training_step(a, method, dtype, rank, key, seq_len, batch, checkpointing, device)
+    moment = {f"traced on the meta device: made by {op}": size for op, size in top}
+    moment["traced on the meta device: the rest"] = peak - sum(size for _, size in top)
+    if method == "qlora":  # bitsandbytes de-quantizes a weight again for its input's gradient
+        moment["bitsandbytes: a de-quantized weight"] = max(
+            (t.shape[0] * t.shape[1] for t in weight_tensors(a) if t.kind == "linear"), default=0) * s.e
+    notes.append(f"{a.model_type}: no formula for this model type; the forward and backward passes were traced on "
+                 "the meta device (every tensor autograd keeps, shapes only)")
+    return {"forward and backward (traced)": moment}
+
+
 def _adamw_step_temporary(total: float, largest: float, state_bytes: float, device: str, optimizer: str) -> float:
     """AdamW's step temporaries: torch's foreach implementation (its default on a GPU) computes sqrt(v) for
     every parameter at once; the per-parameter one (its default on a CPU) two temporaries of the largest."""
@@ -1578,7 +1864,7 @@ def estimate_training(model: Any, method: str = "full", dtype: str = "bf16", opt
       mixed_precision=False: the model and AdamW's moments in `dtype` (2 + 2 + 4 bytes in bf16).
       dtype fp32: 4 + 4 + 8, no autocast.
     - lora: the base frozen in `dtype`; rank-r adapters on `target_modules` (as peft wraps them, see
-      `lora_plan`) in fp32 with their gradients and AdamW states. Runs without autocast, as peft's own
+      `lora_targets`) in fp32 with their gradients and AdamW states. Runs without autocast, as peft's own
       training loop and labkit.lora.train do.
     - qlora: the base in NF4 (double quantization), adapters as for LoRA.
     Activations are what autograd keeps for backward (see the section comment above);
@@ -1616,7 +1902,7 @@ def estimate_training(model: Any, method: str = "full", dtype: str = "bf16", opt
         plan = None
         s = _Step("full", e, autocast, device=device, attention=attention or a.attention)
     else:
-        plan = lora_plan(a, lora_rank, target_modules)
+        plan = lora_targets(a, lora_rank, target_modules)
         trainable = plan.trainable
         if method == "qlora":
             w = weight_bytes(a, "nf4", double_quant=True, compute_dtype=dtype)
@@ -1644,6 +1930,9 @@ def estimate_training(model: Any, method: str = "full", dtype: str = "bf16", opt
         notes.append(window_warning(a, seq_len))
     grad_bytes = master if method == "full" else 4.0
     moments = _training_moments(a, s, seq_len, batch, gradient_checkpointing, grad_bytes, gradients)
+    if a.generic:
+        moments = _generic_training_moments(a, s, method, dtype, lora_rank, target_modules, seq_len, batch,
+                                            gradient_checkpointing, device, moments, notes)
     moments["optimizer step"] = {"gradients so far": gradients, "AdamW step temporaries": temp}
     when, peak = max(moments.items(), key=lambda m: sum(m[1].values()))
     grads_now = peak.get("gradients so far", 0.0)
@@ -1782,6 +2071,7 @@ class TensorMemoryTracker:
         self._live: dict[int, tuple[Any, int]] = {}
         self.current = 0
         self.peak = 0
+        self.skip_devices: tuple[str, ...] = ("meta",)  # tensors on the meta device hold no memory
 
     def __enter__(self) -> TensorMemoryTracker:
         self._mode.__enter__()
@@ -1806,18 +2096,44 @@ class TensorMemoryTracker:
         out = func(*args, **kwargs)
         self._sweep()
         inputs = {StorageWeakRef(t.untyped_storage()).cdata for t in tree_flatten((args, kwargs))[0]
-                  if isinstance(t, torch.Tensor) and t.device.type != "meta"}
+                  if isinstance(t, torch.Tensor) and t.device.type not in self.skip_devices}
         for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+            if isinstance(t, torch.Tensor) and t.device.type not in self.skip_devices:
                 storage = t.untyped_storage()
                 ref = StorageWeakRef(storage)
                 if ref.cdata not in self._live and ref.cdata not in inputs:
                     self._live[ref.cdata] = (ref, storage.nbytes())
                     self.current += storage.nbytes()
-        self.peak = max(self.peak, self.current)
+                    self._made(ref.cdata, func)
+        if self.current > self.peak:
+            self.peak = self.current
+            self._at_peak()
         return out
 
+    def _made(self, key: int, func: Any) -> None:
+        """Called for every new storage (a hook for subclasses)."""
 
+    def _at_peak(self) -> None:
+        """Called whenever a new peak is reached (a hook for subclasses)."""
+
+
+
+
+class _MetaTrace(TensorMemoryTracker):
+    """TensorMemoryTracker on the meta device: shapes and lifetimes, no memory. Keeps, at the peak, which
+    storages were alive and which operation made each."""
+
+    def __init__(self):
+        super().__init__()
+        self.skip_devices = ()
+        self._maker: dict[int, str] = {}
+        self.at_peak: dict[int, tuple[str, int]] = {}
+
+    def _made(self, key: int, func: Any) -> None:
+        self._maker[key] = str(getattr(func, "__name__", func)).split(".")[0]
+
+    def _at_peak(self) -> None:
+        self.at_peak = {k: (self._maker.get(k, "?"), size) for k, (_, size) in self._live.items()}
 
 
 def cuda_context_bytes() -> float:
@@ -2064,6 +2380,93 @@ def _child_main(args: str) -> None:
     numbers = _measure_here(a["model"], a["dtype"], a["context"], a["batch"], a["new_tokens"], a["weights"],
                             a["seed"], "cpu")
     print("LABKIT_VRAM " + json.dumps(numbers), flush=True)
+
+
+def _training_steps(net: Any, optimizer: Any, ids: Any, cast: Any, steps: int) -> None:
+    for _ in range(steps):
+        with cast:
+            loss = net(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        del loss
+
+
+def measure_training(model: Any, method: str = "lora", dtype: str = "bf16", seq_len: int = 512, batch: int = 1,
+                     lora_rank: int = 16, target_modules: str | tuple[str, ...] | list[str] = "all-linear",
+                     gradient_checkpointing: bool = False, mixed_precision: bool = True, device: str | None = None,
+                     steps: int = 2, seed: int = 0) -> MemoryEstimate:
+    """Run `steps` training steps of `model` (random weights at true size) the way `estimate_training` assumes
+    them, and measure the peak: forward on every position with the loss, backward, AdamW (torch's default for
+    the device), zero_grad(set_to_none=True).
+
+    full: `dtype` fp32, or mixed precision (an fp32 model under torch.autocast(dtype)), or with
+    mixed_precision=False the model itself in `dtype`; lora / qlora: peft adapters (fp32) on a frozen base in
+    `dtype` (qlora: bitsandbytes NF4, CUDA only). CUDA: torch.cuda.max_memory_allocated() over the steps plus the
+    process's CUDA context; CPU: the weights plus the peak of the tensors the steps create (TensorMemoryTracker),
+    no overhead. Returns weights (after loading and adding adapters), activations (everything else at the peak:
+    gradients, optimizer states, saved tensors) and overhead.
+    """
+    import torch
+
+    from .hardware import detect_hardware
+    from .lora import add_lora
+
+    if method not in METHODS:
+        raise unknown("training method", method, METHODS)
+    dtype = normalize_dtype(dtype)
+    device = device or detect_hardware(check_online=False).device
+    if device not in ("cuda", "cpu"):
+        raise unknown("device for measurement", device, ("cuda", "cpu"))
+    if method == "qlora" and device != "cuda":
+        raise LabkitError("QLoRA (bitsandbytes NF4) is measured on a CUDA GPU; on a CPU measure method='lora'.")
+    autocast = method == "full" and mixed_precision and dtype != "fp32"
+    load_dtype = "fp32" if autocast else ("nf4" if method == "qlora" else dtype)
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+    torch.manual_seed(seed)
+    net = load_for_measurement(model, load_dtype, device)
+    if gradient_checkpointing:
+        net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if method != "full":
+        net = add_lora(net, rank=lora_rank, alpha=2 * lora_rank, target_modules=target_modules)
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    config = net.config.get_text_config() if hasattr(net.config, "get_text_config") else net.config
+    ids = torch.randint(3, config.vocab_size, (batch, seq_len), generator=torch.Generator().manual_seed(seed)).to(device)
+    cast = torch.autocast(device, dtype=getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}.get(dtype, "float32"))) \
+        if autocast else contextlib.nullcontext()
+    net.train()
+    run = lambda: _training_steps(net, optimizer, ids, cast, steps)  # noqa: E731
+    start = time.perf_counter()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        weights = float(torch.cuda.memory_allocated() - base)
+        torch.cuda.reset_peak_memory_stats()
+        run()
+        torch.cuda.synchronize()
+        peak = float(torch.cuda.max_memory_allocated() - base)
+        overhead = cuda_context_bytes()
+    else:
+        weights = float(sum(t.numel() * t.element_size() for t in [*net.parameters(), *net.buffers()]))
+        with TensorMemoryTracker() as tracker:
+            run()
+        peak, overhead = weights + tracker.peak, 0.0
+    seconds = time.perf_counter() - start
+    net = optimizer = params = run = None
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    name = model if isinstance(model, str) else architecture(model).name
+    return MemoryEstimate(
+        weights=weights, kv_cache=0.0, activations=max(0.0, peak - weights), overhead=overhead, kind="measured",
+        label=f"{name} {method} {dtype} on {device}", details={"peak (allocated)": peak, "seconds": seconds},
+        inputs=dict(model=name, method=method, dtype=dtype, seq_len=seq_len, batch=batch, lora_rank=lora_rank,
+                    gradient_checkpointing=gradient_checkpointing, mixed_precision=autocast, device=device,
+                    steps=steps),
+    )
 
 
 # ============================================================================ tables for the notebook

@@ -261,14 +261,19 @@ def test_weights_plus_kv_alone_underestimates_long_contexts():
 
 
 def test_full_finetune_is_16_bytes_per_parameter_with_mixed_precision_adamw():
+    """Mixed precision as the Trainer runs it (an fp32 model under autocast): 4 + 4 + 8 bytes per parameter; at
+    the optimizer step torch's foreach AdamW adds a sqrt(v) the size of the moments' half."""
     p = vram.parameter_count("llama-3.1-8b")
-    est = vram.estimate_training("llama-3.1-8b", "full")
-    assert (est.weights + est.gradients + est.optimizer_states) / p == pytest.approx(16)
-    fp32_grads = vram.estimate_training("llama-3.1-8b", "full", fp32_gradients=True)
-    assert (fp32_grads.weights + fp32_grads.gradients + fp32_grads.optimizer_states) / p == pytest.approx(18)
+    est = vram.estimate_training("llama-3.1-8b", "full", seq_len=512)
+    grads = est.details["gradients (all, at the optimizer step)"]
+    moments = est.optimizer_states - est.details.get("optimizer: AdamW step temporaries (foreach)", 0.0)
+    assert (est.weights + grads + moments) / p == pytest.approx(16)
+    assert est.notes[-1] == "the peak is the optimizer step" and est.total / p > 20  # 16 + 4 of temporaries
+    pure = vram.estimate_training("llama-3.1-8b", "full", seq_len=512, mixed_precision=False)
+    assert (pure.weights + pure.details["gradients (all, at the optimizer step)"]) / p == pytest.approx(4)
     assert vram.estimate_training("llama-3.1-8b", "full", optimizer="adamw8bit").optimizer_states < \
-        est.optimizer_states * 0.6  # 2 bytes of 8-bit moments + the fp32 master copy, against 8 + 4
-    assert vram.estimate_training("llama-3.1-8b", "full", optimizer="sgd").optimizer_states == p * 4
+        est.optimizer_states * 0.3  # 2 bytes of 8-bit moments (and no foreach temporary), against 8 + 4
+    assert vram.estimate_training("llama-3.1-8b", "full", optimizer="sgd").optimizer_states == 0
 
 
 def test_lora_trainable_parameters_match_peft():
@@ -291,6 +296,58 @@ def test_qlora_base_is_nf4_and_checkpointing_cuts_activations():
     assert qlora.weights < lora.weights / 2.5
     ckpt = vram.estimate_training("llama-3.1-8b", "lora", gradient_checkpointing=True)
     assert ckpt.activations < lora.activations / 3
+
+
+# (family, method, dtype, checkpointing, vocabulary): every family LoRA in bf16 (the common case), and the other
+# paths once: full fine-tuning in bf16, fp32 and mixed precision (autocast), LoRA in fp32, with and without
+# checkpointing. The vocabulary is 32x the width, as in real models (Llama 3.1 8B: 31x, Qwen2.5 0.5B: 170x), so
+# that the loss path weighs what it does at true size; 512 (8x) makes the re-run layer the peak instead.
+TRAINING_CASES = [(f, "lora", "bf16", False, 2048) for f in sorted(TINY)] + [
+    ("llama", "full", "amp", True, 2048), ("llama", "lora", "bf16", True, 512), ("qwen3", "full", "fp32", False, 2048),
+    ("gemma2", "full", "bf16", True, 2048), ("gemma3", "lora", "fp32", False, 2048), ("phi3", "full", "amp", False, 2048),
+    ("mixtral", "full", "bf16", True, 2048), ("qwen3_moe", "lora", "bf16", True, 2048),
+]
+
+
+@pytest.mark.parametrize("family, method, dtype, checkpointing, vocab", TRAINING_CASES,
+                         ids=[f"{f}-{m}-{d}{'-ckpt' if c else ''}-V{v}" for f, m, d, c, v in TRAINING_CASES])
+def test_training_estimate_matches_what_autograd_keeps(family, method, dtype, checkpointing, vocab):
+    """Two real training steps on the CPU, every tensor counted (TensorMemoryTracker): what the estimate puts
+    beyond the weights (activations, gradients, AdamW's moments and temporaries) within 3% of the peak of the
+    tensors the steps made; the weights exactly."""
+    cfg = dict(TINY[family], vocab_size=vocab)
+    amp = dtype == "amp"
+    kwargs = dict(lora_rank=8, gradient_checkpointing=checkpointing, mixed_precision=amp, device="cpu")
+    measured = vram.measure_training(cfg, method, "bf16" if amp else dtype, seq_len=128, **kwargs)
+    est = vram.estimate_training(cfg, method, "bf16" if amp else dtype, seq_len=128, **kwargs)
+    assert est.weights == pytest.approx(measured.weights, rel=1e-3)
+    beyond_weights = est.total - est.weights - est.overhead
+    assert beyond_weights == pytest.approx(measured.activations, rel=0.03), (est.notes[-1], est.details)
+
+
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_lora_targets_are_what_peft_adapts(family):
+    """peft 0.21 moves the expert projections of the MoE types transformers 5 re-lays out onto the experts'
+    stacked weights (and the router); lora_targets follows it, checked against peft on the meta device."""
+    from peft import LoraConfig, get_peft_model
+
+    net = build_random_model(TINY[family], device="meta").model
+    peft_model = get_peft_model(net, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert vram.lora_targets(TINY[family], 8).trainable == trainable
+
+
+def test_committed_gpu_training_results_meet_the_goal_with_this_estimator():
+    """The H200 run of benchmarks/lora_gpu.py (Llama 3.1 8B, LoRA and QLoRA r=16, 2,048 tokens): within 5% with
+    and without checkpointing. (It measured -15% and -20% without checkpointing with the estimator it was run
+    against; none of the constants of the training model were fitted on it.)"""
+    run = json.loads((RESULTS / "lora_gpu.json").read_text())
+    rows = [r for r in run["rows"] if "skipped" not in r]
+    assert {r["gradient_checkpointing"] for r in rows} == {True, False}
+    for r in rows:
+        est = vram.estimate_training(run["model"], r["method"], "bf16", lora_rank=r["rank"], seq_len=r["seq_len"],
+                                     gradient_checkpointing=r["gradient_checkpointing"])
+        assert est.total / vram.GIB == pytest.approx(r["measured_gib"], rel=0.05), r
 
 
 # ----------------------------------------------------------------------------- several GPUs, fitting
