@@ -45,7 +45,7 @@ RANK = 16
 
 def cells(tiny: bool) -> dict[str, list[dict]]:
     """The cells of each group, most important first."""
-    ctx = (64, 256) if tiny else (1024, 8192, 32768)
+    ctx = (256, 1024) if tiny else (1024, 8192, 32768)
     seqs = (128,) if tiny else (2048, 4096)
     inference = [dict(kind="inference", arch=a, dtype="bf16", context=n) for a in
                  ("starcoder2-3b", "gemma-2b", "smollm3-3b", "moonlight-16b-a3b", "stablelm-2-1_6b", "granite-3.1-2b")
@@ -64,7 +64,8 @@ def cells(tiny: bool) -> dict[str, list[dict]]:
                   mixed_precision=True, formula=True) for c in (False, True)]
     refused = [dict(kind="training", arch="granite-3.1-2b", method="full", dtype="bf16", seq_len=seqs[0],
                     checkpointing=False, mixed_precision=True)]  # no formula + autocast: the estimate refuses
-    moe = [dict(kind="training", arch="llama-4-scout-17b-16e-4-layers", method="lora", dtype="bf16", seq_len=seqs[0],
+    # peft adapts the experts of this MoE (ParamWrapper: merged expert weights); checkpointed to fit
+    moe = [dict(kind="training", arch="moonlight-16b-a3b", method="lora", dtype="bf16", seq_len=seqs[0],
                 checkpointing=True)]
     bnb = [dict(kind="inference", arch=a, dtype="nf4", context=n) for a in ("starcoder2-3b", "smollm3-3b", "gemma-2b")
            for n in ctx[:2]]

@@ -112,6 +112,18 @@ GENERIC_BANDS = {
 BAND_LIMIT = 0.10
 
 
+def heldout_config(name: str) -> Path:
+    """The path of a held-out config.json (datasets/heldout_configs/: real model types labkit has no formula
+    for, used to measure the band; index.json there says what each exercises)."""
+    from .paths import datasets_dir
+
+    folder = datasets_dir() / "heldout_configs"
+    names = sorted(p.stem for p in folder.glob("*.json") if p.stem != "index")
+    if name not in names:
+        raise unknown("held-out config", name, names)
+    return folder / f"{name}.json"
+
+
 def _band(kind: str, what: str) -> tuple[float, str]:
     """The band for an estimate made `kind`-wise, or a LabkitError when it is wider than BAND_LIMIT."""
     band, source = GENERIC_BANDS[kind]
@@ -1174,13 +1186,17 @@ def _generic_peak(a: Architecture, dtype: str, compute: str, kv_dtype: str, cont
         kv_steady = per_token * batch * (context + new_tokens)
         notes.append(f"KV cache: {per_token / 1024:.1f} KiB per token, as transformers' cache held it after the trace "
                      f"(the config's heads would give {kv_formula / (context * batch) / 1024:.1f})")
-    best = {"activations": act, "kv": kv_at_peak, "details": details}
+    # the prefill's peak holds the cache of the layers so far (the whole prompt's, sliding windows included);
+    # reported as the steady cache plus what the peak holds beyond it
+    best = {"activations": act + kv_at_peak - kv_steady, "kv": kv_steady, "details": details}
+    if kv_at_peak < kv_steady:
+        details["activations: prefill: the cache the later layers and new tokens add (not yet there)"] = kv_at_peak - kv_steady
     if new_tokens:
         decode = {"one layer's cache being concatenated": kv_steady / a.num_layers, "last-token logits": logits}
         if a.is_moe and device == "cuda" and _experts_dispatch(a.model_type) == "grouped":
             decode["chosen experts' weights, gathered"] = batch * a.experts_per_token * 3 * a.hidden_size * \
                 a.expert_intermediate * e
-        if sum(decode.values()) + kv_steady > act + kv_at_peak:
+        if sum(decode.values()) > best["activations"]:
             best = {"activations": sum(decode.values()), "kv": kv_steady,
                     "details": {f"activations: decode: {k}": v for k, v in decode.items()}}
     return {**best, "kv_steady": kv_steady, "traced": True, "notes": notes}
@@ -1376,7 +1392,8 @@ def _sdpa_as_kernels(device: str):
             return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value), None
 
     def dispatch(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-        if device == "cpu" and query.shape[-1] != value.shape[-1]:
+        # a CPU has no fused kernel for a value width other than the key's, nor for dropout: the math path runs
+        if device == "cpu" and (query.shape[-1] != value.shape[-1] or dropout_p > 0):
             return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                             scale=scale, enable_gqa=enable_gqa)
         if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
