@@ -43,6 +43,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from . import vram_trace
 from .dtypes import BITS_PER_WEIGHT, normalize_dtype
 from .errors import LabkitError, require_positive, unknown
 
@@ -1099,64 +1100,27 @@ def _prefill(a: Architecture, context: int, batch: int, e: float, kv_token_layer
     return details, sum(persistent.values()) + sum(steps[best].values()) + logits, kv_before[best]
 
 
-EXPERT_DISPATCH = {
-    "grouped": "only the chosen experts, grouped by expert (transformers' experts interface: grouped_mm for the "
-               "prompt; batched_mm, which gathers each chosen expert's weights per token, to decode on a GPU)",
-    "every expert": "every expert on every token (the router only weights their outputs): memory grows with "
-                    "experts x tokens",
-    "loop": "a Python loop over the experts the router picked: how much each step holds depends on how many "
-            "tokens go to one expert",
-}
-_LOOP_MARKERS = ("for expert_idx in", "for expert in", "for i, expert in", ".nonzero(", "torch.where(expert_mask",
-                 ".tolist()")
-
-
-@lru_cache(maxsize=64)
-def _experts_dispatch(model_type: str) -> str:
-    """How transformers' modeling code for `model_type` runs its experts (see EXPERT_DISPATCH), read from that
-    code: classes decorated with @use_experts_implementation dispatch the chosen experts through the experts
-    interface; otherwise a loop over the routed experts, or (no loop at all) every expert on every token.
-    tests/test_vram.py checks the reading against the meta device: only "loop" cannot be traced there."""
-    import importlib
-    import inspect
-
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    try:
-        module = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
-        source = inspect.getsource(module)
-    except (ImportError, OSError, TypeError):
-        import transformers
-
-        cls = getattr(transformers, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type, ""), None)
-        source = inspect.getsource(inspect.getmodule(cls)) if cls is not None else ""
-    if "@use_experts_implementation" in source:
-        return "grouped"
-    if any(marker in source for marker in _LOOP_MARKERS):
-        return "loop"
-    return "every expert"
-
-
 def experts_dispatch(model: Any) -> str | None:
     """How transformers runs the experts of `model` (None for a dense model): "grouped", "every expert" or
     "loop" (EXPERT_DISPATCH says what each means for memory)."""
     a = architecture(model)
-    return _experts_dispatch(a.model_type) if a.is_moe else None
+    return vram_trace.experts_dispatch(a.model_type) if a.is_moe else None
 
 
 def _generic_peak(a: Architecture, dtype: str, compute: str, kv_dtype: str, context: int, new_tokens: int,
                   batch: int, attention: str, device: str, int8_outliers: float = 0.0) -> dict[str, Any]:
     """The peak of `generate` for a model type without a formula: its prefill traced on the meta device (every
     tensor transformers makes, with the fused SDPA kernels standing in for the math path; see
-    `_traced_prefill`), then the decode steps. bitsandbytes' own temporaries (de-quantized weights, LLM.int8()'s
+    `vram_trace.trace_prefill`), then the decode steps. bitsandbytes' own temporaries (de-quantized weights, LLM.int8()'s
     buffers) come from the standard-decoder formula. A forward pass that routes tokens to experts in a Python
     loop cannot be traced: the standard-decoder formula then stands in, with a wider band."""
     formula = _transformers_peak(a, dtype, compute, kv_dtype, context, new_tokens, batch, attention, device,
                                  int8_outliers)
     trace_dtype = compute if compute in FLOAT_DTYPES else "bf16"
     try:
-        peak, kv_at_peak, kv_end, top = _traced_prefill(a, trace_dtype, context, batch, attention, device)
-    except DataDependent as err:
+        peak, kv_at_peak, kv_end, top = vram_trace.trace_prefill(a.config_json, trace_dtype, context, batch,
+                                                                 attention, device)
+    except vram_trace.DataDependent as err:
         return {**formula, "traced": False,
                 "notes": [f"{err} The prefill is modelled as a standard decoder layer instead."]}
     e = BITS_PER_WEIGHT[compute] / 8
@@ -1193,7 +1157,7 @@ def _generic_peak(a: Architecture, dtype: str, compute: str, kv_dtype: str, cont
         details["activations: prefill: the cache the later layers and new tokens add (not yet there)"] = kv_at_peak - kv_steady
     if new_tokens:
         decode = {"one layer's cache being concatenated": kv_steady / a.num_layers, "last-token logits": logits}
-        if a.is_moe and device == "cuda" and _experts_dispatch(a.model_type) == "grouped":
+        if a.is_moe and device == "cuda" and vram_trace.experts_dispatch(a.model_type) == "grouped":
             decode["chosen experts' weights, gathered"] = batch * a.experts_per_token * 3 * a.hidden_size * \
                 a.expert_intermediate * e
         if sum(decode.values()) > best["activations"]:
@@ -1348,171 +1312,6 @@ def _layer_steps(a: Architecture, kind: str, T: int, batch: int, context: int, e
     return steps
 
 
-# ---------------------------------------------------------------------------- no formula: a trace on meta
-
-
-@contextlib.contextmanager
-def _sdpa_as_kernels(device: str):
-    """On the meta device SDPA would run its math path (N x N scores). Stand in for the fused kernels
-    transformers gets on a GPU: the output (laid out as the kernels lay it out), and the boolean mask turned
-    into the query's dtype while the kernel runs (on a CPU too). On a CPU a value width other than the
-    key's has no fused kernel: the math path is what runs there, so it is traced as is."""
-    import torch
-    import torch.nn.functional as F
-
-    original = F.scaled_dot_product_attention
-
-    def kernel(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-        if device == "cpu" and query.shape[-1] != value.shape[-1]:
-            return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                            scale=scale, enable_gqa=enable_gqa)
-        mask = None
-        if attn_mask is not None and attn_mask.dtype == torch.bool:  # (on a CPU, as an additive float mask)
-            mask = torch.empty(attn_mask.shape, dtype=query.dtype, device=query.device)
-        b, h, n = query.shape[:3]
-        out = torch.empty(b, n, h, value.shape[-1], dtype=query.dtype, device=query.device).transpose(1, 2)
-        del mask
-        return out
-
-    class Fused(torch.autograd.Function):
-        """Training: what the flash / memory-efficient kernels keep for backward (q, k, v, the output and
-        the float32 log-sum-exp per head and position, the converted mask), and the gradients they return."""
-
-        @staticmethod
-        def forward(ctx, query, key, value, mask):
-            out = kernel(query, key, value, attn_mask=mask)
-            lse = torch.empty(query.shape[:3], dtype=torch.float32, device=query.device)
-            kept = torch.empty(mask.shape, dtype=query.dtype, device=query.device) if mask is not None else None
-            ctx.save_for_backward(query, key, value, out, lse, kept)
-            return out
-
-        @staticmethod
-        def backward(ctx, grad):
-            query, key, value, *_ = ctx.saved_tensors
-            return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value), None
-
-    def dispatch(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-        # a CPU has no fused kernel for a value width other than the key's, nor for dropout: the math path runs
-        if device == "cpu" and (query.shape[-1] != value.shape[-1] or dropout_p > 0):
-            return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                            scale=scale, enable_gqa=enable_gqa)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
-            mask = attn_mask if attn_mask is not None and attn_mask.dtype == torch.bool else None
-            return Fused.apply(query, key, value, mask)
-        return kernel(query, key, value, attn_mask=attn_mask)
-
-    import transformers.masking_utils as masking
-
-    packed = masking.find_packed_sequence_indices
-    F.scaled_dot_product_attention = dispatch
-    masking.find_packed_sequence_indices = lambda position_ids: None  # one sequence per row: what it finds
-    try:
-        yield
-    finally:
-        F.scaled_dot_product_attention = original
-        masking.find_packed_sequence_indices = packed
-
-
-@lru_cache(maxsize=4)
-def _meta_model(config_json: str, dtype: str, attention: str):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from .dtypes import torch_dtype
-    from .models import to_transformers_config
-
-    cfg = to_transformers_config(json.loads(config_json))
-    cfg.quantization_config = None
-    with torch.device("meta"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        net = AutoModelForCausalLM.from_config(cfg, dtype=torch_dtype(dtype), attn_implementation=attention)
-    return net.eval()
-
-
-class DataDependent(LabkitError):
-    """The model's forward pass decides shapes from values (a loop over the experts tokens were routed to):
-    it cannot be traced on the meta device."""
-
-
-@lru_cache(maxsize=64)
-@lru_cache(maxsize=32)
-def _traced_training_step(a: Architecture, method: str, dtype: str, rank: int, targets: tuple[str, ...] | str,
-                          seq_len: int, batch: int, checkpointing: bool, device: str) -> tuple[float, tuple[tuple[str, float], ...]]:
-    """One forward and backward pass of a training step on the meta device, the loss on every position
-    (peft's LoRA on the base for method lora/qlora; no optimizer): the most bytes alive at once beyond the
-    weights (saved tensors, gradients, temporaries), and the largest groups at that moment."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from .dtypes import torch_dtype
-    from .models import to_transformers_config
-
-    cfg = to_transformers_config(json.loads(a.config_json))
-    cfg.quantization_config = None
-    with torch.device("meta"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        net = AutoModelForCausalLM.from_config(cfg, dtype=torch_dtype(dtype))
-        if checkpointing:
-            # (no RNG state to keep: the meta device has none, and the trace has no dropout)
-            net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False,
-                                                                             "preserve_rng_state": False})
-        if method != "full":
-            from peft import LoraConfig, get_peft_model
-
-            net = get_peft_model(net, LoraConfig(r=rank, lora_alpha=2 * rank, task_type="CAUSAL_LM",
-                                                 target_modules=targets if isinstance(targets, str) else list(targets)))
-    net.train()
-    ids = torch.zeros(batch, seq_len, dtype=torch.long, device="meta")
-    trace = _MetaTrace()
-    try:
-        with _sdpa_as_kernels(device), warnings.catch_warnings(), trace:
-            warnings.simplefilter("ignore")
-            loss = net(input_ids=ids, labels=ids, use_cache=False).loss
-            loss.backward()
-            del loss
-    except (NotImplementedError, RuntimeError) as err:
-        if "meta" in str(err) or "data-dependent" in str(err) or "nonzero" in str(err):
-            raise DataDependent(f"{a.model_type}: the forward pass depends on the values ({str(err).splitlines()[0][:120]})") from err
-        raise
-    groups: dict[str, float] = {}
-    for op, size in trace.at_peak.values():
-        groups[op] = groups.get(op, 0.0) + size
-    return float(trace.peak), tuple(sorted(groups.items(), key=lambda kv: -kv[1])[:6])
-
-
-def _traced_prefill(a: Architecture, compute: str, context: int, batch: int, attention: str,
-                    device: str) -> tuple[float, float, float, tuple[tuple[str, float], ...]]:
-    """Run the prefill of `generate` (the prompt, with a cache, logits of the last position) on the meta
-    device and count every tensor it makes. Returns (peak bytes, KV cache held at the peak, KV cache at the
-    end, the largest groups alive at the peak as (operation, bytes))."""
-    import torch
-
-    net = _meta_model(a.config_json, compute, attention)
-    ids = torch.zeros(batch, context, dtype=torch.long, device="meta")
-    trace = _MetaTrace()
-    try:
-        with torch.no_grad(), _sdpa_as_kernels(device), warnings.catch_warnings(), trace:
-            warnings.simplefilter("ignore")
-            out = net(input_ids=ids, use_cache=True, logits_to_keep=1)
-    except (NotImplementedError, RuntimeError) as err:
-        if "meta" in str(err) or "data-dependent" in str(err) or "nonzero" in str(err):
-            raise DataDependent(f"{a.model_type}: the forward pass depends on the values ({str(err).splitlines()[0][:120]})") from err
-        raise
-    from torch.multiprocessing.reductions import StorageWeakRef
-
-    cache = {StorageWeakRef(t.untyped_storage()).cdata: t.untyped_storage().nbytes()
-             for layer in getattr(out.past_key_values, "layers", []) for t in (getattr(layer, "keys", None),
-                                                                              getattr(layer, "values", None))
-             if isinstance(t, torch.Tensor)}
-    kv_at_peak = float(sum(size for key, (_, size) in trace.at_peak.items() if key in cache))
-    groups: dict[str, float] = {}
-    for key, (op, size) in trace.at_peak.items():
-        if key not in cache:
-            groups[op] = groups.get(op, 0.0) + size
-    top = tuple(sorted(groups.items(), key=lambda kv: -kv[1])[:6])
-    return float(trace.peak), kv_at_peak, float(sum(cache.values())), top
-
-
 def _llama_cpp_compute_buffer(a: Architecture, tokens: int, batch: int, device: str) -> float:
     """llama.cpp's compute buffer (approximate: llama.cpp sizes it from its graph): one micro-batch
     of 512 tokens through a layer in float32, the attention scores of that micro-batch against the
@@ -1525,413 +1324,6 @@ def _llama_cpp_compute_buffer(a: Architecture, tokens: int, batch: int, device: 
 
 
 # ============================================================================ training
-#
-# One training step's peak, from what autograd keeps. Every number below was read off a tensor-by-tensor
-# trace (TensorMemoryTracker and torch.autograd.graph.saved_tensors_hooks) of tiny configs on the CPU;
-# docs/vram_model.md lists them with the measurement behind each, and tests/test_vram.py checks the whole
-# estimate against the tracker for every family (full fine-tuning, LoRA; with and without checkpointing).
-#
-# The peak of a step is the larger of two moments:
-# - the start of the backward pass: every tensor the forward pass saved for backward (per layer, plus the
-#   final norm and the loss), and the loss's backward temporaries (log-softmax's saved float32 output, the
-#   gradient nll_loss hands back and the one log-softmax returns: 12 bytes per token per vocabulary entry in
-#   all). The gradients are not allocated yet: zero_grad(set_to_none=True) freed them after the last step.
-# - the optimizer step: every gradient, and AdamW's temporaries (on a GPU torch runs the "foreach" AdamW,
-#   which makes one sqrt(v) the size of all its states at once; on a CPU one parameter at a time).
-# With gradient checkpointing each layer keeps only its input, and the backward pass re-runs one layer at a
-# time: the peak is the larger of the loss's backward and one re-run layer with its backward temporaries.
-
-# peft 0.21 + transformers 5: for the mixture-of-experts model types transformers re-lays out from their v4
-# checkpoints (transformers.conversion_mapping), LoRA targets named after the v4 expert projections and the
-# router are moved onto the experts' stacked 3-D weights and the router's weight (peft's ParamWrapper); the
-# fused gate_up weight gets twice the rank. A Linear layer of that short name elsewhere (a dense MLP, a shared
-# expert) then gets no adapter. (Read from peft when it is installed; this copy is the fallback.)
-PEFT_EXPERT_TARGETS = {
-    "mixtral": {"gate": "gate.weight", "w1": "gate_up_proj", "w3": "gate_up_proj", "w2": "down_proj"},
-    "qwen2_moe": {"gate": "gate.weight", "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj",
-                  "down_proj": "down_proj"},
-}
-GEMMA_NORM = ("gemma2", "gemma3", "gemma3_text")  # four norms per layer, (1 + weight) * x in float32
-FP32_NORM_WEIGHT = (*GEMMA_NORM, "olmo2", "gpt_oss")  # the norm's weight multiplies in float32, then the cast
-
-
-@dataclass(frozen=True)
-class LoraTargets:
-    """Which weights LoRA adapts, as peft adapts them: nn.Linear modules by short name, and (for the
-    mixture-of-experts types peft converts) the experts' stacked weights and the router."""
-
-    linear: tuple[WeightTensor, ...]
-    expert_weights: tuple[str, ...] = ()  # "gate_up_proj", "down_proj", "gate.weight"
-    trainable: int = 0
-
-    @property
-    def names(self) -> set[str]:
-        return {t.name.split(".")[-1] for t in self.linear}
-
-
-def _peft_expert_mapping(model_type: str) -> dict[str, str]:
-    try:
-        from peft.utils.transformers_weight_conversion import (
-            _MODEL_TO_CONVERSION_PATTERN,
-            _MOE_TARGET_MODULE_MAPPING,
-        )
-    except Exception:  # peft missing or reorganised: the copy above (peft 0.21.2)
-        from transformers.conversion_mapping import _MODEL_TO_CONVERSION_PATTERN
-
-        _MODEL_TO_CONVERSION_PATTERN = {**_MODEL_TO_CONVERSION_PATTERN, "mixtral": "mixtral"}
-        _MOE_TARGET_MODULE_MAPPING = PEFT_EXPERT_TARGETS
-    return dict(_MOE_TARGET_MODULE_MAPPING.get(_MODEL_TO_CONVERSION_PATTERN.get(model_type, ""), {}))
-
-
-def lora_targets(model: Any, rank: int = 16, target_modules: str | tuple[str, ...] | list[str] = "all-linear") -> LoraTargets:
-    """The weights peft's LoRA adapts for `target_modules` ("all-linear": every nn.Linear but the output
-    head), and its trainable parameters: r x (in + out) per adapted matrix."""
-    a = architecture(model)
-    linear = [t for t in weight_tensors(a) if t.kind == "linear"]
-    names = {t.name.split(".")[-1] for t in linear}
-    mapping = _peft_expert_mapping(a.model_type) if a.is_moe else {}
-    if target_modules == "all-linear":
-        wanted = names | set(mapping)
-    else:
-        wanted = {target_modules} if isinstance(target_modules, str) else set(target_modules)
-        missing = wanted - names - set(mapping)
-        if missing:
-            raise unknown("LoRA target module", sorted(missing)[0], sorted(names) + ["all-linear"])
-    converted = {k for k in wanted if k in mapping}
-    chosen = tuple(t for t in linear if t.name.split(".")[-1] in wanted - converted)
-    trainable = sum(rank * (t.shape[0] + t.shape[1]) * t.count for t in chosen)
-    experts = tuple(sorted({mapping[k] for k in converted}))
-    moe = a.layer_kinds().count("moe")
-    e, ei, h = a.num_experts, a.expert_intermediate, a.hidden_size
-    if "gate_up_proj" in experts:  # (E, 2 ei, h), rank doubled: the fused gate and up each keep r
-        trainable += moe * 2 * rank * e * (h + 2 * ei)
-    if "down_proj" in experts:  # (E, h, ei)
-        trainable += moe * rank * e * (ei + h)
-    if "gate.weight" in experts:  # the router (E, h)
-        trainable += moe * rank * (h + e)
-    return LoraTargets(chosen, experts, trainable)
-
-
-@dataclass(frozen=True)
-class _Step:
-    """How one training step runs, as far as memory goes."""
-
-    method: str  # full, lora, qlora
-    e: float  # bytes of one value in the training dtype
-    autocast: bool  # full fine-tuning in mixed precision: an fp32 model under torch.autocast(16-bit)
-    adapted: frozenset = frozenset()  # short names of the nn.Linear modules LoRA wraps
-    expert_adapters: tuple[str, ...] = ()
-    rank: int = 0
-    device: str = "cuda"
-    attention: str = "sdpa"
-
-    @property
-    def full(self) -> bool:
-        return self.method == "full"
-
-    @property
-    def mm(self) -> float:  # what a matrix product outputs: the autocast dtype, else the training dtype
-        return 2.0 if self.autocast else self.e
-
-    @property
-    def stream(self) -> float:  # the residual stream and the norms' outputs: float32 under autocast
-        return 4.0 if self.autocast else self.e
-
-
-def _layer_linears(a: Architecture, kind: str) -> list[tuple[str, str, int]]:
-    """(module short name, the tensor it reads, that tensor's width) for the nn.Linear layers of one layer."""
-    h, o = a.hidden_size, a.num_heads * a.v_head_dim
-    if a.is_mla:
-        attn = [("kv_a_proj_with_mqa", "attention input", h), ("kv_b_proj", "normalized KV latent", a.kv_lora_rank)]
-        attn += ([("q_a_proj", "attention input", h), ("q_b_proj", "normalized query latent", a.q_lora_rank)]
-                 if a.q_lora_rank else [("q_proj", "attention input", h)])
-    elif a.fused_projections:
-        attn = [("qkv_proj", "attention input", h)]
-    else:
-        attn = [(n, "attention input", h) for n in ("q_proj", "k_proj", "v_proj")]
-    attn.append(("o_proj", "attention output", o))
-    if kind == "dense":
-        i = a.intermediate_size
-        mlp = ([("gate_up_proj", "MLP input", h)] if a.fused_projections else
-               [("gate_proj", "MLP input", h), ("up_proj", "MLP input", h)])
-        mlp.append(("down_proj", "act(gate) x up", i))
-    else:
-        mlp = []
-        if a.shared_expert_intermediate:
-            mlp = [("gate_proj", "MLP input", h), ("up_proj", "MLP input", h),
-                   ("down_proj", "shared expert act(gate) x up", a.shared_expert_intermediate)]
-        if a.shared_expert_gate:
-            mlp.append(("shared_expert_gate", "MLP input", h))
-    return attn + mlp
-
-
-def _layer_saved(a: Architecture, s: _Step, index: int, T: int, batch: int, seq_len: int) -> dict[str, float]:
-    """Bytes one decoder layer keeps for the backward pass (T tokens in the batch)."""
-    h, H, Hkv, hd, vhd = a.hidden_size, a.num_heads, a.num_kv_heads, a.head_dim, a.v_head_dim
-    Q, K, V, Out = H * hd, Hkv * hd, Hkv * vhd, H * vhd
-    kind, sliding = a.layer_kinds()[index], a.layer_types[index] == "sliding"
-    first_frozen = not s.full and index == 0  # LoRA: nothing before the first adapter needs a gradient
-    out: dict[str, float] = {}
-
-    def add(name: str, per_token: float) -> None:
-        out[name] = out.get(name, 0.0) + T * per_token
-
-    def norm(name: str, width: int, rows: int = 1) -> None:
-        # RMSNorm computes in float32: x**2 keeps the float32 input, rsqrt its result (one per row); the
-        # weight's gradient needs the normalized input too (float32 in Gemma's (1 + w) form)
-        add(name, 4 * width + 4 * rows)
-        if s.full:
-            add(name, width * (4 if a.model_type in FP32_NORM_WEIGHT else s.stream))
-
-    n_norms = 4 if a.model_type in GEMMA_NORM else 2
-    for j in range(n_norms):
-        if j == 0 and first_frozen and not a.norm_after:
-            continue
-        # the norms after the attention run backward before it (with the MLP)
-        norm("MLP side: norms (float32 input and statistics)" if j else "norms (float32 input and statistics)", h)
-    if a.qk_norm:
-        rows = (H, Hkv) if a.qk_norm == "head" else (1, 1)
-        if not first_frozen or {"q_proj", "k_proj"} & s.adapted:
-            norm("q/k norms", Q, rows[0])
-            norm("q/k norms", K, rows[1])
-    if a.is_mla:
-        norm("latent norms", a.kv_lora_rank)
-        if a.q_lora_rank:
-            norm("latent norms", a.q_lora_rank)
-
-    # the inputs of the matrices: what a weight's (or an adapter's) gradient needs
-    eager = s.attention == "eager"
-    groups: dict[str, list[tuple[str, int]]] = {}
-    for name, source, width in _layer_linears(a, kind):
-        groups.setdefault(source, []).append((name, width))
-    for source, modules in groups.items():
-        width = modules[0][1]
-        side = "MLP side: " if source in ("MLP input", "act(gate) x up", "shared expert act(gate) x up") else ""
-        sixteen_bit = source in ("attention output", "act(gate) x up", "shared expert act(gate) x up")
-        shared = source == "attention output" and not eager and not (a.is_mla and s.device == "cpu")
-        if s.full:
-            if s.autocast and not sixteen_bit:  # autocast casts the float32 input once per matrix
-                add(side + "matrix inputs (autocast's 16-bit copies)", len(modules) * 2 * width)
-            elif not shared:
-                add(side + "matrix inputs", width * s.mm if sixteen_bit else width * s.stream)
-            continue
-        adapted = [m for m in modules if m[0] in s.adapted]
-        if not adapted:
-            continue
-        if s.e != 4:  # peft casts each adapter's input to the adapters' float32
-            add(side + "LoRA: float32 copies of the adapted layers' inputs", len(adapted) * 4 * width)
-        elif not shared:
-            add(side + "matrix inputs", width * 4)
-        add(side + "LoRA: adapter A outputs", len(adapted) * 4 * s.rank)
-
-    # attention
-    es = s.mm
-    mask_here = sliding and seq_len > (a.sliding_window or 0)
-    if a.is_mla and s.device == "cpu":  # CPU SDPA has no kernel for a value width other than the key's: the
-        # math path, in float32, keeps the scores' softmax
-        add("attention (SDPA math path, float32)", 4 * (Q + H * hd + H * vhd) + 4 * H * seq_len)
-    elif eager:
-        add("attention: q, and k, v repeated to every head", es * (Q + H * hd + H * vhd))
-        if a.attention_sinks:  # GPT-OSS: the softmax over the scores and the sink (float32 under autocast,
-            # whose fp32 sinks promote the scores; its 16-bit copy then feeds the product with v)
-            add("attention: softmax with the sink column", H * (seq_len + 1) * (4 if s.autocast else es) + 8 * H
-                + (es * H * seq_len if s.autocast else 0))
-        else:
-            scores = 4 * H * seq_len + (0 if es == 4 else es * H * seq_len)  # float32 softmax, its 16-bit copy
-            if a.model_type == "gemma2":  # soft-capping keeps tanh's output
-                scores += es * H * seq_len
-            add("attention: scores (eager)", scores)
-    else:
-        gqa_native = not mask_here and hd == vhd <= 256
-        kv = K + V if gqa_native else H * (hd + vhd)
-        add("attention: q, k, v, output (SDPA)", es * (Q + kv + Out))
-        add("attention: log-sum-exp (float32)", 4 * H)
-        if mask_here:  # the kernel turns the boolean mask into the query's dtype and keeps it
-            add("attention: mask in the query dtype", seq_len * es)
-
-    # MLP
-    if kind == "dense":
-        add("MLP: gate, act(gate), up", 3 * a.intermediate_size * s.mm)
-    else:
-        add_moe = _moe_saved(a, s)
-        for k_, v_ in add_moe.items():
-            add(k_, v_)
-    return out
-
-
-def _moe_saved(a: Architecture, s: _Step) -> dict[str, float]:
-    """Per token: what a mixture-of-experts block (transformers' grouped_mm experts) keeps for backward."""
-    h, k, ei, E = a.hidden_size, a.experts_per_token, a.expert_intermediate, a.num_experts
-    ex = 4.0 if s.autocast else s.e  # grouped_mm runs in the experts' dtype (float32 under autocast)
-    experts_trainable = s.full or bool(s.expert_adapters)
-    router_trainable = s.full or "gate.weight" in s.expert_adapters
-    per_pair = 2 * ei * ex + ei * ex + h * ex  # gate_up output (act reads a view of it), act(gate), expert output
-    if a.expert_bias:  # GPT-OSS: clamped gate and up, sigmoid, glu and up + 1
-        per_pair += 3 * ei * ex
-    if experts_trainable:
-        per_pair += h * ex + ei * ex  # the gathered inputs, act(gate) x up
-    # the routing weight, the sort's indices (and the expert biases' gather, when they train)
-    per_pair += (4 if a.router_weights_fp32 else s.mm) + 8 * (3 + (a.expert_bias and experts_trainable))
-    out = {"experts (per token and chosen expert)": k * per_pair}
-    router = 8 * k + (s.mm * k if a.attention_sinks else 4 * E)  # top-k indices, the softmax (float32)
-    if router_trainable:  # the router's input (DeepSeek's router computes in float32; autocast casts it)
-        router += 4 * h if a.router_weights_fp32 and a.is_mla else (2 * h if s.autocast else h * s.stream)
-    if a.model_type == "mixtral":
-        router += 4 + 4 * k
-    out["router"] = router
-    if a.shared_expert_intermediate:
-        out["shared expert: gate, act(gate), up"] = 3 * a.shared_expert_intermediate * s.mm
-    if a.shared_expert_gate:
-        out["shared expert output (gated)"] = h * s.mm
-    return out
-
-
-def _expert_adapter_saved(a: Architecture, s: _Step) -> float:
-    """peft's ParamWrapper adds B @ A to the experts' weights on every forward: the merged weights of every
-    MoE layer stay alive for the backward pass, in the training dtype."""
-    if not s.expert_adapters:
-        return 0.0
-    e, ei, h = a.num_experts, a.expert_intermediate, a.hidden_size
-    per_layer = 0.0
-    if "gate_up_proj" in s.expert_adapters:
-        per_layer += e * 2 * ei * h + 2 * s.rank * e * (h + 2 * ei)
-    if "down_proj" in s.expert_adapters:
-        per_layer += e * ei * h + s.rank * e * (ei + h)
-    if "gate.weight" in s.expert_adapters:
-        per_layer += e * h
-    return a.layer_kinds().count("moe") * per_layer * s.e
-
-
-def _layer_backward(a: Architecture, s: _Step, kind: str, saved: dict[str, float], T: int, seq_len: int) -> float:
-    """The most one layer holds while it runs backward, beyond what it saved: first its MLP (three N x
-    intermediate gradients, and for LoRA the float32 gradient of an adapted projection's output), then its
-    attention, once the MLP's saved tensors are freed (eager attention: the scores' gradients, in float32)."""
-    h, H = a.hidden_size, a.num_heads
-    width = a.intermediate_size if kind == "dense" else a.experts_per_token * a.expert_intermediate
-    mlp = 3 * width * s.mm + h * s.mm
-    if not s.full and kind == "dense" and s.adapted & {"gate_proj", "up_proj", "gate_up_proj"}:
-        out_width = 2 * width if a.fused_projections else width
-        mlp = max(mlp, out_width * (s.mm + 4) + width * s.mm)
-    deq = 0.0
-    if s.method == "qlora":  # bitsandbytes de-quantizes the weight again to get its input's gradient
-        deq = max((t.shape[0] * t.shape[1] for t in weight_tensors(a) if t.kind == "linear"), default=0) * s.e
-    freed = sum(v for k, v in saved.items() if k.startswith(("MLP", "experts", "router", "shared")))
-
-    Q, o = H * a.head_dim, H * a.v_head_dim
-    if s.attention == "eager" or (a.is_mla and s.device == "cpu"):
-        attention = H * seq_len * (8 if a.is_mla or s.mm == 4 else 1.5 * s.mm + 4)
-        if a.attention_sinks:
-            attention = H * (seq_len + 1) * (s.mm + 4)
-    else:
-        attention = s.mm * (o + Q + H * (a.head_dim + a.v_head_dim)) + (4 * Q if s.device == "cuda" else 0)
-    whole = sum(saved.values())
-    return max(whole + T * mlp, whole - freed + T * attention) + deq
-
-
-def _training_moments(a: Architecture, s: _Step, seq_len: int, batch: int, checkpointing: bool,
-                      grad_bytes: float, gradients: float) -> dict[str, dict[str, float]]:
-    """The candidate peaks of a step's backward pass, each as {what: bytes}; "gradients so far" are the
-    gradients already allocated at that moment (see the section's comment)."""
-    T = seq_len * batch
-    h, L, Vocab = a.hidden_size, a.num_layers, a.vocab_size
-    tensors = weight_tensors(a)
-    fp32_norm = a.model_type in FP32_NORM_WEIGHT
-    fixed: dict[str, float] = {}
-    fixed["final norm (float32 input and statistics)"] = T * (4 * h + 4 + ((4 if fp32_norm else s.stream) * h if s.full else 0))
-    if s.full:
-        fixed["output head input"] = T * h * (2 if s.autocast else s.e)
-        fixed["token ids (embedding gradient)"] = T * 8
-    if a.model_type == "gemma2":  # final logit soft-capping keeps tanh's output
-        fixed["logits soft-capping (tanh output)"] = T * Vocab * s.mm
-    fixed["loss: float32 log-softmax and labels"] = T * (4 * Vocab + 8)
-    always = {"RoPE cos/sin": (T * a.rotary_dim // 2 * 8 if a.is_mla else a.rotary_sets * 2 * T * a.rotary_dim * s.stream)}
-    layer_copies = 0.0
-    if s.autocast:  # autocast's 16-bit copy of every matrix, kept by the products for backward (checkpointed:
-        # the output head's, and one layer's while it is re-run)
-        head_copy = sum(t.numel for t in tensors if t.kind == ("embedding" if a.tied_embeddings else "lm_head"))
-        layer_copies = 2.0 * sum(t.numel for t in tensors if t.kind in ("linear", "router")) / L
-        always["autocast's 16-bit copies of the weights"] = 2.0 * head_copy + (0 if checkpointing else L * layer_copies)
-    loss_backward = {"loss backward: float32 gradients of the logits": T * 8 * Vocab}
-    kinds = a.layer_kinds()
-    saved = [_layer_saved(a, s, i, T, batch, seq_len) for i in range(L)]
-    merged = _expert_adapter_saved(a, s)  # every MoE layer's (a checkpointed step re-makes one at a time)
-    per_moe = merged / max(kinds.count("moe"), 1)
-    head_grads = layer_grads = 0.0
-    if s.full:  # the output head's (and final norm's) gradients come first, then one layer's after another
-        head = sum(t.numel for t in tensors if t.kind == ("embedding" if a.tied_embeddings else "lm_head")) + h
-        embedding = 0 if a.tied_embeddings else sum(t.numel for t in tensors if t.kind == "embedding")
-        head_grads = head * grad_bytes
-        layer_grads = max(0.0, gradients - head_grads - embedding * grad_bytes) / L
-    moments: dict[str, dict[str, float]] = {}
-    if not checkpointing:
-        layers: dict[str, float] = {}
-        for one in saved:
-            for k_, v_ in one.items():
-                layers[k_] = layers.get(k_, 0.0) + v_
-        per_layer = {f"per layer: {k_}": v_ for k_, v_ in layers.items()}
-        if merged:
-            per_layer["LoRA: merged expert weights (peft ParamWrapper), every MoE layer"] = merged
-        moments["start of backward"] = {**per_layer, **always, **fixed, **loss_backward}
-        if s.attention == "eager":  # the last layer's eager attention, forward: the scores before softmax
-            mlp_side = sum(v_ for k_, v_ in saved[-1].items() if k_.startswith(("MLP", "experts", "router", "shared")))
-            before = sum(sum(one.values()) for one in saved) - mlp_side
-            scores = T * a.num_heads * (seq_len + 1) * s.mm * (2 if a.attention_sinks else 1)
-            moments["last layer's attention (forward)"] = {"saved so far": before, **always, "attention scores": scores}
-        last = _layer_backward(a, s, kinds[-1], saved[-1], T, seq_len) - sum(saved[-1].values())
-        moments["last layer's backward"] = {**per_layer, **always, "backward temporaries of one layer": last,
-                                            "gradients so far": head_grads}
-        if s.full:  # the gradients grow as the saved tensors are freed: the first layer's backward
-            first = _layer_backward(a, s, kinds[0], saved[0], T, seq_len)
-            moments["first layer's backward"] = {**always, "first layer's saved tensors and backward": first,
-                                                 "gradients so far": head_grads + L * layer_grads}
-        return moments
-    inputs = {"layer inputs (checkpointed)": L * T * h * s.stream}
-    moments["loss backward"] = {**inputs, **always, **fixed, **loss_backward}
-    for where, i in (("last", L - 1), ("first", 0)):
-        if where == "first" and not s.full:
-            continue
-        rerun = _layer_backward(a, s, kinds[i], saved[i], T, seq_len) + layer_copies
-        if merged and kinds[i] == "moe":
-            rerun += per_moe
-        moments[f"re-run of the {where} layer"] = {
-            "layer inputs (checkpointed)": (i + 1) * T * h * s.stream, **always,
-            f"the {where} layer re-run and its backward": rerun,
-            "gradients so far": head_grads + (L - 1 - i) * layer_grads}
-    return moments
-
-
-def _generic_training_moments(a: Architecture, s: _Step, method: str, dtype: str, rank: int, targets: Any,
-                              seq_len: int, batch: int, checkpointing: bool, device: str,
-                              formula: dict[str, dict[str, float]], notes: list[str]) -> dict[str, dict[str, float]]:
-    """A model type without a formula: its training step traced on the meta device (mixed precision cannot
-    be: autocast does not run on the meta device, so the standard-decoder formula stays, with its band)."""
-    if s.autocast:
-        _band("training, mixed precision (standard decoder)",
-              f"{a.model_type} has no formula, and mixed precision (autocast) cannot be traced on the meta device; "
-              "estimate_training(..., mixed_precision=False) traces the model trained in bf16 itself")
-        return formula
-    key = targets if isinstance(targets, str) else tuple(sorted(targets))
-    try:
-        peak, top = _traced_training_step(a, method, dtype, rank, key, seq_len, batch, checkpointing, device)
-    except DataDependent as err:
-        _band("experts routed in a loop (not traceable)", f"{err}: it cannot be traced")
-        raise
-    moment = {f"traced on the meta device: made by {op}": size for op, size in top}
-    moment["traced on the meta device: the rest"] = peak - sum(size for _, size in top)
-    if method == "qlora":  # bitsandbytes de-quantizes a weight again for its input's gradient
-        moment["bitsandbytes: a de-quantized weight"] = max(
-            (t.shape[0] * t.shape[1] for t in weight_tensors(a) if t.kind == "linear"), default=0) * s.e
-    notes.append(f"{a.model_type}: no formula for this model type; the forward and backward passes were traced on "
-                 "the meta device (every tensor autograd keeps, shapes only)")
-    return {"forward and backward (traced)": moment}
-
-
-def _adamw_step_temporary(total: float, largest: float, state_bytes: float, device: str, optimizer: str) -> float:
-    """AdamW's step temporaries: torch's foreach implementation (its default on a GPU) computes sqrt(v) for
-    every parameter at once; the per-parameter one (its default on a CPU) two temporaries of the largest."""
-    if optimizer != "adamw":
-        return 0.0
-    return total * state_bytes if device == "cuda" else 2 * largest * state_bytes
 
 
 def estimate_training(model: Any, method: str = "full", dtype: str = "bf16", optimizer: str = "adamw",
@@ -1951,8 +1343,9 @@ def estimate_training(model: Any, method: str = "full", dtype: str = "bf16", opt
       `lora_targets`) in fp32 with their gradients and AdamW states. Runs without autocast, as peft's own
       training loop and labkit.lora.train do.
     - qlora: the base in NF4 (double quantization), adapters as for LoRA.
-    Activations are what autograd keeps for backward (see the section comment above);
-    gradient_checkpointing keeps each layer's input and re-runs one layer at a time.
+    Activations are what autograd keeps for backward (labkit.vram_training explains the model);
+    gradient_checkpointing keeps each layer's input and re-runs one layer at a time. A model type without a
+    formula is traced on the meta device and gets a band (GENERIC_BANDS), or refuses where it would exceed 10%.
     """
     a = architecture(model)
     if method not in METHODS:
@@ -1969,81 +1362,38 @@ def estimate_training(model: Any, method: str = "full", dtype: str = "bf16", opt
     _require_int("seq_len", seq_len)
     _require_int("batch", batch)
     _require_int("lora_rank", lora_rank)
-    params = parameter_count(a)
-    e = BITS_PER_WEIGHT[dtype] / 8
-    details: dict[str, float] = {}
-    notes: list[str] = []
-    autocast = method == "full" and mixed_precision and dtype != "fp32"
-    if method == "full":
-        master = 4.0 if autocast else e  # the bytes of a weight, of its gradient and of each AdamW moment
-        weights = params * master
-        gradients = params * master
-        states = params * {"adamw": 2 * master, "adamw8bit": 2.0 + 2 * 4 / 256, "sgd": 0.0}[optimizer]
-        largest = max(math.prod(t.shape) for t in weight_tensors(a))
-        temp = _adamw_step_temporary(params, largest, master, device, optimizer)
-        trainable = params
-        details["weights: " + ("fp32, trained under autocast" if autocast else dtype)] = weights
-        plan = None
-        s = _Step("full", e, autocast, device=device, attention=attention or a.attention)
-    else:
-        plan = lora_targets(a, lora_rank, target_modules)
-        trainable = plan.trainable
-        if method == "qlora":
-            w = weight_bytes(a, "nf4", double_quant=True, compute_dtype=dtype)
-            base = w["quantized"] + w["unquantized"] + w["scales"]
-        else:
-            base = params * e
-        weights = base + trainable * 4
-        gradients = trainable * 4
-        states = trainable * {"adamw": 8.0, "adamw8bit": 2.0 + 2 * 4 / 256, "sgd": 0.0}[optimizer]
-        largest = max([lora_rank * max(t.shape) for t in plan.linear] +
-                      [2 * lora_rank * a.num_experts * max(a.hidden_size, 2 * a.expert_intermediate)
-                       for _ in plan.expert_weights])
-        temp = _adamw_step_temporary(trainable, largest, 4, device, optimizer)
-        details.update({"weights: frozen base": base, "weights: adapters (fp32)": trainable * 4})
-        where = ", ".join(sorted(plan.names) + [f"experts' {x}" for x in plan.expert_weights])
-        notes.append(f"{trainable:,} trainable parameters ({trainable / params:.2%} of {params:,}) in: {where}")
-        if plan.expert_weights:
-            notes.append("peft adapts the experts' stacked weights of this mixture of experts and merges them "
-                         "with the adapters on every forward pass (ParamWrapper): a merged copy of every MoE "
-                         "layer's experts stays alive until backward.")
-        s = _Step(method, e, False, frozenset(plan.names), plan.expert_weights, lora_rank, device,
-                  attention or a.attention)
+    try:
+        m = vram_training.step_memory(a, method, dtype, optimizer, lora_rank, target_modules, seq_len, batch,
+                                      gradient_checkpointing, mixed_precision, device, attention)
+    except vram_trace.DataDependent as err:
+        _band("experts routed in a loop (not traceable)", f"{err}: it cannot be traced")
+        raise
+    band, band_source = 0.0, ""
+    if a.generic:
+        band, band_source = _band(m.kind, f"{a.model_type} has no formula, and mixed precision (autocast) cannot be "
+                                          "traced on the meta device; estimate_training(..., mixed_precision=False) "
+                                          "traces the model trained in bf16 itself")
+    notes = list(m.notes)
     beyond = beyond_window(a, seq_len)
     if beyond:
-        notes.append(window_warning(a, seq_len))
-    grad_bytes = master if method == "full" else 4.0
-    moments = _training_moments(a, s, seq_len, batch, gradient_checkpointing, grad_bytes, gradients)
-    if a.generic:
-        moments = _generic_training_moments(a, s, method, dtype, lora_rank, target_modules, seq_len, batch,
-                                            gradient_checkpointing, device, moments, notes)
-    moments["optimizer step"] = {"gradients so far": gradients, "AdamW step temporaries": temp}
-    when, peak = max(moments.items(), key=lambda m: sum(m[1].values()))
-    grads_now = peak.get("gradients so far", 0.0)
-    if when == "optimizer step":
-        activations = 0.0
-        states += temp
-        details[f"optimizer: AdamW step temporaries ({'foreach' if device == 'cuda' else 'per tensor'})"] = temp
-    else:
-        activations = sum(v for k, v in peak.items() if k != "gradients so far")
-        details.update({f"activations: {k}": v for k, v in peak.items() if v and k != "gradients so far"})
-    notes.append(f"the peak is the {when}" + ("" if grads_now else ": no gradient is allocated yet"))
-    details["gradients (all, at the optimizer step)"] = gradients
+        notes.insert(1, window_warning(a, seq_len))
     overhead = CUDA_CONTEXT_BYTES + CUBLAS_WORKSPACE_BYTES if device == "cuda" else CPU_OVERHEAD_BYTES
-    band, band_source = GENERIC_BANDS["training (traced)"] if a.generic else (0.0, "")
     return MemoryEstimate(
-        weights=weights, kv_cache=0.0, activations=activations, overhead=overhead, gradients=grads_now,
-        optimizer_states=states, label=f"{a.name} {method} {dtype} {optimizer}", details=details, notes=notes,
-        band=band, band_source=band_source,
+        weights=m.weights, kv_cache=0.0, activations=m.activations, overhead=overhead, gradients=m.gradients,
+        optimizer_states=m.optimizer_states, label=f"{a.name} {method} {dtype} {optimizer}", details=m.details,
+        notes=notes, band=band, band_source=band_source,
         inputs=dict(model=a.name, method=method, dtype=dtype, optimizer=optimizer, lora_rank=lora_rank,
                     seq_len=seq_len, batch=batch, gradient_checkpointing=gradient_checkpointing,
-                    mixed_precision=autocast, trainable_parameters=trainable, device=device,
+                    mixed_precision=m.autocast, trainable_parameters=m.trainable, device=device,
                     max_context=a.max_position, beyond_max_context=beyond, architecture=a),
     )
 
 
-ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj")
-MLP_MODULES = ("gate_proj", "up_proj", "down_proj", "gate_up_proj")
+def lora_targets(model: Any, rank: int = 16, target_modules: str | tuple[str, ...] | list[str] = "all-linear"):
+    """The weights peft's LoRA adapts for `target_modules` ("all-linear": every nn.Linear but the output head; for
+    the mixture-of-experts types peft converts, the experts' stacked weights and the router), and the trainable
+    parameters: r x (in + out) per adapted matrix (labkit.vram_training.LoraTargets)."""
+    return vram_training.lora_targets(model, rank, target_modules)
 
 
 # ============================================================================ several GPUs, and fitting
@@ -2203,23 +1553,6 @@ class TensorMemoryTracker:
         """Called whenever a new peak is reached (a hook for subclasses)."""
 
 
-
-
-class _MetaTrace(TensorMemoryTracker):
-    """TensorMemoryTracker on the meta device: shapes and lifetimes, no memory. Keeps, at the peak, which
-    storages were alive and which operation made each."""
-
-    def __init__(self):
-        super().__init__()
-        self.skip_devices = ()
-        self._maker: dict[int, str] = {}
-        self.at_peak: dict[int, tuple[str, int]] = {}
-
-    def _made(self, key: int, func: Any) -> None:
-        self._maker[key] = str(getattr(func, "__name__", func)).split(".")[0]
-
-    def _at_peak(self) -> None:
-        self.at_peak = {k: (self._maker.get(k, "?"), size) for k, (_, size) in self._live.items()}
 
 
 def cuda_context_bytes() -> float:
@@ -2728,3 +2061,6 @@ def _validate_min_gpus(answer: Any, model: str, dtype: str, context: int, gb: fl
     if answer > need:
         return f"{answer} GPUs of {gb} GB hold {model}, but fewer do too"
     return None
+
+
+from . import vram_training  # noqa: E402  (the training model imports this module's architecture and weights)
