@@ -1363,8 +1363,9 @@ def estimate_training(model: Any, method: str = "full", dtype: str = "bf16", opt
     _require_int("batch", batch)
     _require_int("lora_rank", lora_rank)
     try:
+        nf4 = weight_bytes(a, "nf4", double_quant=True, compute_dtype=dtype) if method == "qlora" else {}
         m = vram_training.step_memory(a, method, dtype, optimizer, lora_rank, target_modules, seq_len, batch,
-                                      gradient_checkpointing, mixed_precision, device, attention)
+                                      gradient_checkpointing, mixed_precision, device, attention, sum(nf4.values()))
     except vram_trace.DataDependent as err:
         _band("experts routed in a loop (not traceable)", f"{err}: it cannot be traced")
         raise

@@ -28,7 +28,7 @@ from .dtypes import BITS_PER_WEIGHT
 from .errors import unknown
 
 # (issue 21 moves these to labkit.architecture)
-from .vram import Architecture, WeightTensor, architecture, parameter_count, weight_bytes, weight_tensors
+from .vram import Architecture, WeightTensor, architecture, parameter_count, weight_tensors
 from .vram_trace import trace_training_step
 
 # peft 0.21 + transformers 5: for the mixture-of-experts model types transformers re-lays out from their v4
@@ -435,9 +435,9 @@ class StepMemory:
 
 def step_memory(a: Architecture, method: str, dtype: str, optimizer: str, lora_rank: int, target_modules: Any,
                 seq_len: int, batch: int, gradient_checkpointing: bool, mixed_precision: bool, device: str,
-                attention: str | None) -> StepMemory:
+                attention: str | None, nf4_base: float = 0.0) -> StepMemory:
     """The peak of one training step (see the module's docstring); labkit.vram.estimate_training checks the
-    inputs and turns this into a MemoryEstimate."""
+    inputs and turns this into a MemoryEstimate. `nf4_base`: the base's bytes in NF4 (QLoRA)."""
     params = parameter_count(a)
     e = BITS_PER_WEIGHT[dtype] / 8
     details: dict[str, float] = {}
@@ -457,11 +457,7 @@ def step_memory(a: Architecture, method: str, dtype: str, optimizer: str, lora_r
     else:
         plan = lora_targets(a, lora_rank, target_modules)
         trainable = plan.trainable
-        if method == "qlora":
-            w = weight_bytes(a, "nf4", double_quant=True, compute_dtype=dtype)
-            base = w["quantized"] + w["unquantized"] + w["scales"]
-        else:
-            base = params * e
+        base = nf4_base if method == "qlora" else params * e
         weights = base + trainable * 4
         gradients = trainable * 4
         states = trainable * {"adamw": 8.0, "adamw8bit": 2.0 + 2 * 4 / 256, "sgd": 0.0}[optimizer]
