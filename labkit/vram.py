@@ -1117,9 +1117,13 @@ def _generic_peak(a: Architecture, dtype: str, compute: str, kv_dtype: str, cont
     formula = _transformers_peak(a, dtype, compute, kv_dtype, context, new_tokens, batch, attention, device,
                                  int8_outliers)
     trace_dtype = compute if compute in FLOAT_DTYPES else "bf16"
+    raw = json.loads(a.config_json)
+    use_cache = (raw.get("text_config") or raw).get("use_cache", True) is not False
+    # a config with use_cache false makes generate run without a cache: every step re-runs the whole sequence
+    tokens = context if use_cache else context + max(new_tokens - 1, 0)
     try:
-        peak, kv_at_peak, kv_end, top = vram_trace.trace_prefill(a.config_json, trace_dtype, context, batch,
-                                                                 attention, device)
+        peak, kv_at_peak, kv_end, top, end = vram_trace.trace_prefill(a.config_json, trace_dtype, tokens, batch,
+                                                                      attention, device, use_cache)
     except vram_trace.DataDependent as err:
         return {**formula, "traced": False,
                 "notes": [f"{err} The prefill is modelled as a standard decoder layer instead."]}
@@ -1139,9 +1143,17 @@ def _generic_peak(a: Architecture, dtype: str, compute: str, kv_dtype: str, cont
         extra = max(0.0, bnb["activations"] - plain["activations"])
         details["activations: bitsandbytes temporaries (formula)"] = extra
         act += extra
-    logits = batch * a.vocab_size * (e + 4 * 3)  # the last position's logits, as float32 scores
-    details["activations: last-token logits"] = logits
-    act += logits
+    # after the forward pass (its temporaries freed) generate turns the last position's logits into float32
+    # scores: the cache and the logits the trace ends with, plus those
+    logits = batch * a.vocab_size * (e + 4 * 3)
+    after = end - kv_end + batch * a.vocab_size * 4 * 3
+    if after > act:
+        details = {"activations: after the prefill: the logits and their float32 scores": after}
+        act = after
+    if not use_cache:  # no cache: the largest step is the last one, the whole sequence again
+        notes.append(f"{a.model_type}: its config sets use_cache false, so generate keeps no KV cache and re-runs "
+                     "the whole sequence for every new token")
+        return {"activations": act, "kv": 0.0, "details": details, "kv_steady": 0.0, "traced": True, "notes": notes}
     kv_formula = kv_cache_bytes(a, context, batch, kv_dtype)
     per_token = kv_end / (context * batch)
     if abs(kv_formula - kv_end) <= 0.03 * kv_end:

@@ -164,14 +164,22 @@ def _sdpa_as_kernels(device: str):
 
     import transformers.masking_utils as masking
 
+    autocast = torch.autocast
+
+    class MetaAutocast(autocast):  # peft's ParamWrapper opens a disabled autocast on its weight's device
+        def __init__(self, device_type, *args, **kwargs):
+            super().__init__("cpu" if device_type == "meta" else device_type, *args, **kwargs)
+
     packed = masking.find_packed_sequence_indices
     F.scaled_dot_product_attention = dispatch
     masking.find_packed_sequence_indices = lambda position_ids: None  # one sequence per row: what it finds
+    torch.autocast = MetaAutocast
     try:
         yield
     finally:
         F.scaled_dot_product_attention = original
         masking.find_packed_sequence_indices = packed
+        torch.autocast = autocast
 
 
 @lru_cache(maxsize=4)
@@ -193,6 +201,26 @@ def _meta_model(config_json: str, dtype: str, attention: str):
 class DataDependent(LabkitError):
     """The model's forward pass decides shapes from values (a loop over the experts tokens were routed to):
     it cannot be traced on the meta device."""
+
+
+@lru_cache(maxsize=32)
+def lora_trainable_parameters(config_json: str, rank: int, targets: tuple[str, ...] | str) -> int:
+    """The parameters peft's LoRA trains on this model, counted on the meta device (for model types without a
+    formula, whose layers labkit does not know by name)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from .models import to_transformers_config
+
+    cfg = to_transformers_config(json.loads(config_json))
+    cfg.quantization_config = None
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+        net = get_peft_model(net, LoraConfig(r=rank, lora_alpha=2 * rank, task_type="CAUSAL_LM",
+                                             target_modules=targets if isinstance(targets, str) else list(targets)))
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 
 @lru_cache(maxsize=32)
@@ -242,10 +270,11 @@ def trace_training_step(config_json: str, method: str, dtype: str, rank: int, ta
 
 @lru_cache(maxsize=64)
 def trace_prefill(config_json: str, compute: str, context: int, batch: int, attention: str,
-                  device: str) -> tuple[float, float, float, tuple[tuple[str, float], ...]]:
-    """Run the prefill of `generate` (the prompt, with a cache, logits of the last position) on the meta
-    device and count every tensor it makes. Returns (peak bytes, KV cache held at the peak, KV cache at the
-    end, the largest groups alive at the peak as (operation, bytes))."""
+                  device: str, use_cache: bool = True) -> tuple[float, float, float, tuple[tuple[str, float], ...], float]:
+    """Run the prefill of `generate` (the prompt, with a cache unless `use_cache` is off, logits of the last
+    position) on the meta device and count every tensor it makes. Returns (peak bytes, KV cache held at the
+    peak, KV cache at the end, the largest groups alive at the peak as (operation, bytes), bytes still alive
+    at the end: the cache and the logits)."""
     import torch
 
     net = _meta_model(config_json, compute, attention)
@@ -254,7 +283,7 @@ def trace_prefill(config_json: str, compute: str, context: int, batch: int, atte
     try:
         with torch.no_grad(), _sdpa_as_kernels(device), warnings.catch_warnings(), trace:
             warnings.simplefilter("ignore")
-            out = net(input_ids=ids, use_cache=True, logits_to_keep=1)
+            out = net(input_ids=ids, use_cache=use_cache, logits_to_keep=1)
     except (NotImplementedError, RuntimeError) as err:
         if "meta" in str(err) or "data-dependent" in str(err) or "nonzero" in str(err):
             raise DataDependent(f"{net.config.model_type}: the forward pass depends on the values ({str(err).splitlines()[0][:120]})") from err
@@ -262,7 +291,7 @@ def trace_prefill(config_json: str, compute: str, context: int, batch: int, atte
     from torch.multiprocessing.reductions import StorageWeakRef
 
     cache = {StorageWeakRef(t.untyped_storage()).cdata: t.untyped_storage().nbytes()
-             for layer in getattr(out.past_key_values, "layers", []) for t in (getattr(layer, "keys", None),
+             for layer in getattr(getattr(out, "past_key_values", None), "layers", []) for t in (getattr(layer, "keys", None),
                                                                               getattr(layer, "values", None))
              if isinstance(t, torch.Tensor)}
     kv_at_peak = float(sum(size for key, (_, size) in trace.at_peak.items() if key in cache))
@@ -271,4 +300,4 @@ def trace_prefill(config_json: str, compute: str, context: int, batch: int, atte
         if key not in cache:
             groups[op] = groups.get(op, 0.0) + size
     top = tuple(sorted(groups.items(), key=lambda kv: -kv[1])[:6])
-    return float(trace.peak), kv_at_peak, float(sum(cache.values())), top
+    return float(trace.peak), kv_at_peak, float(sum(cache.values())), top, float(trace.current)

@@ -29,7 +29,7 @@ from .errors import unknown
 
 # (issue 21 moves these to labkit.architecture)
 from .vram import Architecture, WeightTensor, architecture, parameter_count, weight_tensors
-from .vram_trace import trace_training_step
+from .vram_trace import lora_trainable_parameters, trace_training_step
 
 # peft 0.21 + transformers 5: for the mixture-of-experts model types transformers re-lays out from their v4
 # checkpoints (transformers.conversion_mapping), LoRA targets named after the v4 expert projections and the
@@ -457,6 +457,10 @@ def step_memory(a: Architecture, method: str, dtype: str, optimizer: str, lora_r
     else:
         plan = lora_targets(a, lora_rank, target_modules)
         trainable = plan.trainable
+        if a.generic:
+            # no formula: the layers' names are the model's own; peft on the meta device counts them
+            key = target_modules if isinstance(target_modules, str) else tuple(sorted(target_modules))
+            trainable = lora_trainable_parameters(a.config_json, lora_rank, key)
         base = nf4_base if method == "qlora" else params * e
         weights = base + trainable * 4
         gradients = trainable * 4
