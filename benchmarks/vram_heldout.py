@@ -1,9 +1,9 @@
 """labkit.vram on families it has no formula for (held out: no constant was fitted on them), in ONE command.
 
-    # a CUDA GPU (H100/H200, about 5 minutes; bitsandbytes for the nf4 / int8 / QLoRA cells)
+    # a CUDA GPU (H100/H200, about 5 minutes; bitsandbytes for the nf4 / int8 / QLoRA cells): measures only
     python benchmarks/vram_heldout.py run --out /tmp/heldout --budget-s 290
 
-    # anywhere: compare the current estimator with a run's measurements, write the tables
+    # anywhere: compare the current estimator with a run's measurements, write the tables (commit them)
     python benchmarks/vram_heldout.py report --raw /tmp/heldout/vram_heldout_raw.json --out benchmarks/results
 
     # any machine, no GPU: the same cells on 2-layer copies of the same configs, tensors counted on the CPU
@@ -259,8 +259,9 @@ def run(args) -> None:
             merged["environments"][group] = data["environment"]
             merged["cells"] += [{**c, "group": group} for c in data["cells"]]
         (out / "vram_heldout_raw.json").write_text(json.dumps(merged, indent=1))
-    args.raw = str(out / "vram_heldout_raw.json")
-    report(args)
+    if args.tiny or args.report:  # on a lent GPU, leave the report (its traces take CPU time) to another machine
+        args.raw = str(out / "vram_heldout_raw.json")
+        report(args)
 
 
 # ----------------------------------------------------------------------------- the report (anywhere)
@@ -376,6 +377,7 @@ def main() -> None:
     r.add_argument("--out", required=True)
     r.add_argument("--budget-s", type=float, default=290)
     r.add_argument("--tiny", action="store_true", help="2-layer copies on the CPU (no GPU needed)")
+    r.add_argument("--report", action="store_true", help="also write the report (always with --tiny)")
     g = sub.add_parser("group", help="one group of cells in this process (run calls it)")
     g.add_argument("group", choices=["bf16", "bnb"])
     g.add_argument("--out", required=True)
