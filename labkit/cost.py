@@ -17,7 +17,12 @@ rent it carries at 100%) and when a batch of requests shares each read of the we
 multiplies tokens/s, so it divides the cost per token).
 
 Prices live in datasets/prices/*.csv. Every row names its source (a URL) and the date it was read;
-`load_prices` refuses a table in which a row lacks either.
+`load_prices` refuses a table in which a row lacks either. `source_kind` says whether the figure was read on the
+provider's own page ("provider") or in a transcription of it or another secondary source ("secondary").
+
+Batched throughput on a data-centre GPU is projected from the committed batch-1 measurement
+(`gpu_tokens_per_s`); `measured_batch_tokens_per_s` is the one place where a measured GPU serving result
+replaces that projection.
 
 Routing each request to the local model or the cloud (the hybrid router, the personal-data detector)
 is labkit.router.
@@ -53,6 +58,8 @@ PRICE_TABLES = {"api": "api_prices.csv", "gpu_rental": "gpu_rental.csv", "consum
                 "electricity": "electricity.csv"}
 _NUMBERS = ("usd_per_1m_input", "usd_per_1m_output", "usd_per_gpu_hour", "vram_gb", "launch_price_usd",
             "board_power_w", "usd_per_kwh")
+SOURCE_KINDS = ("provider", "secondary")  # read on the provider's own page, or in a transcription / other source
+TIERS = ("flagship", "mid", "small")  # an API model's place in its provider's line-up (open models: by size)
 
 # ----------------------------------------------------------------------------- price tables
 
@@ -85,6 +92,11 @@ def load_prices(table: str | Path) -> list[dict]:
         if not sources or not all(urlparse(s).scheme in ("http", "https") and urlparse(s).netloc for s in sources):
             raise LabkitError(f"{where}: every price needs its source, an http(s) URL (several joined by ';'); "
                               f"got {row.get('source')!r}")
+        if "source_kind" in row and (row["source_kind"] or "").strip() not in SOURCE_KINDS:
+            raise LabkitError(f"{where}: source_kind must be one of {', '.join(SOURCE_KINDS)}, "
+                              f"got {row['source_kind']!r}")
+        if "tier" in row and (row["tier"] or "").strip() not in TIERS:
+            raise LabkitError(f"{where}: tier must be one of {', '.join(TIERS)}, got {row['tier']!r}")
         try:
             dt.date.fromisoformat((row.get("read_on") or "").strip())
         except ValueError:
@@ -114,6 +126,8 @@ class ApiPrice:
     read_on: str
     source_date: str = ""
     note: str = ""
+    tier: str = ""
+    source_kind: str = ""
 
     @property
     def label(self) -> str:
@@ -143,6 +157,7 @@ class GpuOffer:
     read_on: str
     source_date: str = ""
     note: str = ""
+    source_kind: str = ""
 
     @property
     def label(self) -> str:
@@ -164,6 +179,7 @@ class ConsumerGpu:
     read_on: str
     source_date: str = ""
     note: str = ""
+    source_kind: str = ""
 
 
 @dataclass(frozen=True)
@@ -176,6 +192,7 @@ class ElectricityPrice:
     read_on: str
     source_date: str = ""
     note: str = ""
+    source_kind: str = ""
 
 
 def _build(cls: type, rows: list[dict]) -> list:
@@ -266,9 +283,9 @@ def prices_markdown(rows: Sequence[ApiPrice | GpuOffer | ConsumerGpu | Electrici
         raise LabkitError("prices_markdown needs at least one row")
     first = rows[0]
     if isinstance(first, ApiPrice):
-        head = "| provider | model | open weights | $ / 1M input | $ / 1M output |"
-        body = [f"| {r.provider} | {r.model} | {'yes' if r.open_weights else 'no'} | {r.usd_per_1m_input:g} | "
-                f"{r.usd_per_1m_output:g} |" for r in rows]
+        head = "| provider | model | open weights | tier | $ / 1M input | $ / 1M output |"
+        body = [f"| {r.provider} | {r.model} | {'yes' if r.open_weights else 'no'} | {r.tier or '-'} | "
+                f"{r.usd_per_1m_input:g} | {r.usd_per_1m_output:g} |" for r in rows]
     elif isinstance(first, GpuOffer):
         head = "| GPU | provider | offer | $ / GPU-hour |"
         body = [f"| {r.gpu} | {r.provider} | {r.offer} | {r.usd_per_gpu_hour:.2f} |" for r in rows]
@@ -283,7 +300,86 @@ def prices_markdown(rows: Sequence[ApiPrice | GpuOffer | ConsumerGpu | Electrici
     for r, line in zip(rows, body):
         links = " ".join(f"[{urlparse(s.strip()).netloc}]({s.strip()})" for s in r.source.split(";"))
         stated = f" (source's date: {r.source_date})" if r.source_date else ""
-        lines.append(f"{line} {r.read_on}{stated} | {links} |")
+        kind = {"provider": "provider's page: ", "secondary": "secondary: "}.get(r.source_kind, "")
+        lines.append(f"{line} {r.read_on}{stated} | {kind}{links} |")
+    return "\n".join(lines)
+
+
+def gpu_price_range(gpu: str) -> tuple[float, float]:
+    """The cheapest and dearest hourly price in the rental table of every GPU whose name contains `gpu`."""
+    offers = [o for o in gpu_offers() if str(gpu).strip().lower() in o.gpu.lower()]
+    if not offers or not str(gpu).strip():
+        raise unknown("GPU", gpu, sorted({o.gpu for o in gpu_offers()}))
+    hourly = [o.usd_per_gpu_hour for o in offers]
+    return min(hourly), max(hourly)
+
+
+@dataclass(frozen=True)
+class PriceLandscape:
+    """What the API price table says, computed from it (blended $ per 1M tokens at `output_share`)."""
+
+    output_share: float
+    rows: list  # every ApiPrice row, in table order
+    blended: dict  # {(provider, model): blended price}
+    small_open: list  # ApiPrice rows of small open-weight models (8B class)
+    flagships: list  # ApiPrice rows of the closed providers' flagships
+    small_closed: list  # ApiPrice rows of the closed providers' small models
+    closed_under_open: list  # (closed row, open row) pairs where the closed model costs no more than the open one
+
+    def price(self, row: ApiPrice) -> float:
+        return self.blended[(row.provider, row.model)]
+
+    def ratio_range(self, dear: list, cheap: list) -> tuple[float, float]:
+        """(smallest, largest) ratio of a `dear` row's price to a `cheap` row's."""
+        ratios = [self.price(d) / self.price(c) for d in dear for c in cheap]
+        return min(ratios), max(ratios)
+
+
+def api_price_landscape(prices: Sequence[ApiPrice] | None = None, output_share: float = 0.25) -> PriceLandscape:
+    """Which models cost what, by tier and openness, from the price table (blended at `output_share`)."""
+    rows = list(prices if prices is not None else api_prices())
+    blended = {(r.provider, r.model): r.blended(output_share) for r in rows}
+    opened = [r for r in rows if r.open_weights]
+    closed = [r for r in rows if not r.open_weights]
+    under = [(c, o) for c in closed for o in opened if blended[(c.provider, c.model)] <= blended[(o.provider, o.model)]]
+    return PriceLandscape(output_share, rows, blended, [r for r in opened if r.tier == "small"],
+                          [r for r in closed if r.tier == "flagship"], [r for r in closed if r.tier == "small"], under)
+
+
+def price_landscape_markdown(land: PriceLandscape) -> str:
+    """The table's lessons as Markdown, every number computed from the table (so it stays true when prices move)."""
+    def names(rows: list) -> str:
+        return ", ".join(sorted({f"{r.model}" for r in rows}))
+
+    lines = []
+    if land.flagships and land.small_open:
+        low, high = land.ratio_range(land.flagships, land.small_open)
+        lines.append(f"* **Size sets the price more than openness.** The flagships ({names(land.flagships)}) cost "
+                     f"{low:,.0f}x to {high:,.0f}x as much per token as the hosted 8B-class open models "
+                     f"(blended, {land.output_share:.0%} of the tokens generated).")
+    if land.closed_under_open:
+        opened = [r for r in land.rows if r.open_weights]
+        undercut: dict = {}
+        for c, o in land.closed_under_open:
+            undercut.setdefault(c.model, (c, set()))[1].add((o.provider, o.model))
+        parts = [f"{m} (${land.price(c):.2f}) costs no more than {len(os)} of the {len(opened)} open-weight rows"
+                 for m, (c, os) in sorted(undercut.items(), key=lambda kv: land.price(kv[1][0]))]
+        lines.append(f"* **Open is not always cheaper.** {'; '.join(parts)}. A small closed model competes with "
+                     "hosted open ones on price; what open weights buy is control, privacy and the option to run "
+                     "them yourself.")
+    else:
+        lines.append("* **Every closed model costs more than every hosted open-weight model in this table.**")
+    eights = [r for r in land.small_open if "8B" in r.model]
+    if len({r.provider for r in eights}) > 1:
+        cheap = min(eights, key=lambda r: r.usd_per_1m_input)
+        dear = max(eights, key=lambda r: r.usd_per_1m_input)
+        lines.append(f"* **The same model costs different amounts at different hosts**: Llama 3.1 8B input from "
+                     f"${cheap.usd_per_1m_input:.2f} ({cheap.provider}) to ${dear.usd_per_1m_input:.2f} "
+                     f"({dear.provider})"
+                     f" per 1M tokens, {dear.usd_per_1m_input / cheap.usd_per_1m_input:.0f}x apart.")
+    pricier_out = sum(r.usd_per_1m_output > r.usd_per_1m_input for r in land.rows)
+    lines.append(f"* **Output costs more than input** in {pricier_out} of {len(land.rows)} rows (the others charge "
+                 "the same): a prompt is read in one parallel pass, every output token needs a pass of its own.")
     return "\n".join(lines)
 
 
@@ -524,8 +620,14 @@ class BreakEven:
             f"<div>Break-even: {crossing} · cheaper at this volume: "
             f"<b style='color:{winner}'>{self.cheaper}</b></div>"
             f"<div style='font-size:85%;color:#555'>{html.escape(self.throughput_note)} Prices read "
-            f"{self.api.read_on} ({html.escape(urlparse(self.api.source).netloc)}) and {self.gpu.read_on} "
-            f"({html.escape(urlparse(self.gpu.source.split(';')[0]).netloc)}).</div></div>")
+            f"{self.api.read_on} ({html.escape(_where_read(self.api))}) and {self.gpu.read_on} "
+            f"({html.escape(_where_read(self.gpu))}).</div></div>")
+
+
+def _where_read(row: ApiPrice | GpuOffer) -> str:
+    """The host a price was read on, and 'secondary' when it was read in a transcription, not the provider's page."""
+    hosts = [urlparse(s.strip()).netloc for s in row.source.split(";")]
+    return f"secondary: {hosts[-1]}" if row.source_kind == "secondary" else hosts[0]
 
 
 def _tokens(n: float) -> str:
@@ -597,6 +699,18 @@ def projected_batch_tokens_per_s(batch1_tokens_per_s: float, batch: int, weight_
     return memory_bound
 
 
+def measured_batch_tokens_per_s(gpu: str, batch: int) -> tuple[float, str] | None:
+    """A MEASURED decode throughput of Llama 3.1 8B on `gpu` at `batch` concurrent sequences, with its note, or
+    None while no such measurement is committed.
+
+    This is the one place where a measured GPU serving result replaces the projection of `gpu_tokens_per_s`
+    (and so every number notebook 08 and its widget derive from batched throughput). When notebook 09's benchmark
+    commits its result (datasets/results/serving_gpu.json, read through labkit.serving), return its tokens/s for
+    this GPU and batch here, and a note that says "measured" and names the file.
+    """
+    return None
+
+
 def gpu_tokens_per_s(gpu: str, batch: int = 1, context: int = 2048, reference=None) -> tuple[float, str]:
     """Decode tokens/s of Llama 3.1 8B (Q4_K_M, llama.cpp) on `gpu` at `batch` concurrent sequences,
     and a note saying where the number comes from.
@@ -605,6 +719,9 @@ def gpu_tokens_per_s(gpu: str, batch: int = 1, context: int = 2048, reference=No
     bandwidth (gpus.json datasheets); batches are projected with `projected_batch_tokens_per_s`,
     capped by the GPU's datasheet fp16 FLOP/s.
     """
+    measured = measured_batch_tokens_per_s(gpu, batch) if reference is None else None
+    if measured is not None:
+        return measured
     ref = reference or reference_gpu_result()
     target, h100 = find_gpu(gpu), find_gpu("H100")
     kv = kv_cache_bytes("llama-3.1-8b", context, kv_dtype="fp16")
@@ -619,13 +736,19 @@ def gpu_tokens_per_s(gpu: str, batch: int = 1, context: int = 2048, reference=No
     return tps, note
 
 
-def measure_matmul_flops(device: str = "cpu", size: int = 1024, dtype: str = "fp32", repeats: int = 5) -> float:
-    """FLOP/s of a square matrix product on `device` (best of `repeats`): the compute ceiling of batching."""
+def measure_matmul_flops(device: str = "cpu", size: int = 1024, dtype: str = "fp32", repeats: int = 5,
+                         shape: tuple[int, int, int] | None = None) -> float:
+    """FLOP/s of a matrix product on `device` (best of `repeats`): square `size` x `size` by default, the compute
+    ceiling of batching; `shape=(m, k, n)` times an (m x k) @ (k x n) product instead, e.g. a batch of m
+    sequences through one of the model's layers."""
     import torch
 
     require_positive("size", size)
-    a = torch.randn(size, size, dtype=torch_dtype(dtype), device=device)
-    b = torch.randn(size, size, dtype=torch_dtype(dtype), device=device)
+    m, k, n = shape if shape is not None else (size, size, size)
+    for name, value in (("m", m), ("k", k), ("n", n)):
+        require_positive(f"shape's {name}", value)
+    a = torch.randn(m, k, dtype=torch_dtype(dtype), device=device)
+    b = torch.randn(k, n, dtype=torch_dtype(dtype), device=device)
     best = math.inf
     for i in range(repeats + 1):
         _sync(device)
@@ -634,7 +757,7 @@ def measure_matmul_flops(device: str = "cpu", size: int = 1024, dtype: str = "fp
         _sync(device)
         if i:
             best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+    return 2 * m * k * n / best
 
 
 @dataclass(frozen=True)
@@ -642,11 +765,26 @@ class BatchPoint:
     batch: int
     new_tokens: int
     seconds: float
+    prefill_seconds: float = math.nan  # the same call with one new token: the prompts' prefill and one step
 
     @property
     def tokens_per_s(self) -> float:
         """Generated tokens (all sequences) per second of wall time, prefill included."""
         return self.batch * self.new_tokens / self.seconds
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Tokens per second of the decode steps alone: the run minus its prefill (NaN when not measured, or
+        when the two timings are too close to subtract on a busy machine)."""
+        decode = self.seconds - self.prefill_seconds
+        if not decode > 0.1 * self.seconds or self.new_tokens < 2:
+            return math.nan
+        return self.batch * (self.new_tokens - 1) / decode
+
+    @property
+    def step_seconds(self) -> float:
+        """Seconds per decode step (one new token for every sequence of the batch)."""
+        return self.batch / self.decode_tokens_per_s
 
 
 def measure_batch_throughput(model: Any, tokenizer: Any, prompt: str, batch_sizes: Sequence[int] = (1, 2, 4, 8),
@@ -671,7 +809,83 @@ def measure_batch_throughput(model: Any, tokenizer: Any, prompt: str, batch_size
         return time.perf_counter() - start
 
     run(1, 2)  # warm-up: allocators, thread pools
-    return [BatchPoint(b, new_tokens, run(b, new_tokens)) for b in tqdm(list(batch_sizes), desc="batch sizes")]
+    points = []
+    for b in tqdm(list(batch_sizes), desc="batch sizes", leave=False):
+        prefill = run(b, 1)
+        points.append(BatchPoint(b, new_tokens, run(b, new_tokens), prefill))
+    return points
+
+
+def additive_batch_tokens_per_s(batch1_step_seconds: float, batch: int, parameters: float,
+                                flops_per_s: float) -> float:
+    """Decode tokens/s of `batch` sequences when the arithmetic does NOT hide under the memory reads: every extra
+    sequence adds its 2 x parameters FLOPs at `flops_per_s` to the batch-1 step. The other bound to
+    `projected_batch_tokens_per_s`, which assumes the arithmetic is free until it becomes the limit: on a CPU the
+    same few cores read the weights and do the arithmetic, so the truth lies between the two."""
+    require_positive("batch1_step_seconds", batch1_step_seconds)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise LabkitError(f"batch must be a whole number of sequences (1 or more), got {batch!r}")
+    require_positive("parameters", parameters)
+    require_positive("flops_per_s", flops_per_s)
+    step = batch1_step_seconds + (batch - 1) * 2 * parameters / flops_per_s
+    return batch / step
+
+
+def flops_per_byte_ratio(gpu: str, cpu_flops_per_s: float, cpu_bytes_per_s: float) -> float:
+    """How many times more FLOP/s per byte/s of bandwidth `gpu` has (datasheet fp16 FLOP/s and bandwidth) than
+    this machine (measured matmul FLOP/s and copy bandwidth): the larger it is, the longer batching stays free."""
+    require_positive("cpu_flops_per_s", cpu_flops_per_s)
+    require_positive("cpu_bytes_per_s", cpu_bytes_per_s)
+    card = find_gpu(gpu)
+    return (card["fp16_tflops"] * 1e12 / (card["bandwidth_gbps"] * 1e9)) / (cpu_flops_per_s / cpu_bytes_per_s)
+
+
+def batching_markdown(points: Sequence[BatchPoint], projected: dict[int, float], additive: dict[int, float],
+                      flops_per_s: float, compute_tokens_per_s: float, gpu_ratio: float | None = None,
+                      thin: tuple[tuple[int, int, int], float] | None = None) -> str:
+    """What this machine's batching measurement shows, every number computed from the measurement: the gain, the
+    estimates beside it, and where the gap between them goes (the prefill, and arithmetic that is not free).
+    `thin`: ((m, k, n), FLOP/s) of a product of the model's own shape at the largest batch."""
+    if not points:
+        raise LabkitError("batching_markdown needs at least one measured batch size")
+    first, last = points[0], points[-1]
+    b = last.batch
+    gain = last.tokens_per_s / first.tokens_per_s
+    lines = [f"Measured here: **{first.tokens_per_s:.1f} → {last.tokens_per_s:.1f} generated tokens/s** from batch "
+             f"{first.batch} to {b}, {gain:.1f}x the throughput for {b // first.batch}x the sequences. The "
+             f"memory-bound estimate says {projected[b]:.1f} tokens/s at batch {b}, "
+             f"{projected[b] / last.tokens_per_s:.1f}x the measurement. Where the difference goes:"]
+    if math.isfinite(last.prefill_seconds):
+        share = last.prefill_seconds / last.seconds
+        decode = (f"; the decode steps alone ran at {last.decode_tokens_per_s:.1f} tokens/s"
+                  if math.isfinite(last.decode_tokens_per_s) else "")
+        lines.append(f"* **the prefill**: reading {b} prompts took {last.prefill_seconds:.2f} s of the "
+                     f"{last.seconds:.2f} s run ({share:.0%}){decode}. The estimate counts decode steps only.")
+    if math.isfinite(first.step_seconds) and math.isfinite(last.step_seconds):
+        ratio = last.step_seconds / first.step_seconds
+        lines.append(f"* **arithmetic is not free here**: a decode step of {b} sequences took {ratio:.1f}x the time "
+                     f"of a step of {first.batch} (the estimate assumes 1x until the compute ceiling of "
+                     f"{compute_tokens_per_s:,.0f} tokens/s, from a square matrix product at "
+                     f"{flops_per_s / 1e9:,.0f} GFLOP/s). On a CPU the same few cores stream the weights and do the "
+                     f"multiplications, so each extra sequence's arithmetic adds time instead of hiding under the "
+                     f"memory reads. Counting it as added time gives {additive[b]:.1f} tokens/s at batch {b}.")
+        decode_b = last.decode_tokens_per_s
+        low, high = sorted((additive[b], projected[b]))
+        where = ("between the two estimates" if low <= decode_b <= high
+                 else "below both estimates" if decode_b < low else "above both estimates")
+        lines.append(f"* the measured decode speed at batch {b}, {decode_b:.1f} tokens/s, lies **{where}** "
+                     f"({low:.1f} and {high:.1f}).")
+    if thin is not None:
+        (m, k, n), thin_flops = thin
+        lines.append(f"* **thin products are slower**: both estimates use the square product's {flops_per_s / 1e9:,.0f} "
+                     f"GFLOP/s, but a product of this model's own shape at batch {m} ({m} x {k} by {k} x {n}) ran at "
+                     f"{thin_flops / 1e9:,.0f} GFLOP/s ({thin_flops / flops_per_s:.0%} of it): few rows leave the "
+                     "cores waiting on the weights they read.")
+    if gpu_ratio is not None:
+        lines.append(f"\nAn H100's datasheet has **{gpu_ratio:,.0f}x** more FLOP/s per byte/s of bandwidth than this "
+                     "machine's measured matrix product and memory copy, so there a batch's arithmetic stays hidden "
+                     "under the weight reads up to a much larger batch: batching keeps paying much longer.")
+    return "\n".join(lines)
 
 
 def plot_batching(measured: Sequence[BatchPoint], projected: dict[int, float] | None = None,
@@ -735,22 +949,47 @@ def break_even_for(monthly_tokens: float, offer: GpuOffer, api: ApiPrice, utiliz
 
 
 @exercise("08.cost_per_1m_tokens",
-          hint="Tokens in one hour = tokens/s × 3600 × utilisation. Divide the hourly price by that, then "
-               "multiply by 1,000,000.", rtol=0.01)
+          hint="Work out how many tokens one hour of rent buys when the GPU is generating only part of that hour; "
+               "the price of one token follows, and you want a million of them.", rtol=0.01,
+          slips={"forgetting the utilisation (the GPU is busy only part of every paid hour)":
+                 lambda expected, utilization, **_: expected * utilization,
+                 "multiplying by the utilisation where it divides": lambda expected, utilization, **_:
+                 expected * utilization**2,
+                 "leaving out the 3,600 seconds of an hour": 3600.0,
+                 "giving the price of one token instead of a million": 1e-6})
 def _expected_cost_per_1m(usd_per_hour: float, tokens_per_s: float, utilization: float) -> float:
     return self_hosted_cost_per_1m(usd_per_hour, tokens_per_s, utilization)
 
 
 @exercise("08.break_even_tokens",
-          hint="A month of rent is $/h × 730 hours. The API charges (price per 1M) / 1e6 per token, so the "
-               "volumes are equal at rent ÷ price × 1,000,000 tokens.", rtol=0.01)
+          hint="Put the two monthly bills side by side: the rent does not depend on the volume, the API bill grows "
+               "with it. Find the volume where they are equal, remembering what unit the API price is quoted in.",
+          rtol=0.01,
+          slips={"using one hour of rent instead of a month's (730 hours)": 1 / HOURS_PER_MONTH,
+                 "answering in millions of tokens where tokens are asked": 1e-6,
+                 "using a 30-day month (720 h) where the course uses 730 h (365 x 24 / 12)": 720 / HOURS_PER_MONTH})
 def _expected_break_even(usd_per_hour: float, api_usd_per_1m: float) -> float:
     return break_even_tokens_per_month(usd_per_hour * HOURS_PER_MONTH, api_usd_per_1m)
 
 
+def _payback_with(purchase_usd: float, monthly_api_usd: float, electricity: float) -> float:
+    saving = monthly_api_usd - electricity
+    return purchase_usd / saving if saving > 0 else math.inf
+
+
 @exercise("08.payback_months",
-          hint="Each month the card saves the API bill minus its electricity (kW × hours × $/kWh). "
-               "Divide the purchase price by that monthly saving.", rtol=0.01)
+          hint="What does owning the card save each month, once its own running cost is paid? The price of the card "
+               "divided by that saving counts the months. Mind the units of the power (watts) and the tariff (kWh).",
+          rtol=0.01,
+          slips={"leaving out the electricity": lambda expected, purchase_usd, monthly_api_usd, **_:
+                 purchase_usd / monthly_api_usd,
+                 "adding the electricity to the saving instead of subtracting it":
+                 lambda expected, purchase_usd, monthly_api_usd, power_w, busy_hours, usd_per_kwh:
+                 purchase_usd / (monthly_api_usd + power_w / 1000 * busy_hours * usd_per_kwh),
+                 "using watts where the tariff is per kilowatt-hour (1,000x the electricity)":
+                 lambda expected, purchase_usd, monthly_api_usd, power_w, busy_hours, usd_per_kwh:
+                 _payback_with(purchase_usd, monthly_api_usd, power_w * busy_hours * usd_per_kwh),
+                 "answering in years where months are asked": 1 / 12})
 def _expected_payback(purchase_usd: float, monthly_api_usd: float, power_w: float, busy_hours: float,
                       usd_per_kwh: float) -> float:
     return payback_months(purchase_usd, monthly_api_usd, electricity_usd_per_month(power_w, busy_hours, usd_per_kwh))

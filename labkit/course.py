@@ -17,7 +17,8 @@ COLAB_CMAKE_ARGS = " ".join([*SERVER_CMAKE_ARGS, "-DCMAKE_INSTALL_RPATH=$ORIGIN/
 COLAB_CELL = f"""\
 # Set-up. On Colab this installs labkit as any pip user gets it: 5-10 minutes the first time, as llama-cpp-python
 # compiles from source together with llama.cpp's llama-server (CPU build). Locally, `make lab` already did.
-import os, sys
+import os
+import sys
 if "google.colab" in sys.modules:
     os.environ["CMAKE_ARGS"] = "{COLAB_CMAKE_ARGS}"
     %pip install -q "{PIP_REQUIREMENT}"

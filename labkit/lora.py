@@ -8,18 +8,24 @@ Read top to bottom, this module is notebook 07:
 3. LoRA and QLoRA with peft (`add_lora`, `load_bundled_qlora`);
 4. a plain PyTorch training loop with a progress bar, a checkpoint every few steps (an interrupted run resumes and
    loses nothing) and a clear message on out-of-memory;
-5. merge, save, reload, adapter size, and export of the merged model to GGUF for llama.cpp / Ollama / LM Studio;
-6. training memory measured beside `labkit.vram.estimate_training`.
+5. merge, save, reload, adapter size, a merge into a 4-bit base measured by KL divergence, and export of the merged
+   model to GGUF (with the chat template and the end-of-turn token, so a server stops after the answer) for
+   llama.cpp / Ollama / LM Studio;
+6. training memory measured beside `labkit.vram.estimate_training`;
+7. the step to your own data: chat-format JSONL files and TRL's SFTTrainer, beside the hand-written loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
+import logging
 import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,14 +33,46 @@ from typing import Any
 from . import vram
 from .check import exercise, validator
 from .errors import LabkitError, MissingPackageError, unknown
-from .gguf_files import write_gguf_like
-from .models import bundled_gguf_path, dense_cache_path, load_bundled_transformers
+from .models import dense_cache_path, load_bundled_transformers
 from .paths import cache_dir, datasets_dir
 from .runtimes import render_chat
 from .vram_measure import TensorMemoryTracker, cuda_context_bytes
 
 # torch, transformers, peft, bitsandbytes and tqdm are imported inside the functions that use them: `import
 # labkit` stays quick and works without the optional extras.
+
+class _DropKernelsNotice(logging.Filter):
+    """bitsandbytes logs, on import, that an optional CPU kernel package is missing; its fallback works."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "kernels-community" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_libraries():
+    """Keep three library messages out of the notebook, narrowly: bitsandbytes' notice about the optional `kernels`
+    package (its CPU fallback is what runs), transformers' FutureWarning about `is_gradient_checkpointing` (raised
+    inside peft), and transformers' "Loading weights" progress bar (a 270M model loads in a second)."""
+    from transformers.utils import logging as hf_logging
+
+    notice = _DropKernelsNotice()
+    targets = [logging.getLogger(name) for name in ("bitsandbytes.backends.cpu.ops", "bitsandbytes")]
+    for logger in targets:
+        logger.addFilter(notice)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=".*gradient_checkpointing.* is deprecated.*",
+                                    category=FutureWarning)
+            yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+        for logger in targets:
+            logger.removeFilter(notice)
+
 
 # ============================================================================ 1. the task
 
@@ -69,6 +107,21 @@ def chat_prompt(sentence: str) -> str:
 
 
 END_OF_TURN = "<end_of_turn>"
+
+# Gemma's chat template as a Jinja program, the form Hugging Face tokenizers, TRL, llama.cpp's server, Ollama and
+# LM Studio read (the bundled base model ships none). It renders exactly `render_chat(style="gemma")` (a test checks).
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}"
+    "{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}")
+
+
+def ensure_chat_template(tokenizer: Any) -> Any:
+    """Give a tokenizer Gemma's chat template when it has none (the bundled base model's tokenizer)."""
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
+    return tokenizer
 
 
 @dataclass
@@ -327,7 +380,8 @@ def copy_peft_adapter(peft_state: dict, model: Any) -> int:
 
 def _require_peft():
     try:
-        import peft
+        with quiet_libraries():  # importing peft imports bitsandbytes, which logs a notice (see quiet_libraries)
+            import peft
     except ImportError as err:
         raise MissingPackageError("peft", "LoRA training", extra="lab") from err
     return peft
@@ -344,7 +398,15 @@ def add_lora(model: Any, rank: int = 8, alpha: float = 16, target_modules: Any =
     config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, bias="none", task_type="CAUSAL_LM",
                              target_modules="all-linear" if target_modules == "all-linear" else targets)
     torch.manual_seed(seed)
-    return peft.get_peft_model(model, config)
+    with quiet_libraries():
+        return peft.get_peft_model(model, config)
+
+
+def load_adapter(model: Any, path: str | Path):
+    """A saved peft adapter (`save_pretrained`) on top of `model`: `PeftModel.from_pretrained`, quietly."""
+    peft = _require_peft()
+    with quiet_libraries():
+        return peft.PeftModel.from_pretrained(model, str(path))
 
 
 def load_bundled_qlora(device: str = "cpu", gradient_checkpointing: bool = False):
@@ -354,18 +416,19 @@ def load_bundled_qlora(device: str = "cpu", gradient_checkpointing: bool = False
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as err:
-        raise MissingPackageError("bitsandbytes", "QLoRA (a 4-bit base)", extra="lab") from err
-    if not (dense_cache_path() / "model.safetensors").exists():
-        load_bundled_transformers()  # de-quantizes the GGUF once and caches the dense copy
-    compute = torch.bfloat16 if device == "cuda" else torch.float32
-    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                bnb_4bit_compute_dtype=compute)
-    model = AutoModelForCausalLM.from_pretrained(str(dense_cache_path()), quantization_config=config,
-                                                 device_map={"": device}, dtype=compute)
-    return peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    with quiet_libraries():
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as err:
+            raise MissingPackageError("bitsandbytes", "QLoRA (a 4-bit base)", extra="lab") from err
+        if not (dense_cache_path() / "model.safetensors").exists():
+            load_bundled_transformers()  # de-quantizes the GGUF once and caches the dense copy
+        compute = torch.bfloat16 if device == "cuda" else torch.float32
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                    bnb_4bit_compute_dtype=compute)
+        model = AutoModelForCausalLM.from_pretrained(str(dense_cache_path()), quantization_config=config,
+                                                     device_map={"": device}, dtype=compute)
+        return peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
 
 
 # ============================================================================ 4. training
@@ -591,7 +654,8 @@ def train_bundled_adapter(steps: int, device: str = "cpu", output_dir: str | Pat
 
     Returns (peft_model, tokenizer, TrainResult). Resumes from `output_dir` (default: `course_run_dir`)."""
     chosen = {**BUNDLED_SETUP, **setup}
-    loaded = load_bundled_transformers(dtype="fp32" if device == "cpu" else "bf16", device=device)
+    with quiet_libraries():
+        loaded = load_bundled_transformers(dtype="fp32" if device == "cpu" else "bf16", device=device)
     peft_model = add_lora(loaded.model, chosen["rank"], chosen["alpha"], chosen["target_modules"], seed=chosen["seed"])
     examples = encode_rows(loaded.tokenizer, load_task("train"), max_len=128,
                            context=loaded.model.config.max_position_embeddings)
@@ -617,74 +681,91 @@ def merge_and_compare(peft_model: Any, input_ids: Any) -> tuple[Any, float]:
     return merged, float((before - after).abs().max())
 
 
+def answer_logprobs(model: Any, tokenizer: Any, rows: list[dict]) -> list:
+    """The model's next-token log-probabilities at every position that predicts an answer token of `rows`
+    (prompt + answer fed in, teacher-forced): one (answer tokens x vocabulary) tensor per row."""
+    import torch
+    import torch.nn.functional as F
+
+    device = next(model.parameters()).device
+    out = []
+    for example in encode_rows(tokenizer, rows):
+        predicts = [i for i in range(len(example.labels) - 1) if example.labels[i + 1] != -100]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([example.input_ids], device=device)).logits[0, predicts]
+        out.append(F.log_softmax(logits.float().cpu(), dim=-1))
+    return out
+
+
+def mean_kld(reference: list, other: list) -> float:
+    """Mean KL(reference || other) in nats per token over matching lists of log-probability tensors: 0 means the
+    same predictions; the same quantity as notebook 04's KLD."""
+    total = sum(float((r.exp() * (r - o)).sum()) for r, o in zip(reference, other))
+    return total / sum(len(r) for r in reference)
+
+
+@dataclass
+class FourBitMerge:
+    """The trained adapter on an NF4 base, kept apart or merged into the 4-bit weights, compared by KL divergence
+    over the answer tokens of held-out rows (nats per token; 0 = the same predictions)."""
+
+    base_to_4bit: float  # adapter on the NF4 base vs the adapter on the full-precision base
+    merge_in_4bit: float  # merged into the NF4 weights vs the adapter kept apart on the same NF4 base
+    merged_vs_full: float  # merged into NF4 vs the adapter on the full-precision base
+    rows: int
+
+    def __str__(self) -> str:
+        return (f"KL divergence over the answers of {self.rows} held-out rows (nats per token):\n"
+                f"  adapter on the NF4 base vs on the full-precision base   {self.base_to_4bit:.4f}\n"
+                f"  merged INTO the NF4 weights vs the adapter kept apart   {self.merge_in_4bit:.4f}\n"
+                f"  merged into NF4 vs the adapter on full precision        {self.merged_vs_full:.4f}")
+
+
+def unpack_cpu_4bit_weights(model: Any) -> int:
+    """Undo bitsandbytes' CPU repacking of NF4 weights; returns how many matrices were unpacked.
+
+    On a CPU with bf16 instructions, a 4-bit layer's first inference (eval mode, no gradients) rearranges its packed
+    weights for a faster kernel, in place. peft's merge then de-quantizes those bytes as if they were plain NF4 and
+    writes back nonsense (a KL divergence of tens of nats per token). Unpacking first, as bitsandbytes itself does
+    before saving, makes the merge read the real weights."""
+    try:
+        import bitsandbytes as bnb
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+    except ImportError:  # no bitsandbytes, or a version without CPU repacking: nothing to undo
+        return 0
+    unpacked = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(module, bnb.nn.Linear4bit) and getattr(weight.quant_state, "packing_format_for_cpu", False):
+            weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
+            unpacked += 1
+    return unpacked
+
+
+def merge_into_4bit(adapter_dir: str | Path, reference: Any, tokenizer: Any, rows: list[dict],
+                    device: str = "cpu", base: Any = None) -> FourBitMerge:
+    """Put the saved adapter on the bundled model in NF4 (`base`, e.g. a QLoRA model after `unload()`, or loaded
+    here); then merge the adapter INTO the 4-bit weights (peft de-quantizes each matrix, adds the update and
+    quantizes the sum again) and compare the three by KL divergence. `reference` is the adapter on the
+    full-precision base (what it was trained on). The NF4 base is merged in place: do not reuse it."""
+    full = answer_logprobs(reference, tokenizer, rows)
+    adapted = load_adapter(base if base is not None else load_bundled_qlora(device=device), adapter_dir)
+    adapted.eval()
+    apart = answer_logprobs(adapted, tokenizer, rows)
+    unpack_cpu_4bit_weights(adapted)
+    with quiet_libraries(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Mm]erg.*")  # peft's notice of rounding errors in a 4-bit
+        merged = adapted.merge_and_unload()                      # merge: measuring them is the point here
+    into = answer_logprobs(merged, tokenizer, rows)
+    return FourBitMerge(mean_kld(full, apart), mean_kld(apart, into), mean_kld(full, into), len(rows))
+
+
 def folder_bytes(path: str | Path) -> int:
     """Bytes on disk of a file or of every file under a folder (an adapter, a merged model)."""
     path = Path(path)
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-NORM_SUFFIXES = ("_norm.weight", "layernorm.weight", "norm.weight")
-GEMMA3_TO_GGUF = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-}
-GEMMA3_LAYER_TO_GGUF = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "post_attention_layernorm.weight": "post_attention_norm.weight",
-    "pre_feedforward_layernorm.weight": "ffn_norm.weight",
-    "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "self_attn.q_norm.weight": "attn_q_norm.weight",
-    "self_attn.k_norm.weight": "attn_k_norm.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-}
-
-
-def gguf_name(hf_name: str) -> str | None:
-    """The GGUF tensor name llama.cpp uses for a Gemma 3 transformers weight (None: not stored, e.g. the tied
-    lm_head)."""
-    if hf_name in GEMMA3_TO_GGUF:
-        return GEMMA3_TO_GGUF[hf_name]
-    if hf_name == "lm_head.weight":
-        return None
-    parts = hf_name.split(".")
-    if hf_name.startswith("model.layers.") and ".".join(parts[3:]) in GEMMA3_LAYER_TO_GGUF:
-        return f"blk.{parts[2]}.{GEMMA3_LAYER_TO_GGUF['.'.join(parts[3:])]}"
-    raise LabkitError(f"no GGUF name for the weight {hf_name!r}: only Gemma 3 models export here.")
-
-
-def to_gguf_tensors(state_dict: dict) -> dict:
-    """The merged model's weights as llama.cpp stores them: GGUF names, numpy arrays, and Gemma's norm weights
-    plus one (transformers' Gemma RMSNorm multiplies by 1 + w; llama.cpp's by the stored value)."""
-    import numpy as np
-
-    out = {}
-    for name, tensor in state_dict.items():
-        target = gguf_name(name)
-        if target is None:
-            continue
-        array = tensor.detach().float().cpu().numpy()
-        if "norm" in target:
-            out[target] = (array + 1.0).astype(np.float32)  # llama.cpp keeps norms in float32
-        else:
-            out[target] = array.astype(np.float16)
-    return out
-
-
-def export_gguf(merged_model: Any, out_path: str | Path, template: str | Path | None = None) -> Path:
-    """Write the merged model as an F16 GGUF that llama.cpp, Ollama and LM Studio load: metadata and tokenizer
-    copied from `template` (default: the bundled GGUF), the tensors from the merged weights."""
-    template = Path(template) if template is not None else bundled_gguf_path()
-    tensors = to_gguf_tensors(merged_model.state_dict())
-    return write_gguf_like(template, tensors, out_path, dtype="F16", progress=True,
-                           metadata={"general.name": f"{Path(out_path).stem} (LoRA merged)"})
 
 
 # ============================================================================ 6. memory: estimate beside measurement
@@ -700,6 +781,19 @@ class TrainingMemory:
     @property
     def error(self) -> float:
         return self.estimate / self.measured - 1
+
+    def table(self) -> str:
+        """The estimate's parts that are compared with the measurement (on a CPU: the tensors, no overhead), which
+        add up to the estimate printed, beside the measured total."""
+        est = self.details["estimate"]
+        parts = {"weights": est.weights, "gradients": est.gradients, "optimizer states": est.optimizer_states,
+                 "activations": est.activations}
+        if self.details.get("device") == "cuda":
+            parts["runtime overhead"] = est.overhead
+        lines = [f"{'GiB':<18} {'estimate':>9}"] + [f"{k:<18} {v / 2**30:>9.3f}" for k, v in parts.items()]
+        lines += [f"{'sum (estimate)':<18} {sum(parts.values()) / 2**30:>9.3f}",
+                  f"{'measured':<18} {self.measured / 2**30:>9.3f}"]
+        return "\n".join(lines)
 
     def __str__(self) -> str:
         rate = f", {self.tokens_per_s:,.0f} tokens/s" if math.isfinite(self.tokens_per_s) else ""
@@ -767,9 +861,37 @@ def training_memory(model: Any, method: str, seq_len: int, batch: int = 1, rank:
     if device == "cuda":
         measured = peak + cuda_context_bytes()
         estimate = est.total
-    else:  # the CPU figure counts tensors only: compare with the estimate without its fixed runtime overhead
-        measured, estimate = peak, est.total - vram.CPU_OVERHEAD_BYTES
-    return TrainingMemory(measured, estimate, rate, {"estimate": est})
+    else:  # the CPU figure counts tensors only: compare with the estimate's tensors, without any overhead
+        measured, estimate = peak, est.total - est.overhead
+    return TrainingMemory(measured, estimate, rate, {"estimate": est, "device": device})
+
+
+def committed_estimate_check(results: dict | None = None) -> dict[bool, list[tuple[str, float]]]:
+    """The committed GPU check of `vram.estimate_training` (benchmarks/lora_gpu.py): {gradient checkpointing on?:
+    [(method, estimate / measured - 1), ...]}; empty when no result is committed."""
+    from .bench import load_benchmark_results  # a committed result file, read when asked
+
+    results = load_benchmark_results("lora_gpu") if results is None else results
+    out: dict[bool, list[tuple[str, float]]] = {}
+    for row in (results or {}).get("rows", []):
+        if "skipped" not in row:
+            out.setdefault(bool(row["gradient_checkpointing"]), []).append((row["method"], float(row["error"])))
+    return out
+
+
+def estimate_accuracy_note(gradient_checkpointing: bool, results: dict | None = None) -> str:
+    """One line: how far the estimate was from the measurement in the committed GPU check, for this setting."""
+    from .bench import load_benchmark_results  # a committed result file, read when asked
+
+    results = load_benchmark_results("lora_gpu") if results is None else results
+    rows = committed_estimate_check(results or {}).get(bool(gradient_checkpointing))
+    if not rows:
+        return "no committed GPU check of the estimate for this setting"
+    setting = "with" if gradient_checkpointing else "without"
+    errors = ", ".join(f"{m} {e:+.1%}" for m, e in rows)
+    return (f"estimate vs measured {setting} gradient checkpointing on the committed GPU check "
+            f"({results.get('device_name', 'GPU')}, {results.get('model', '')}, {results.get('seq_len', '?')} "
+            f"tokens): {errors}")
 
 
 # ============================================================================ the widget's function
@@ -800,18 +922,40 @@ def plan_text(rows: list[dict]) -> str:
 # ============================================================================ exercises
 
 
-@exercise("07.lora_params", hint="Each adapted matrix of shape (out, in) gets A (r x in) and B (out x r): "
-          "r * (in + out) parameters. Sum over the matrices you listed.")
+@exercise("07.lora_params",
+          hint="Read the shapes of A and B in section 2: each is thin, with r on one side. Count the entries of "
+               "both, for each matrix you listed, and add them up.",
+          slips={"counting only A (r x in) or only B (out x r), not both":
+                 lambda expected, shapes, rank: sum(rank * i for _, i in shapes),
+                 "counting only B (out x r), not A": lambda expected, shapes, rank: sum(o * rank for o, _ in shapes),
+                 "counting the full matrices (in x out: what full fine-tuning trains)":
+                 lambda expected, shapes, rank: sum(o * i for o, i in shapes),
+                 "forgetting to multiply by the rank r": lambda expected, shapes, rank: sum(o + i for o, i in shapes)})
 def _expected_lora_params(shapes: list[tuple[int, int]], rank: int) -> int:
     return lora_parameter_count(shapes, rank)
 
 
-@exercise("07.scaling", hint="peft multiplies B @ A by lora_alpha / r.")
+@exercise("07.scaling",
+          hint="peft builds the scale from lora_alpha and r so that raising the rank alone does not make the update "
+               "bigger (section 2). Which of the two goes on top?",
+          slips={"dividing the other way round (r / alpha)": lambda expected, rank, alpha: rank / alpha,
+                 "using alpha alone, without the rank": lambda expected, rank, alpha: alpha})
 def _expected_scaling(rank: int, alpha: float) -> float:
     return alpha / rank
 
 
-@validator("07.merged_weight", hint="The merged matrix is W + (alpha / r) * B @ A, with B @ A of shape (out, in).")
+def _merged_weight_slips(layer: Any) -> dict:
+    """The matrices a learner gets by each common slip on the merge (the names are shown when one matches)."""
+    w, a, b, s = (layer.base.weight.detach().float(), layer.lora_A.detach().float(), layer.lora_B.detach().float(),
+                  layer.scaling)
+    return {"leaving out the scale alpha / r (W + B @ A)": w + b @ a,
+            "returning only the update, without W": s * b @ a,
+            "scaling W too ((W + B @ A) * scale)": (w + b @ a) * s}
+
+
+@validator("07.merged_weight",
+           hint="The merged matrix must give the same output as the wrapped layer for every input x: write down what "
+                "LoRALinear.forward computes and factor x out.")
 def _validate_merged_weight(answer: Any, layer: Any = None) -> str | None:
     import torch
 
@@ -819,18 +963,26 @@ def _validate_merged_weight(answer: Any, layer: Any = None) -> str | None:
         return f"expected a torch tensor, got {type(answer).__name__}"
     expected = layer.merged_weight().detach()
     if answer.shape != expected.shape:
-        return f"shape {tuple(answer.shape)}, expected {tuple(expected.shape)}"
-    if not torch.allclose(answer.detach().float(), expected.float(), atol=1e-5, rtol=1e-4):
-        return "the values differ from W + scaling * B @ A"
-    return None
+        hint = (" (A @ B is r x r or fails: the update is B @ A, out x in)" if tuple(answer.shape) ==
+                tuple(layer.lora_A.shape[:1] * 2) else "")
+        return f"shape {tuple(answer.shape)}, expected {tuple(expected.shape)} (out x in, like W){hint}"
+    got = answer.detach().float()
+    if torch.allclose(got, expected.float(), atol=1e-5, rtol=1e-4):
+        return None
+    for slip, value in _merged_weight_slips(layer).items():
+        if torch.allclose(got, value, atol=1e-5, rtol=1e-4):
+            return f"the values differ from the merged layer's. That is the matrix you get by {slip}"
+    return "the values differ from the merged layer's (check each term and its scale)"
 
 
-@validator("07.valid_rate", hint="Use parse_answer(output) on each output: it returns None when the output is not "
-           "valid; the rate is the share of outputs that are not None.")
-def _validate_valid_rate(answer: Any, outputs: list[str] | None = None) -> str | None:
-    expected = sum(parse_answer(o) is not None for o in outputs) / len(outputs)
-    try:
-        value = float(answer)
-    except (TypeError, ValueError):
-        return f"expected a number between 0 and 1, got {answer!r}"
-    return None if math.isclose(value, expected, abs_tol=1e-9) else f"got {value:.3f}, which is not right"
+@exercise("07.valid_rate",
+          hint="parse_answer tells you, output by output, whether it is valid. The rate is a share of all the "
+               "outputs: a number between 0 and 1.",
+          slips={"giving the number of valid outputs instead of their share":
+                 lambda expected, outputs: expected * len(outputs),
+                 "giving a percentage where a share between 0 and 1 is asked": 100.0,
+                 "counting the invalid outputs instead of the valid ones": lambda expected, outputs: 1 - expected})
+def _expected_valid_rate(outputs: list[str]) -> float:
+    if not outputs:
+        raise LabkitError("outputs is empty: pass the model's outputs to check the rate against.")
+    return sum(parse_answer(o) is not None for o in outputs) / len(outputs)

@@ -19,7 +19,7 @@ MODULE_CHOICES = {
 }
 
 
-def plan_html(model: str, rank: int, modules: str, seq_len: int, gradient_checkpointing: bool = False) -> str:
+def plan_html(model: str, rank: int, modules: str, seq_len: int, gradient_checkpointing: bool = True) -> str:
     """The planner's output as an HTML <pre> table (what the widget shows)."""
     if modules not in MODULE_CHOICES:
         raise unknown("module choice", modules, MODULE_CHOICES)
@@ -29,7 +29,8 @@ def plan_html(model: str, rank: int, modules: str, seq_len: int, gradient_checkp
     head = (f"{model}, r={rank}, {modules}, {seq_len:,} tokens"
             f"{', gradient checkpointing' if gradient_checkpointing else ''}: "
             f"LoRA trains {share:.3%} of the parameters")
-    return f"<pre>{html.escape(head)}\n\n{html.escape(lora.plan_text(rows))}</pre>"
+    note = lora.estimate_accuracy_note(gradient_checkpointing)
+    return f"<pre>{html.escape(head)}\n\n{html.escape(lora.plan_text(rows))}\n\n{html.escape(note)}</pre>"
 
 
 def planner(model: str = "llama-3.1-8b", rank: int = 16, modules: str = "all linear (attention + MLP)",
@@ -43,7 +44,8 @@ def planner(model: str = "llama-3.1-8b", rank: int = 16, modules: str = "all lin
         "modules": w.Dropdown(options=list(MODULE_CHOICES), value=modules, description="modules"),
         "model": w.Dropdown(options=[m for m in list_configs() if m != "deepseek-v2-lite"], value=model,
                             description="model"),
-        "gradient_checkpointing": w.Checkbox(value=False, description="gradient checkpointing"),
+        # on by default, as in TRL's SFTConfig: the setting where the committed GPU check found the estimate closest
+        "gradient_checkpointing": w.Checkbox(value=True, description="gradient checkpointing"),
     }
     out = w.HTML()
 

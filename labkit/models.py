@@ -314,7 +314,15 @@ def load_bundled_transformers(dtype: str = "fp32", device: str = "cpu") -> Loade
                 f"a probe sentence that has {len(TOKENIZER_PROBE_IDS)}), so the model's text in transformers will be "
                 f"nonsense. Install the tested version: pip install transformers=={tested}; then delete {dense}.",
                 stacklevel=2)
-    model = AutoModelForCausalLM.from_pretrained(str(dense), dtype=torch_dtype(dtype)).to(device).eval()
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # "Loading weights": a progress bar for a one-second load, left in the output
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(dense), dtype=torch_dtype(dtype)).to(device).eval()
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     report = ModelReport(
         name=BUNDLED, source="bundled-dense", runtime="transformers", parameters=_count(model), dtype=dtype,
         bytes=_nbytes(model), licence=BUNDLED_LICENCE, random_weights=False, location=str(dense),

@@ -15,8 +15,9 @@ import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from .check import exercise
+from .check import validator
 from .cost import api_cost
 from .errors import LabkitError, MissingPackageError, require_positive, unknown
 from .runtimes import openai_client
@@ -315,7 +316,45 @@ def summarize_routes(results: Sequence[RouteResult]) -> list[dict]:
 # ----------------------------------------------------------------------------- exercises
 
 
-@exercise("08.luhn", hint="From the rightmost digit, double every second digit and subtract 9 from any result "
-                          "above 9; add everything up. The number passes when the sum is divisible by 10.")
-def _expected_luhn(numbers: Sequence[str]) -> list[bool]:
-    return [luhn_valid(n) for n in numbers]
+def _luhn_variant(number: str, from_left: bool = False, subtract_nine: bool = True) -> bool:
+    """Luhn's check as a learner might slip on it: doubling from the left, or keeping two-digit doubles."""
+    digits = [int(c) for c in str(number) if c.isdigit()]
+    order = digits if from_left else list(reversed(digits))
+    total = 0
+    for i, d in enumerate(order):
+        if i % 2 == 1:
+            d = d * 2 - 9 if subtract_nine and d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+LUHN_SLIPS = {
+    "doubling every second digit counted from the LEFT (Luhn counts from the rightmost digit)":
+        lambda n: _luhn_variant(n, from_left=True),
+    "keeping two-digit doubles as they are (subtract 9 from a double above 9)":
+        lambda n: _luhn_variant(n, subtract_nine=False),
+}
+
+
+@validator("08.luhn", hint="Walk the digits from the right-hand end; every second one gets doubled, and a doubled "
+                           "digit must go back to a single digit before you add it. What must the total be "
+                           "divisible by?")
+def _validate_luhn(answer: Any, numbers: Sequence[str] = ()) -> str | None:
+    expected = [luhn_valid(n) for n in numbers]
+    try:
+        given = list(answer)
+    except TypeError:
+        return f"give a list of True/False, one per number, got {type(answer).__name__}"
+    if len(given) != len(expected):
+        return f"{len(given)} answers for {len(expected)} numbers: give one True/False per number"
+    if any(not isinstance(g, bool) for g in given):
+        return "give True or False for each number (not strings or 0/1)"
+    wrong = [i for i, (g, e) in enumerate(zip(given, expected)) if g != e]
+    if not wrong:
+        return None
+    for slip, variant in LUHN_SLIPS.items():
+        if given == [variant(n) for n in numbers]:
+            return f"numbers {', '.join(str(i + 1) for i in wrong)} are wrong. That is the answer you get by {slip}"
+    i = wrong[0]
+    return (f"{len(wrong)} of {len(expected)} wrong, the first is number {i + 1} ({numbers[i]!r}): you said "
+            f"{given[i]}")

@@ -8,7 +8,7 @@ from browser_lab import browser_marks, press_slider, wait_for_state, widget_page
 pytestmark = browser_marks()
 
 CODE = ("from labkit import cost_widget\n"
-        "cost_widget.break_even_explorer(monthly_tokens=1e7, gpu='H100', api='GPT-4o', utilization=0.5, batch=8)")
+        "cost_widget.break_even_explorer(monthly_tokens=1e7, gpu='H100', api='GPT-6.2 Sol', utilization=0.5, batch=8)")
 
 
 def _amount(text: str) -> float:
@@ -23,7 +23,7 @@ def test_break_even_widget_in_jupyterlab_reacts_to_the_volume_slider(tmp_path):
     with widget_page(tmp_path, CODE, ready=".labkit-break-even") as page:
         before = page.locator(".labkit-break-even").first.inner_text()
         api_before, self_before = _bill(page, ".api-bill"), _bill(page, ".self-bill")
-        assert "GPT-4o" in before and "Break-even" in before and api_before > 0 and self_before > 0
+        assert "GPT-6.2 Sol" in before and "Break-even" in before and api_before > 0 and self_before > 0
         press_slider(page, nth=0, times=15)  # the first slider is tokens/month: 1.5 decades up
         # every key press is one round trip to the kernel: wait for the last one, not the first
         wait_for_state(page, ".labkit-break-even .api-bill", lambda text: _amount(text) > 10 * api_before)

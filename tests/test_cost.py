@@ -3,10 +3,12 @@ throughput measurement and the break-even widget (the hybrid router: test_router
 
 import csv
 import math
+from urllib.parse import urlparse
 
 import pytest
 
 from labkit import check, cost
+from labkit.check import evaluate
 from labkit.errors import LabkitError
 
 # ----------------------------------------------------------------------------- price tables
@@ -21,14 +23,33 @@ def test_every_shipped_price_has_a_source_url_and_the_date_it_was_read(table):
         assert len(row["read_on"]) == 10 and row["read_on"][4] == "-", row
 
 
-def test_api_table_covers_open_models_on_several_providers_and_the_proprietary_models_the_seeds_name():
+def test_api_table_covers_open_models_on_several_providers_and_each_frontier_providers_line_up():
     prices = cost.api_prices()
     for model in ("8B", "70B"):
         providers = {p.provider for p in prices if p.open_weights and model in p.model}
         assert len(providers) >= 3, (model, providers)
-    closed = {p.model for p in prices if not p.open_weights}
-    assert {"GPT-4o", "Claude 3.5 Sonnet", "Gemini 1.5 Pro"} <= closed
+    for provider in ("OpenAI", "Anthropic", "Google"):
+        tiers = {p.tier for p in prices if p.provider == provider and not p.open_weights}
+        assert {"mid", "small"} <= tiers, (provider, tiers)
+    assert {p.provider for p in prices if p.tier == "flagship"} >= {"OpenAI", "Anthropic"}
     assert all(p.usd_per_1m_output >= p.usd_per_1m_input for p in prices)  # generating costs at least as much
+
+
+@pytest.mark.parametrize("table", list(cost.PRICE_TABLES))
+def test_every_price_says_whether_it_was_read_on_the_providers_page(table):
+    rows = cost.load_prices(table)
+    assert all(r["source_kind"] in cost.SOURCE_KINDS for r in rows)
+    for r in rows:
+        if r["source_kind"] == "secondary":
+            assert r["note"].strip(), f"a secondary source must say what it is: {r}"
+
+
+def test_the_openai_and_anthropic_prices_come_from_their_own_pages():
+    for p in cost.api_prices():
+        if p.provider in ("OpenAI", "Anthropic"):
+            assert p.source_kind == "provider", p
+            hosts = {urlparse(s.strip()).netloc for s in p.source.split(";")}
+            assert hosts <= {"developers.openai.com", "platform.claude.com"}, p
 
 
 def test_rental_table_covers_the_gpus_the_course_compares():
@@ -70,7 +91,7 @@ def test_unknown_tables_providers_models_and_gpus_name_what_is_accepted():
     with pytest.raises(LabkitError, match="Accepted"):
         cost.load_prices("hotels")
     with pytest.raises(LabkitError, match="Accepted.*OpenAI"):
-        cost.find_api_price("OpenAl", "GPT-4o")
+        cost.find_api_price("OpenAl", "GPT-6.2 Sol")
     with pytest.raises(LabkitError, match="Accepted"):
         cost.find_api_price("OpenAI", "GPT-9")
     with pytest.raises(LabkitError, match="Accepted"):
@@ -78,12 +99,15 @@ def test_unknown_tables_providers_models_and_gpus_name_what_is_accepted():
 
 
 def test_lookups_pick_exact_names_before_substrings_and_the_cheapest_offer():
-    assert cost.find_api_price("openai", "GPT-4o").model == "GPT-4o"  # not "GPT-4o mini"
-    assert cost.find_api_price("OpenAI", "mini").model == "GPT-4o mini"
+    assert cost.find_api_price("openai", "gpt-6 luna").model == "GPT-6 Luna"
+    assert cost.find_api_price("OpenAI", "luna").model == "GPT-6 Luna"
+    with pytest.raises(LabkitError, match="Accepted"):
+        cost.find_api_price("OpenAI", "GPT-6")  # in several names: refused, not guessed
     h100 = [o for o in cost.gpu_offers() if o.gpu == "NVIDIA H100 80GB"]
     assert cost.cheapest_gpu_offer("H100").usd_per_gpu_hour == min(o.usd_per_gpu_hour for o in h100)
     table = cost.prices_markdown(cost.api_prices())
-    assert table.count("\n") == len(cost.api_prices()) + 1 and "2026-12-01" in table and "](https://" in table
+    assert table.count("\n") == len(cost.api_prices()) + 1 and "2026-12-06" in table and "](https://" in table
+    assert "provider's page: [developers.openai.com]" in table and "secondary: [" in table
 
 
 def test_this_machine_is_priced_as_its_own_gpu(capsys):
@@ -109,7 +133,7 @@ def test_api_cost_and_blended_price():
     assert cost.api_cost(2000, 500, 0.20, 0.60) == pytest.approx(0.0007)
     # a quarter of the tokens generated: 0.75 x 2.50 + 0.25 x 10 = 4.375
     assert cost.blended_price_per_1m(2.50, 10.0, 0.25) == pytest.approx(4.375)
-    assert cost.find_api_price("OpenAI", "GPT-4o").blended(0.25) == pytest.approx(4.375)
+    assert cost.find_api_price("OpenAI", "GPT-6.2 Sol").blended(0.25) == pytest.approx(0.75 * 2 + 0.25 * 10)
 
 
 def test_self_hosted_cost_per_million_tokens():
@@ -136,7 +160,7 @@ def test_break_even_payback_and_capacity():
 def test_monthly_bill_of_a_described_workload():
     support = cost.Workload("support bot", requests_per_day=10_000, input_tokens=500, output_tokens=200, days=30)
     assert support.monthly_input_tokens == 150e6 and support.monthly_output_tokens == 60e6
-    gpt4o = cost.find_api_price("OpenAI", "GPT-4o")
+    gpt4o = cost.ApiPrice("OpenAI", "GPT-4o", False, 2.50, 10.0, "https://example.com", "2026-12-01")
     h100 = cost.GpuOffer("test", "NVIDIA H100 80GB", "1x", 2.69, "https://example.com", "2026-12-01")
     bill = cost.monthly_bill(support, gpt4o, h100, tokens_per_s=1000, max_utilization=0.5)
     assert bill["api_usd"] == pytest.approx(150 * 2.50 + 60 * 10.0)  # $975
@@ -191,7 +215,8 @@ def test_gpu_throughput_starts_from_the_committed_h100_measurement():
     lambda: cost.payback_months(-5, 10),
     lambda: cost.Workload("w", -10, 100, 100),
     lambda: cost.projected_batch_tokens_per_s(100, 0, 1e9, 0),
-    lambda: cost.break_even_for(-1, cost.cheapest_gpu_offer("H100"), cost.find_api_price("OpenAI", "GPT-4o"), 0.5, 1),
+    lambda: cost.break_even_for(-1, cost.cheapest_gpu_offer("H100"), cost.find_api_price("OpenAI", "GPT-6.2 Sol"), 0.5,
+                                1),
     lambda: cost.gpu_tokens_per_s("Voodoo 2"),
     lambda: cost.find_consumer_gpu("RTX 9999"),
 ])
@@ -230,3 +255,115 @@ def test_exercise_checks_pass_on_the_right_answer_and_fail_with_a_hint():
           power_w=450, busy_hours=200, usd_per_kwh=0.3)
     with pytest.raises(AssertionError, match="Hint"):
         check("08.cost_per_1m_tokens", 2.0 / 1000, usd_per_hour=2.0, tokens_per_s=1000, utilization=0.5)
+
+
+COST_INPUTS = dict(usd_per_hour=2.69, tokens_per_s=234.0, utilization=0.3)
+BREAK_EVEN_INPUTS = dict(usd_per_hour=2.69, api_usd_per_1m=0.18)
+PAYBACK_INPUTS = dict(purchase_usd=1599, monthly_api_usd=300, power_w=450, busy_hours=232, usd_per_kwh=0.1898)
+
+
+@pytest.mark.parametrize("exercise_id, inputs, slip, answer", [
+    ("08.cost_per_1m_tokens", COST_INPUTS, "forgetting the utilisation", 2.69 / (234 * 3600) * 1e6),
+    ("08.cost_per_1m_tokens", COST_INPUTS, "multiplying by the utilisation", 2.69 / (234 * 3600) * 1e6 * 0.3),
+    ("08.cost_per_1m_tokens", COST_INPUTS, "3,600 seconds", 2.69 / (234 * 0.3) * 1e6),
+    ("08.cost_per_1m_tokens", COST_INPUTS, "one token", 2.69 / (234 * 3600 * 0.3)),
+    ("08.break_even_tokens", BREAK_EVEN_INPUTS, "one hour of rent", 2.69 / 0.18 * 1e6),
+    ("08.break_even_tokens", BREAK_EVEN_INPUTS, "millions of tokens", 2.69 * 730 / 0.18),
+    ("08.break_even_tokens", BREAK_EVEN_INPUTS, "30-day month", 2.69 * 720 / 0.18 * 1e6),
+    ("08.payback_months", PAYBACK_INPUTS, "leaving out the electricity", 1599 / 300),
+    ("08.payback_months", PAYBACK_INPUTS, "adding the electricity", 1599 / (300 + 0.45 * 232 * 0.1898)),
+    ("08.payback_months", {**PAYBACK_INPUTS, "busy_hours": 1.0}, "using watts", 1599 / (300 - 450 * 1.0 * 0.1898)),
+    ("08.payback_months", PAYBACK_INPUTS, "in years", 1599 / (300 - 0.45 * 232 * 0.1898) / 12),
+])
+def test_each_slip_of_the_cost_exercises_is_named_when_made(exercise_id, inputs, slip, answer):
+    """(Watts for kW is tested at 1 busy hour: at 232 hours the slipped electricity exceeds the bill.)"""
+    verdict = evaluate(exercise_id, answer, **inputs)
+    assert not verdict.passed and verdict.slip and slip in verdict.slip, verdict
+
+
+def test_every_exercise_of_notebook_08_declares_at_least_two_slips():
+    from labkit.check import exercises
+    from labkit.router import LUHN_SLIPS
+
+    for exercise_id in ("08.cost_per_1m_tokens", "08.break_even_tokens", "08.payback_months"):
+        assert len(exercises()[exercise_id].slips) >= 2, exercise_id
+    assert len(LUHN_SLIPS) >= 2
+
+
+# ----------------------------------------------------------------------------- what notebook 08 says about the tables
+
+
+def test_price_landscape_claims_hold_on_the_shipped_table():
+    land = cost.api_price_landscape()
+    low, high = land.ratio_range(land.flagships, land.small_open)
+    assert 1 < low <= high  # every flagship costs more than every hosted small open model
+    assert all(land.price(c) <= land.price(o) for c, o in land.closed_under_open)
+    text = cost.price_landscape_markdown(land)
+    assert f"{low:,.0f}x to {high:,.0f}x" in text
+    eights = [r.usd_per_1m_input for r in land.small_open if "8B" in r.model]
+    assert f"${min(eights):.2f}" in text and f"${max(eights):.2f}" in text
+
+
+def test_price_landscape_says_so_when_every_closed_model_is_dearer(tmp_path):
+    rows = [{**GOOD, "model": "open 8B", "tier": "small", "source_kind": "secondary", "note": "a copy"},
+            {**GOOD, "model": "closed", "open_weights": "no", "tier": "flagship", "usd_per_1m_input": "5",
+             "usd_per_1m_output": "20", "source_kind": "provider"}]
+    land = cost.api_price_landscape(cost.api_prices(_write(tmp_path, rows)))
+    assert not land.closed_under_open
+    assert "Every closed model costs more" in cost.price_landscape_markdown(land)
+    with pytest.raises(LabkitError, match="source_kind"):
+        cost.load_prices(_write(tmp_path, [{**rows[0], "source_kind": "blog"}], "bad.csv"))
+    with pytest.raises(LabkitError, match="tier"):
+        cost.load_prices(_write(tmp_path, [{**rows[0], "tier": "huge"}], "bad2.csv"))
+
+
+def test_gpu_price_range_spans_the_rows_of_that_gpu():
+    a100 = [o.usd_per_gpu_hour for o in cost.gpu_offers() if "A100" in o.gpu]
+    assert cost.gpu_price_range("A100") == (min(a100), max(a100))
+    with pytest.raises(LabkitError, match="Accepted"):
+        cost.gpu_price_range("TPU")
+
+
+def test_additive_batching_is_slower_than_the_memory_bound_projection_and_equal_at_batch_1():
+    step1, params, flops = 0.35, 268e6, 25e9  # 2.9 tokens/s at batch 1, 0.021 s of arithmetic per token
+    assert cost.additive_batch_tokens_per_s(step1, 1, params, flops) == pytest.approx(1 / step1)
+    add8 = cost.additive_batch_tokens_per_s(step1, 8, params, flops)
+    assert add8 == pytest.approx(8 / (step1 + 7 * 2 * params / flops))
+    assert add8 < cost.projected_batch_tokens_per_s(1 / step1, 8, 1e9, 0)
+
+
+def test_a_batch_point_separates_prefill_from_decode():
+    point = cost.BatchPoint(batch=8, new_tokens=8, seconds=7.2, prefill_seconds=1.6)
+    assert point.tokens_per_s == pytest.approx(64 / 7.2)
+    assert point.decode_tokens_per_s == pytest.approx(8 * 7 / 5.6)
+    assert point.step_seconds == pytest.approx(5.6 / 7)
+    assert math.isnan(cost.BatchPoint(8, 8, 7.2).decode_tokens_per_s)  # no prefill timing
+
+
+def test_batching_markdown_quotes_the_measured_and_estimated_values():
+    points = [cost.BatchPoint(1, 8, 2.8, 0.5), cost.BatchPoint(8, 8, 7.2, 1.6)]
+    projected = {1: 2.9, 8: 23.2}
+    additive = {1: 2.9, 8: 9.0}
+    text = cost.batching_markdown(points, projected, additive, 25e9, 46, gpu_ratio=28.4)
+    assert "2.9 → 8.9" in text and "23.2" in text and "9.0" in text and "28x" in text
+    assert "1.60 s of the 7.20 s" in text and f"{points[1].decode_tokens_per_s:.1f}" in text
+    assert "lies **between the two estimates**" in text  # 10.0 tokens/s decode, between 9.0 and 23.2
+
+
+def test_flops_per_byte_ratio_compares_the_datasheet_with_this_machine():
+    h100 = cost.find_gpu("H100")
+    ratio = cost.flops_per_byte_ratio("H100", cpu_flops_per_s=25e9, cpu_bytes_per_s=10e9)
+    assert ratio == pytest.approx((h100["fp16_tflops"] * 1e12 / (h100["bandwidth_gbps"] * 1e9)) / 2.5)
+
+
+def test_a_committed_serving_measurement_replaces_the_projection(monkeypatch):
+    monkeypatch.setattr(cost, "measured_batch_tokens_per_s", lambda gpu, batch: (1234.0, "measured on an H100"))
+    assert cost.gpu_tokens_per_s("H100", batch=32) == (1234.0, "measured on an H100")
+    assert cost.break_even_for(1e9, cost.cheapest_gpu_offer("H100"), cost.find_api_price("OpenAI", "GPT-6 Luna"),
+                               0.5, 32).tokens_per_s == 1234.0
+
+
+def test_batching_markdown_names_the_thin_products_rate():
+    points = [cost.BatchPoint(1, 8, 2.8, 0.5), cost.BatchPoint(8, 8, 7.2, 1.6)]
+    text = cost.batching_markdown(points, {1: 2.9, 8: 23.2}, {1: 2.9, 8: 20.0}, 25e9, 46, thin=((8, 640, 2048), 10e9))
+    assert "8 x 640 by 640 x 2048" in text and "10 GFLOP/s (40% of it)" in text and "below both" in text

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from labkit import LabkitError, lora, models, vram
+from labkit.check import evaluate, exercises
 from labkit.paths import datasets_dir
 
 
@@ -237,48 +238,7 @@ def test_lora_plan_has_the_source_config_trainable_count():
 # ----------------------------------------------------------------------------- GGUF names
 
 
-def test_gguf_names_cover_gemma3_and_add_one_to_norms():
-    model = tiny_gemma()
-    tensors = lora.to_gguf_tensors(model.state_dict())
-    assert "token_embd.weight" in tensors and "blk.1.attn_q_norm.weight" in tensors
-    assert not any(k.startswith("output.") for k in tensors), "Gemma ties the output head to the embeddings"
-    norm = model.model.layers[0].input_layernorm.weight.detach().numpy()
-    assert (tensors["blk.0.attn_norm.weight"] == norm + 1).all()
-    with pytest.raises(LabkitError, match="only Gemma 3"):
-        lora.gguf_name("transformer.h.0.attn.c_attn.weight")
-
-
 # ----------------------------------------------------------------------------- the real bundled model
-
-
-def test_gguf_export_mapping_round_trips_the_bundled_weights():
-    """The dense weights transformers de-quantized from the bundled GGUF, mapped back, equal the GGUF's own
-    (so no q/k permutation is needed for Gemma 3, and the norms' +1 is right)."""
-    from labkit.gguf_files import read_tensor
-
-    state = models.load_bundled_transformers().model.state_dict()
-    ours = lora.to_gguf_tensors({k: v for k, v in state.items() if k.startswith(("model.layers.0.", "model.norm"))})
-    assert len(ours) == 14
-    for name, array in ours.items():
-        original = read_tensor(models.bundled_gguf_path(), name).reshape(array.shape)
-        assert abs(original - array.astype("float32")).max() < 2e-3 * max(1.0, abs(original).max()), name
-
-
-def test_untrained_export_runs_in_llama_cpp_like_the_bundled_model(tmp_path):
-    """Round trip: the bundled model de-quantized into transformers, exported back to GGUF (F16), gives llama.cpp
-    the same greedy tokens as the bundled Q4_K_M file."""
-    pytest.importorskip("llama_cpp")
-    dense = models.load_bundled_transformers().model
-    path = lora.export_gguf(dense, tmp_path / "roundtrip-F16.gguf")
-    prompt = lora.chat_prompt("Oslo: sunny, 3 degrees.") + '{"city": "'
-    tokens = {}
-    for name, gguf_file in (("bundled", None), ("exported", path)):
-        llm = models.load_llama_cpp(gguf_file, n_ctx=256, n_gpu_layers=0).model
-        out = llm.create_completion(prompt, max_tokens=12, temperature=0)
-        tokens[name] = llm.tokenize(out["choices"][0]["text"].encode(), add_bos=False, special=True)
-        del llm
-    assert len(tokens["bundled"]) >= 4
-    assert tokens["exported"] == tokens["bundled"]
 
 
 def test_lora_training_raises_the_held_out_score():
@@ -306,3 +266,88 @@ def test_scoring_stops_a_rambling_model_early_with_the_same_score():
                                   stop_when_invalid=True)
     assert [len(e) <= len(f) and f.startswith(e) for e, f in zip(early, full)] == [True] * 4
     assert lora.score_answers(rows, early).valid == lora.score_answers(rows, full).valid
+
+
+# ----------------------------------------------------------------------------- exercises: each slip is named
+
+SHAPES = [(1024, 640), (128, 640)]  # not the notebook's (1024, 640), (256, 640), where only-A and only-B coincide
+
+
+@pytest.mark.parametrize("exercise_id, inputs, slip, answer", [
+    ("07.lora_params", dict(shapes=SHAPES, rank=8), "only A", 8 * 640 * 2),
+    ("07.lora_params", dict(shapes=SHAPES, rank=8), "only B", 8 * (1024 + 128)),
+    ("07.lora_params", dict(shapes=SHAPES, rank=8), "full matrices", 1024 * 640 + 128 * 640),
+    ("07.lora_params", dict(shapes=SHAPES, rank=8), "rank", 1024 + 640 + 128 + 640),
+    ("07.scaling", dict(rank=8, alpha=16), "other way round", 0.5),
+    ("07.scaling", dict(rank=8, alpha=16), "alpha alone", 16),
+    ("07.valid_rate", dict(outputs=['{"city": "Oslo", "sky": "sunny", "temp_c": 3}', "no"] * 5), "number of valid", 5),
+    ("07.valid_rate", dict(outputs=['{"city": "Oslo", "sky": "sunny", "temp_c": 3}', "no"] * 5), "percentage", 50),
+    ("07.valid_rate", dict(outputs=['{"city": "Oslo", "sky": "sunny", "temp_c": 3}'] * 3 + ["no"] * 7), "invalid",
+     0.7),
+])
+def test_each_slip_of_the_lora_exercises_is_named_when_made(exercise_id, inputs, slip, answer):
+    verdict = evaluate(exercise_id, answer, **inputs)
+    assert not verdict.passed and verdict.slip and slip in verdict.slip, verdict
+    assert evaluate(exercise_id, exercises()[exercise_id].expected(**inputs), **inputs).passed
+
+
+def _merge_layer():
+    torch.manual_seed(0)
+    layer = lora.LoRALinear(torch.nn.Linear(16, 12, bias=False), rank=4, alpha=8)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    return layer
+
+
+@pytest.mark.parametrize("slip", ["leaving out the scale", "only the update", "scaling W too"])
+def test_each_slip_of_the_merge_exercise_is_named_and_a_misshapen_answer_gets_a_message(slip):
+    layer = _merge_layer()
+    w, a, b, s = layer.base.weight.detach(), layer.lora_A.detach(), layer.lora_B.detach(), layer.scaling
+    answers = {"leaving out the scale": w + b @ a, "only the update": s * b @ a, "scaling W too": (w + b @ a) * s}
+    message = evaluate("07.merged_weight", answers[slip], layer=layer).message
+    assert slip in message
+    assert evaluate("07.merged_weight", w + s * b @ a, layer=layer).passed
+    assert "out x in" in evaluate("07.merged_weight", a @ a.T, layer=layer).message  # A @ A.T: r x r
+    assert "torch tensor" in evaluate("07.merged_weight", [[1.0]], layer=layer).message
+
+
+def test_every_exercise_of_notebook_07_declares_at_least_two_slips():
+    for exercise_id in ("07.lora_params", "07.scaling", "07.valid_rate"):
+        assert len(exercises()[exercise_id].slips) >= 2, exercise_id
+    assert len(lora._merged_weight_slips(_merge_layer())) >= 2
+
+
+# ----------------------------------------------------------------------------- memory table, GPU check, 4-bit merge
+
+
+def test_training_memory_table_adds_up_to_the_estimate_it_prints():
+    model = lora.add_lora(tiny_gemma(), rank=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    mem = lora.training_memory(model, "lora", seq_len=16, rank=4, target_modules=["q_proj", "v_proj"])
+    rows = dict(line.rsplit(maxsplit=1) for line in mem.table().splitlines()[1:])
+    parts = sum(float(v) for k, v in rows.items() if k.strip() not in ("sum (estimate)", "measured"))
+    assert float(rows["sum (estimate)"]) == pytest.approx(parts, abs=0.003)
+    assert float(rows["sum (estimate)"]) == pytest.approx(mem.estimate / 2**30, abs=0.001)
+
+
+def test_the_committed_gpu_check_is_quoted_for_each_checkpointing_setting():
+    results = {"device_name": "GPU X", "model": "m", "seq_len": 64, "rows": [
+        {"method": "lora", "gradient_checkpointing": False, "error": -0.147},
+        {"method": "lora", "gradient_checkpointing": True, "error": 0.005}, {"method": "qlora", "skipped": "no bnb"}]}
+    assert lora.committed_estimate_check(results) == {False: [("lora", -0.147)], True: [("lora", 0.005)]}
+    assert "-14.7%" in lora.estimate_accuracy_note(False, results) and "GPU X" in lora.estimate_accuracy_note(False, results)
+    assert "+0.5%" in lora.estimate_accuracy_note(True, results)
+    assert "no committed" in lora.estimate_accuracy_note(True, {"rows": []})
+
+
+def test_merging_the_trained_adapter_into_a_4bit_base_stays_close_to_the_adapter(tmp_path):
+    """On a CPU, bitsandbytes repacks 4-bit weights at the first inference; the merge must unpack them first, or it
+    writes nonsense (KLD of tens of nats). Measured on the course's adapter: the merge costs little."""
+    pytest.importorskip("bitsandbytes")
+    from labkit.profiles import profile
+
+    peft_model, tokenizer, _ = lora.train_bundled_adapter(profile().train_steps, device="cpu")
+    peft_model.save_pretrained(tmp_path / "adapter")
+    four = lora.merge_into_4bit(tmp_path / "adapter", peft_model, tokenizer, lora.load_task("heldout")[:4])
+    assert 0 < four.base_to_4bit < four.merge_in_4bit < 5, four  # merging rounds the update: it costs more than
+    assert four.merged_vs_full < 5, four                             # the 4-bit base, but is no nonsense (28 nats)
+    assert "merged INTO the NF4 weights" in str(four)

@@ -21,3 +21,12 @@ def test_planner_updates_when_the_rank_moves():
     before = box.output.value
     box.controls["rank"].value = 64
     assert box.output.value != before and "r=64" in box.output.value
+
+
+def test_planner_starts_with_checkpointing_on_and_quotes_the_gpu_check_for_the_setting_shown():
+    on = lora_widget.plan_html("llama-3.1-8b", 16, "all linear (attention + MLP)", 2048)
+    off = lora_widget.plan_html("llama-3.1-8b", 16, "all linear (attention + MLP)", 2048, gradient_checkpointing=False)
+    assert "gradient checkpointing:" in on and lora.estimate_accuracy_note(True) in on
+    assert lora.estimate_accuracy_note(False) in off and on != off
+    pytest.importorskip("ipywidgets")
+    assert lora_widget.planner().controls["gradient_checkpointing"].value is True

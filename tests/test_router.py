@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from labkit import check, cost, formatting, router
+from labkit.check import evaluate
 from labkit.errors import LabkitError
 from labkit.runtimes import free_port
 
@@ -203,3 +204,26 @@ def test_the_luhn_exercise_passes_on_the_right_answer_and_fails_with_a_hint():
     check("08.luhn", [True, False], numbers=["4111 1111 1111 1111", "4111 1111 1111 1112"])
     with pytest.raises(AssertionError, match="Hint"):
         check("08.luhn", [True, True], numbers=["4111 1111 1111 1111", "4111 1111 1111 1112"])
+
+
+CARDS = ["4111 1111 1111 1111", "4111 1111 1111 1112", "5500 0000 0000 0004", "3782 822463 10005",
+         "1234 5678 9012 3456"]
+
+
+@pytest.mark.parametrize("slip", list(router.LUHN_SLIPS))
+def test_each_luhn_slip_is_named_when_made(slip):
+    answer = [router.LUHN_SLIPS[slip](n) for n in CARDS]
+    assert answer != [router.luhn_valid(n) for n in CARDS]  # the slip changes the answer on the notebook's numbers
+    verdict = evaluate("08.luhn", answer, numbers=CARDS)
+    assert not verdict.passed and slip in verdict.message
+
+
+def test_a_wrong_luhn_answer_names_the_element_that_is_off_and_a_misshapen_one_does_not_crash():
+    right = [router.luhn_valid(n) for n in CARDS]
+    off = list(right)
+    off[2] = not off[2]
+    message = evaluate("08.luhn", off, numbers=CARDS).message
+    assert "number 3" in message and CARDS[2] in message
+    assert "5 numbers" in evaluate("08.luhn", right[:3], numbers=CARDS).message
+    assert "True or False" in evaluate("08.luhn", [1, 0, 1, 1, 0], numbers=CARDS).message
+    assert "list of True/False" in evaluate("08.luhn", 7, numbers=CARDS).message
