@@ -25,20 +25,23 @@ Qwen1.5-MoE, OLMoE, Granite MoE, gpt-oss-20b) in bf16, within 0.25%.
 Any model a learner brings: the model's shape comes from labkit.architecture (a shipped name, a
 config dict or transformers config, a config.json path or a Hub id), re-exported here as
 `vram.architecture` and `vram.parameter_count` for notebook 03. The formulas cover FORMULA_FAMILIES;
-other causal LMs get their weights from the meta tensors and a standard decoder layer for the rest.
+other causal LMs get their weights from the meta tensors, and their prefill and training step traced on the
+meta device (labkit.vram_trace; the training model is labkit.vram_training), with a band measured on held-out
+families (labkit.vram_band), or a refusal where that band would exceed 10%.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from . import vram_trace, vram_training
 from .architecture import (
     Architecture,
-    WeightTensor,
     architecture,
     parameter_count,
     weight_check,
@@ -49,6 +52,7 @@ from .dtypes import BITS_PER_WEIGHT, bytes_per_weight, normalize_dtype
 from .errors import LabkitError, require_positive, unknown
 from .formatting import GIB, MIB
 from .hardware import detect_hardware, find_gpu, usable_memory
+from .vram_band import band_for
 
 FLOAT_DTYPES = ("fp32", "fp16", "bf16")
 BNB_DTYPES = ("int8", "int4", "nf4")  # bitsandbytes: LLM.int8() and 4-bit (FP4 / NF4)
@@ -197,6 +201,11 @@ class MemoryEstimate:
     details: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     inputs: dict[str, Any] = field(default_factory=dict)
+    # For a model type without a formula: the relative half-width of the band the true peak was found in on
+    # families no formula knows (labkit.vram_band.GENERIC_BANDS), and where that figure comes from.
+    # 0: a formula family.
+    band: float = 0.0
+    band_source: str = ""
 
     PARTS = ("weights", "kv_cache", "gradients", "optimizer_states", "activations", "overhead")
 
@@ -214,19 +223,30 @@ class MemoryEstimate:
     def __repr__(self) -> str:
         shown = ", ".join(f"{p}={v / GIB:.2f}" for p, v in self.parts().items())
         title = f"{self.kind}{' ' + self.label if self.label else ''}"
-        return f"<{title}: total {self.total / GIB:.2f} GiB ({shown} GiB)>"
+        band = f" ±{self.band:.0%}" if self.band else ""
+        return f"<{title}: total {self.total / GIB:.2f} GiB{band} ({shown} GiB)>"
+
+    @property
+    def band_text(self) -> str:
+        """'' for a formula family, else the band as a learner reads it."""
+        if not self.band:
+            return ""
+        low, high = self.total * (1 - self.band) / GIB, self.total * (1 + self.band) / GIB
+        return (f"±{self.band:.0%}: {low:.2f} to {high:.2f} GiB (no formula for this model type; band measured on "
+                f"{self.band_source})")
 
     def table(self, other: MemoryEstimate | None = None) -> str:
         """A text table of the parts in GiB; with `other`, the two side by side and the error."""
         names = list(dict.fromkeys([*self.parts(), *(other.parts() if other else [])]))
+        band = [f"band {self.band_text}"] if self.band else []
         if other is None:
             rows = [f"{n:<17}{getattr(self, n) / GIB:>10.2f}" for n in names]
-            return "\n".join([f"{'GiB':<17}{self.kind:>10}", *rows, f"{'total':<17}{self.total / GIB:>10.2f}"])
+            return "\n".join([f"{'GiB':<17}{self.kind:>10}", *rows, f"{'total':<17}{self.total / GIB:>10.2f}", *band])
         rows = [f"{n:<17}{getattr(self, n) / GIB:>10.2f}{getattr(other, n) / GIB:>10.2f}" for n in names]
         err = (self.total - other.total) / other.total * 100 if other.total else float("nan")
         return "\n".join([f"{'GiB':<17}{self.kind:>10}{other.kind:>10}", *rows,
                           f"{'total':<17}{self.total / GIB:>10.2f}{other.total / GIB:>10.2f}",
-                          f"error of the {self.kind}: {err:+.1f}%"])
+                          f"error of the {self.kind}: {err:+.1f}%", *band])
 
 
 def estimate_inference(model: Any, dtype: str = "bf16", context: int = 4096, batch: int = 1, new_tokens: int = 0,
@@ -274,10 +294,6 @@ def estimate_inference(model: Any, dtype: str = "bf16", context: int = 4096, bat
         warnings.warn(message, stacklevel=2)
         notes.append(message)
     notes.append(str(weight_check(a)))
-    if a.generic:
-        notes.append(f"{a.model_type}: no formula for this model type; the KV cache and activations are modelled as a "
-                     f"standard decoder layer ({a.kv_grouping} attention, a gated MLP"
-                     f"{', routed experts' if a.is_moe else ''}), not checked against measurements.")
     compute = dtype if dtype in FLOAT_DTYPES else ("fp16" if runtime == "llama.cpp" else "bf16")
     kv_dtype = kv_dtype or compute
     w = weight_bytes(a, dtype, double_quant=double_quant, compute_dtype=compute)
@@ -291,8 +307,14 @@ def estimate_inference(model: Any, dtype: str = "bf16", context: int = 4096, bat
     else:
         attention = attention or a.attention
         kv = kv_cache_bytes(a, tokens, batch, kv_dtype)
-        peak = _transformers_peak(a, dtype, compute, kv_dtype, context, new_tokens, batch, attention, device,
-                                  int8_outlier_fraction)
+        if a.generic:
+            peak = _generic_peak(a, dtype, compute, kv_dtype, context, new_tokens, batch, attention, device,
+                                 int8_outlier_fraction)
+            kv = peak.get("kv_steady", kv)
+            notes.extend(peak["notes"])
+        else:
+            peak = _transformers_peak(a, dtype, compute, kv_dtype, context, new_tokens, batch, attention, device,
+                                      int8_outlier_fraction)
         details.update(peak["details"])
         kv_at_peak = peak["kv"]
         # the steady-state cache is `kv`; anything the peak holds beyond it counts as activations
@@ -304,9 +326,20 @@ def estimate_inference(model: Any, dtype: str = "bf16", context: int = 4096, bat
     if overhead_bytes is not None:
         require_positive("overhead_bytes", overhead_bytes, allow_zero=True)
         overhead = float(overhead_bytes)
+    band, band_source = 0.0, ""
+    if a.generic:
+        if runtime == "llama.cpp":
+            kind = "llama.cpp"
+        elif not peak["traced"]:
+            kind = "experts routed in a loop (not traceable)"
+        else:
+            kind = "inference, bitsandbytes (traced)" if dtype in BNB_DTYPES else "inference (traced)"
+        band, band_source = band_for(kind, f"{a.model_type}'s forward pass depends on the values it computes (a loop "
+                                           "over the experts the router picked), so it cannot be traced, and the "
+                                           "standard decoder layer does not know what each step of that loop holds")
     return MemoryEstimate(
         weights=weights, kv_cache=kv, activations=act, overhead=overhead, label=f"{a.name} {dtype} {runtime}",
-        details=details, notes=notes,
+        details=details, notes=notes, band=band, band_source=band_source,
         inputs=dict(model=a.name, dtype=dtype, context=context, batch=batch, new_tokens=new_tokens, kv_dtype=kv_dtype,
                     runtime=runtime, device=device, attention=attention, method="inference",
                     max_context=a.max_position, beyond_max_context=beyond, architecture=a),
@@ -400,6 +433,84 @@ def _prefill(a: Architecture, context: int, batch: int, e: float, kv_token_layer
     logits = batch * a.vocab_size * (e + 4 * 3)  # the last position's logits, as float32 scores
     details["activations: last-token logits"] = logits
     return details, sum(persistent.values()) + sum(steps[best].values()) + logits, kv_before[best]
+
+
+def experts_dispatch(model: Any) -> str | None:
+    """How transformers runs the experts of `model` (None for a dense model): "grouped", "every expert" or
+    "loop" (EXPERT_DISPATCH says what each means for memory)."""
+    a = architecture(model)
+    return vram_trace.experts_dispatch(a.model_type) if a.is_moe else None
+
+
+def _generic_peak(a: Architecture, dtype: str, compute: str, kv_dtype: str, context: int, new_tokens: int,
+                  batch: int, attention: str, device: str, int8_outliers: float = 0.0) -> dict[str, Any]:
+    """The peak of `generate` for a model type without a formula: its prefill traced on the meta device (every
+    tensor transformers makes, with the fused SDPA kernels standing in for the math path; see
+    `vram_trace.trace_prefill`), then the decode steps. bitsandbytes' own temporaries (de-quantized weights, LLM.int8()'s
+    buffers) come from the standard-decoder formula. A forward pass that routes tokens to experts in a Python
+    loop cannot be traced: the standard-decoder formula then stands in, with a wider band."""
+    formula = _transformers_peak(a, dtype, compute, kv_dtype, context, new_tokens, batch, attention, device,
+                                 int8_outliers)
+    trace_dtype = compute if compute in FLOAT_DTYPES else "bf16"
+    raw = json.loads(a.config_json)
+    use_cache = (raw.get("text_config") or raw).get("use_cache", True) is not False
+    # a config with use_cache false makes generate run without a cache: every step re-runs the whole sequence
+    tokens = context if use_cache else context + max(new_tokens - 1, 0)
+    try:
+        peak, kv_at_peak, kv_end, top, end = vram_trace.trace_prefill(a.config_json, trace_dtype, tokens, batch,
+                                                                      attention, device, use_cache)
+    except vram_trace.DataDependent as err:
+        return {**formula, "traced": False,
+                "notes": [f"{err} The prefill is modelled as a standard decoder layer instead."]}
+    e = BITS_PER_WEIGHT[compute] / 8
+    details = {f"activations: prefill (traced on the meta device): made by {op}": size for op, size in top}
+    rest = peak - kv_at_peak - sum(size for _, size in top)
+    details["activations: prefill (traced on the meta device): the rest"] = rest
+    notes = [f"{a.model_type}: no formula for this model type; the prefill was traced on the meta device (every "
+             "tensor transformers makes, shapes only) and the decode steps follow the standard decoder"]
+    if kv_dtype != trace_dtype:  # the trace holds the cache in the compute dtype
+        scale = _kv_bits(kv_dtype) / (BITS_PER_WEIGHT[trace_dtype])
+        kv_at_peak, kv_end = kv_at_peak * scale, kv_end * scale
+    act = peak - kv_at_peak
+    if dtype in BNB_DTYPES:  # bitsandbytes' temporaries, from the formula: its prefill minus the same in bf16
+        plain = _transformers_peak(a, "bf16", compute, kv_dtype, context, 0, batch, attention, device)
+        bnb = _transformers_peak(a, dtype, compute, kv_dtype, context, 0, batch, attention, device, int8_outliers)
+        extra = max(0.0, bnb["activations"] - plain["activations"])
+        details["activations: bitsandbytes temporaries (formula)"] = extra
+        act += extra
+    # after the forward pass (its temporaries freed) generate turns the last position's logits into float32
+    # scores: the cache and the logits the trace ends with, plus those
+    logits = batch * a.vocab_size * (e + 4 * 3)
+    after = end - kv_end + batch * a.vocab_size * 4 * 3
+    if after > act:
+        details = {"activations: after the prefill: the logits and their float32 scores": after}
+        act = after
+    if not use_cache:  # no cache: the largest step is the last one, the whole sequence again
+        notes.append(f"{a.model_type}: its config sets use_cache false, so generate keeps no KV cache and re-runs "
+                     "the whole sequence for every new token")
+        return {"activations": act, "kv": 0.0, "details": details, "kv_steady": 0.0, "traced": True, "notes": notes}
+    kv_formula = kv_cache_bytes(a, context, batch, kv_dtype)
+    per_token = kv_end / (context * batch)
+    if abs(kv_formula - kv_end) <= 0.03 * kv_end:
+        kv_steady = kv_cache_bytes(a, context + new_tokens, batch, kv_dtype)
+    else:  # the config's fields do not give the cache transformers keeps (e.g. multi-head latent attention)
+        kv_steady = per_token * batch * (context + new_tokens)
+        notes.append(f"KV cache: {per_token / 1024:.1f} KiB per token, as transformers' cache held it after the trace "
+                     f"(the config's heads would give {kv_formula / (context * batch) / 1024:.1f})")
+    # the prefill's peak holds the cache of the layers so far (the whole prompt's, sliding windows included);
+    # reported as the steady cache plus what the peak holds beyond it
+    best = {"activations": act + kv_at_peak - kv_steady, "kv": kv_steady, "details": details}
+    if kv_at_peak < kv_steady:
+        details["activations: prefill: the cache the later layers and new tokens add (not yet there)"] = kv_at_peak - kv_steady
+    if new_tokens:
+        decode = {"one layer's cache being concatenated": kv_steady / a.num_layers, "last-token logits": logits}
+        if a.is_moe and device == "cuda" and vram_trace.experts_dispatch(a.model_type) == "grouped":
+            decode["chosen experts' weights, gathered"] = batch * a.experts_per_token * 3 * a.hidden_size * \
+                a.expert_intermediate * e
+        if sum(decode.values()) > best["activations"]:
+            best = {"activations": sum(decode.values()), "kv": kv_steady,
+                    "details": {f"activations: decode: {k}": v for k, v in decode.items()}}
+    return {**best, "kv_steady": kv_steady, "traced": True, "notes": notes}
 
 
 def _rope_bytes(a: Architecture, T: int, e: float) -> float:
@@ -565,109 +676,72 @@ def _llama_cpp_compute_buffer(a: Architecture, tokens: int, batch: int, device: 
 def estimate_training(model: Any, method: str = "full", dtype: str = "bf16", optimizer: str = "adamw",
                       lora_rank: int = 16, target_modules: str | tuple[str, ...] | list[str] = "all-linear",
                       seq_len: int = 2048, batch: int = 1, gradient_checkpointing: bool = False,
-                      fp32_gradients: bool = False, device: str = "cuda") -> MemoryEstimate:
-    """Memory to train `model` with one optimizer step on `batch` x `seq_len` tokens.
+                      mixed_precision: bool = True, device: str = "cuda", attention: str | None = None) -> MemoryEstimate:
+    """Peak memory of a training step (forward, backward, optimizer step) on `batch` x `seq_len` tokens, the
+    loss on every position, with the gradients freed after each step (zero_grad(set_to_none=True)).
 
-    - full: mixed precision (bf16 weights and gradients, fp32 master weights and AdamW states):
-      2 + 2 + 4 + 8 = 16 bytes per parameter, 18 with fp32 gradients. dtype="fp32": 4 + 4 + 8.
-    - lora: the base frozen in `dtype`; adapters of rank r on `target_modules` in fp32 with their
-      gradients and optimizer states.
+    - full, dtype bf16/fp16, mixed_precision=True: an fp32 model trained under torch.autocast (what the
+      Hugging Face Trainer does with bf16=True): fp32 weights (4 bytes per parameter), fp32 gradients (4) and
+      AdamW's two fp32 moments (8): 16 bytes per parameter, plus autocast's 16-bit copy of every matrix
+      during the forward and backward passes.
+      mixed_precision=False: the model and AdamW's moments in `dtype` (2 + 2 + 4 bytes in bf16).
+      dtype fp32: 4 + 4 + 8, no autocast.
+    - lora: the base frozen in `dtype`; rank-r adapters on `target_modules` (as peft wraps them, see
+      `lora_targets`) in fp32 with their gradients and AdamW states. Runs without autocast, as peft's own
+      training loop and labkit.lora.train do.
     - qlora: the base in NF4 (double quantization), adapters as for LoRA.
-    Activations are what backward needs per layer (FlashAttention-style SDPA, no N x N scores);
-    gradient checkpointing keeps only each layer's input and recomputes one layer at a time.
+    Activations are what autograd keeps for backward (labkit.vram_training explains the model);
+    gradient_checkpointing keeps each layer's input and re-runs one layer at a time. A model type without a
+    formula is traced on the meta device and gets a band (labkit.vram_band), or refuses where it would exceed 10%.
     """
     a = architecture(model)
     if method not in TRAINING_METHODS:
         raise unknown("training method", method, TRAINING_METHODS)
     if optimizer not in OPTIMIZERS:
         raise unknown("optimizer", optimizer, OPTIMIZERS)
+    if device not in ("cuda", "cpu"):
+        raise unknown("device", device, ("cuda", "cpu"))
+    if attention is not None and attention not in ("sdpa", "eager"):
+        raise unknown("attention implementation", attention, ("sdpa", "eager"))
     dtype = normalize_dtype(dtype)
     if dtype not in FLOAT_DTYPES:
         raise LabkitError(f"training dtype must be fp32, fp16 or bf16 (got {dtype!r}); for a 4-bit base use method='qlora'.")
     _require_int("seq_len", seq_len)
     _require_int("batch", batch)
     _require_int("lora_rank", lora_rank)
-    params = parameter_count(a)
-    e = BITS_PER_WEIGHT[dtype] / 8
-    optim_per_param = {"adamw": 8.0, "adamw8bit": 2.0 + 2 * 4 / 256, "sgd": 0.0}[optimizer]
-    details: dict[str, float] = {}
-    notes: list[str] = []
-    if method == "full":
-        weights = params * e
-        gradients = params * (4 if fp32_gradients or dtype == "fp32" else e)
-        master = params * 4 if dtype != "fp32" else 0.0
-        optimizer_states = params * optim_per_param + master
-        details.update({"optimizer: fp32 master weights": master, "optimizer: states": params * optim_per_param})
-        trainable = params
-    else:
-        modules = _lora_targets(a, target_modules)
-        trainable = sum(lora_rank * (t.shape[0] + t.shape[1]) * t.count for t in modules)
-        if method == "qlora":
-            w = weight_bytes(a, "nf4", double_quant=True, compute_dtype=dtype)
-            base = w["quantized"] + w["unquantized"] + w["scales"]
-        else:
-            base = params * e
-        weights = base + trainable * 4
-        gradients = trainable * 4
-        optimizer_states = trainable * optim_per_param
-        details.update({"weights: frozen base": base, "weights: adapters (fp32)": trainable * 4})
-        notes.append(f"{trainable:,} trainable parameters ({trainable / params:.2%} of {params:,}) "
-                     f"in {len(modules)} module types: {', '.join(t.name.split('.')[-1] for t in modules)}")
+    try:
+        nf4 = weight_bytes(a, "nf4", double_quant=True, compute_dtype=dtype) if method == "qlora" else {}
+        m = vram_training.step_memory(a, method, dtype, optimizer, lora_rank, target_modules, seq_len, batch,
+                                      gradient_checkpointing, mixed_precision, device, attention, sum(nf4.values()))
+    except vram_trace.DataDependent as err:
+        band_for("experts routed in a loop (not traceable)", f"{err}: it cannot be traced")
+        raise
+    band, band_source = 0.0, ""
+    if a.generic:
+        band, band_source = band_for(m.kind, f"{a.model_type} has no formula, and mixed precision (autocast) "
+                                             "cannot be traced on the meta device; estimate_training(..., "
+                                             "mixed_precision=False) traces the model trained in bf16 itself")
+    notes = list(m.notes)
     beyond = beyond_window(a, seq_len)
     if beyond:
-        notes.append(window_warning(a, seq_len))
-    act = _training_activations(a, seq_len, batch, e, gradient_checkpointing)
-    details.update({f"activations: {k}": v for k, v in act.items()})
-    activations = sum(act.values())
-    overhead = (CUDA_CONTEXT_BYTES + CUBLAS_WORKSPACE_BYTES if device == "cuda" else CPU_OVERHEAD_BYTES)
-    overhead += 0.05 * (activations + gradients)  # the caching allocator's fragmentation in training
+        notes.insert(1, window_warning(a, seq_len))
+    overhead = CUDA_CONTEXT_BYTES + CUBLAS_WORKSPACE_BYTES if device == "cuda" else CPU_OVERHEAD_BYTES
     return MemoryEstimate(
-        weights=weights, kv_cache=0.0, activations=activations, overhead=overhead, gradients=gradients,
-        optimizer_states=optimizer_states, label=f"{a.name} {method} {dtype} {optimizer}", details=details, notes=notes,
+        weights=m.weights, kv_cache=0.0, activations=m.activations, overhead=overhead, gradients=m.gradients,
+        optimizer_states=m.optimizer_states, label=f"{a.name} {method} {dtype} {optimizer}", details=m.details,
+        notes=notes, band=band, band_source=band_source,
         inputs=dict(model=a.name, method=method, dtype=dtype, optimizer=optimizer, lora_rank=lora_rank,
                     seq_len=seq_len, batch=batch, gradient_checkpointing=gradient_checkpointing,
-                    trainable_parameters=trainable, device=device, max_context=a.max_position,
-                    beyond_max_context=beyond, architecture=a),
+                    mixed_precision=m.autocast, trainable_parameters=m.trainable, device=device,
+                    max_context=a.max_position, beyond_max_context=beyond, architecture=a),
     )
 
 
-ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj")
-MLP_MODULES = ("gate_proj", "up_proj", "down_proj", "gate_up_proj")
-
-
-def _lora_targets(a: Architecture, target_modules: str | tuple[str, ...] | list[str]) -> list[WeightTensor]:
-    linear = [t for t in weight_tensors(a) if t.kind == "linear"]
-    names = {t.name.split(".")[-1] for t in linear}
-    if target_modules == "all-linear":
-        return linear
-    if isinstance(target_modules, str):
-        target_modules = (target_modules,)
-    chosen = [t for t in linear if t.name.split(".")[-1] in set(target_modules)]
-    missing = set(target_modules) - names
-    if missing:
-        raise unknown("LoRA target module", sorted(missing)[0], sorted(names) + ["all-linear"])
-    return chosen
-
-
-def _training_activations(a: Architecture, seq_len: int, batch: int, e: float, checkpointing: bool) -> dict[str, float]:
-    """What backward needs, per layer per token (in activation bytes `e`), for a decoder layer:
-    two norm inputs and their float32 statistics, q, k, v, the attention output, the MLP's
-    input, act(gate), up and their product; plus the logits and their float32 gradient."""
-    T = seq_len * batch
-    h = a.hidden_size
-    inter = a.expert_intermediate * a.experts_per_token if a.is_moe else a.intermediate_size
-    q = a.num_heads * a.head_dim
-    kv = a.num_kv_heads * (a.head_dim + a.v_head_dim)
-    per_token_layer = (4 * h + 2 * q + kv + 4 * inter) * e + 2 * h * 4
-    layers = a.num_layers
-    out: dict[str, float] = {}
-    if checkpointing:
-        out["layer inputs (checkpointed)"] = layers * T * h * e
-        out["one layer recomputed"] = T * per_token_layer
-    else:
-        out["per-layer tensors kept for backward"] = layers * T * per_token_layer
-    out["logits and their float32 gradient"] = T * a.vocab_size * (e + 4 + 4)
-    return out
+def lora_targets(model: Any, rank: int = 16, target_modules: str | tuple[str, ...] | list[str] = "all-linear"):
+    """The weights peft's LoRA adapts for `target_modules` ("all-linear": every nn.Linear but the output head; for
+    the mixture-of-experts types peft converts, the experts' stacked weights and the router), and the trainable
+    parameters: r x (in + out) per adapted matrix (labkit.vram_training.LoraTargets)."""
+    return vram_training.lora_targets(model, rank, target_modules)
 
 
 # ============================================================================ several GPUs, and fitting

@@ -6,7 +6,9 @@
 - `measure_inference`: load a model (random weights at true size, or the bundled real one), generate,
   and report the same parts as `vram.estimate_inference`: on CUDA in this process, on CPU in a fresh
   child process (a long-lived one reuses memory it freed and hides the increase);
-- `load_for_measurement`: the model `measure_inference` runs (bitsandbytes int8 / nf4 on CUDA too).
+- `load_for_measurement`: the model `measure_inference` runs (bitsandbytes int8 / nf4 on CUDA too);
+- `measure_training`: training steps (full, LoRA, QLoRA) in this process, in the same shape as
+  `vram.estimate_training`.
 """
 
 from __future__ import annotations
@@ -23,13 +25,20 @@ from typing import Any
 
 import psutil
 
-from .architecture import read_config
+from .architecture import architecture, read_config
 from .dtypes import normalize_dtype
 from .errors import LabkitError, MissingPackageError, unknown
 from .formatting import GIB
 from .hardware import cpu_threads, detect_hardware
 from .models import BUNDLED, build_random_model, dense_cache_path, load_bundled_transformers
-from .vram import FLOAT_DTYPES, GGUF_DTYPES, MemoryEstimate, estimate_inference
+from .vram import (
+    FLOAT_DTYPES,
+    GGUF_DTYPES,
+    TRAINING_METHODS,
+    MemoryEstimate,
+    estimate_inference,
+    lora_targets,
+)
 
 # torch, transformers, pynvml and bitsandbytes are imported inside the functions that need them: importing
 # labkit stays quick and works on machines without them (the CPU child process imports torch itself).
@@ -59,6 +68,7 @@ class TensorMemoryTracker:
         self._live: dict[int, tuple[Any, int]] = {}
         self.current = 0
         self.peak = 0
+        self.skip_devices: tuple[str, ...] = ("meta",)  # tensors on the meta device hold no memory
 
     def __enter__(self) -> TensorMemoryTracker:
         self._mode.__enter__()
@@ -83,17 +93,25 @@ class TensorMemoryTracker:
         out = func(*args, **kwargs)
         self._sweep()
         inputs = {StorageWeakRef(t.untyped_storage()).cdata for t in tree_flatten((args, kwargs))[0]
-                  if isinstance(t, torch.Tensor) and t.device.type != "meta"}
+                  if isinstance(t, torch.Tensor) and t.device.type not in self.skip_devices}
         for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+            if isinstance(t, torch.Tensor) and t.device.type not in self.skip_devices:
                 storage = t.untyped_storage()
                 ref = StorageWeakRef(storage)
                 if ref.cdata not in self._live and ref.cdata not in inputs:
                     self._live[ref.cdata] = (ref, storage.nbytes())
                     self.current += storage.nbytes()
-        self.peak = max(self.peak, self.current)
+                    self._made(ref.cdata, func)
+        if self.current > self.peak:
+            self.peak = self.current
+            self._at_peak()
         return out
 
+    def _made(self, key: int, func: Any) -> None:
+        """Called for every new storage (a hook for subclasses)."""
+
+    def _at_peak(self) -> None:
+        """Called whenever a new peak is reached (a hook for subclasses)."""
 
 
 
@@ -324,3 +342,106 @@ def _child_main(args: str) -> None:
     numbers = _measure_here(a["model"], a["dtype"], a["context"], a["batch"], a["new_tokens"], a["weights"],
                             a["seed"], "cpu")
     print("LABKIT_VRAM " + json.dumps(numbers), flush=True)
+
+
+# ============================================================================ training
+
+
+def _training_steps(net: Any, optimizer: Any, ids: Any, cast: Any, steps: int) -> None:
+    for _ in range(steps):
+        with cast:
+            loss = net(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        del loss
+
+
+def _with_lora(net: Any, model: Any, rank: int, target_modules: str | tuple[str, ...] | list[str], seed: int):
+    """`net` wrapped with peft's LoRA as labkit.lora.add_lora wraps it (alpha 2r, no dropout, no bias); the
+    targets checked first as vram.lora_targets reads them (names peft moves onto the experts' weights included)."""
+    import torch
+
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as err:
+        raise MissingPackageError("peft", "LoRA training", extra="lab") from err
+    lora_targets(model, rank, target_modules)  # an unknown module name: a LabkitError naming the accepted ones
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
+                        target_modules=target_modules if isinstance(target_modules, str) else list(target_modules))
+    torch.manual_seed(seed)
+    return get_peft_model(net, config)
+
+
+def measure_training(model: Any, method: str = "lora", dtype: str = "bf16", seq_len: int = 512, batch: int = 1,
+                     lora_rank: int = 16, target_modules: str | tuple[str, ...] | list[str] = "all-linear",
+                     gradient_checkpointing: bool = False, mixed_precision: bool = True, device: str | None = None,
+                     steps: int = 2, seed: int = 0) -> MemoryEstimate:
+    """Run `steps` training steps of `model` (random weights at true size) the way `vram.estimate_training`
+    assumes them, and measure the peak: forward on every position with the loss, backward, AdamW (torch's default
+    for the device), zero_grad(set_to_none=True).
+
+    full: `dtype` fp32, or mixed precision (an fp32 model under torch.autocast(dtype)), or with
+    mixed_precision=False the model itself in `dtype`; lora / qlora: peft adapters (fp32) on a frozen base in
+    `dtype` (qlora: bitsandbytes NF4, CUDA only). CUDA: torch.cuda.max_memory_allocated() over the steps plus the
+    process's CUDA context; CPU: the weights plus the peak of the tensors the steps create (TensorMemoryTracker),
+    no overhead. Returns weights (after loading and adding adapters), activations (everything else at the peak:
+    gradients, optimizer states, saved tensors) and overhead.
+    """
+    import torch
+
+    if method not in TRAINING_METHODS:
+        raise unknown("training method", method, TRAINING_METHODS)
+    dtype = normalize_dtype(dtype)
+    device = device or detect_hardware(check_online=False).device
+    if device not in ("cuda", "cpu"):
+        raise unknown("device for measurement", device, ("cuda", "cpu"))
+    if method == "qlora" and device != "cuda":
+        raise LabkitError("QLoRA (bitsandbytes NF4) is measured on a CUDA GPU; on a CPU measure method='lora'.")
+    autocast = method == "full" and mixed_precision and dtype != "fp32"
+    load_dtype = "fp32" if autocast else ("nf4" if method == "qlora" else dtype)
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+    torch.manual_seed(seed)
+    net = load_for_measurement(model, load_dtype, device)
+    if gradient_checkpointing:
+        net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if method != "full":
+        net = _with_lora(net, model, lora_rank, target_modules, seed)
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    config = net.config.get_text_config() if hasattr(net.config, "get_text_config") else net.config
+    ids = torch.randint(3, config.vocab_size, (batch, seq_len), generator=torch.Generator().manual_seed(seed)).to(device)
+    cast = torch.autocast(device, dtype=getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}.get(dtype, "float32"))) \
+        if autocast else contextlib.nullcontext()
+    net.train()
+    run = lambda: _training_steps(net, optimizer, ids, cast, steps)  # noqa: E731
+    start = time.perf_counter()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        weights = float(torch.cuda.memory_allocated() - base)
+        torch.cuda.reset_peak_memory_stats()
+        run()
+        torch.cuda.synchronize()
+        peak = float(torch.cuda.max_memory_allocated() - base)
+        overhead = cuda_context_bytes()
+    else:
+        weights = float(sum(t.numel() * t.element_size() for t in [*net.parameters(), *net.buffers()]))
+        with TensorMemoryTracker() as tracker:
+            run()
+        peak, overhead = weights + tracker.peak, 0.0
+    seconds = time.perf_counter() - start
+    net = optimizer = params = run = None
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    name = model if isinstance(model, str) else architecture(model).name
+    return MemoryEstimate(
+        weights=weights, kv_cache=0.0, activations=max(0.0, peak - weights), overhead=overhead, kind="measured",
+        label=f"{name} {method} {dtype} on {device}", details={"peak (allocated)": peak, "seconds": seconds},
+        inputs=dict(model=name, method=method, dtype=dtype, seq_len=seq_len, batch=batch, lora_rank=lora_rank,
+                    gradient_checkpointing=gradient_checkpointing, mixed_precision=autocast, device=device,
+                    steps=steps),
+    )

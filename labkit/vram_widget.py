@@ -52,7 +52,8 @@ class Calculation:
 
     def __str__(self) -> str:
         per = " per GPU" if self.n_gpus > 1 else ""
-        lines = [f"{self.estimate.label}: {self.estimate.total / GIB:.1f} GiB{per}"]
+        band = f" ±{self.estimate.band:.0%}" if self.estimate.band else ""
+        lines = [f"{self.estimate.label}: {self.estimate.total / GIB:.1f} GiB{band}{per}"]
         if self.beyond_window:
             lines.insert(0, self.beyond_window)
         lines += [f"  {p:<17}{v / GIB:8.2f} GiB" for p, v in self.estimate.parts().items()]
@@ -102,6 +103,8 @@ def calculate(model: Any = "llama-3.1-8b", dtype: str = "bf16", context: int = 4
     check = weight_check(model)
     if not check.agree:  # a model type without a formula, or one the formula misses parts of
         notes.append(str(check))
+    if est.band:  # no formula: the range the true peak was found in on held-out families
+        notes.insert(0, f"band {est.band_text}")
     est = vram.split_tensor_parallel(est, n_gpus)
     rows = []
     for g in gpus:
@@ -127,7 +130,8 @@ def bars_html(calc: Calculation) -> str:
         f'background:{COLORS[p]};height:14px"></div>' for p, v in parts.items() if v > 0)
     legend = " ".join(f'<span style="color:{COLORS[p]}">■</span> {LABELS[p]} {v / GIB:.2f}' for p, v in parts.items())
     per = f" per GPU (x{calc.n_gpus}, tensor parallel)" if calc.n_gpus > 1 else ""
-    head = (f"<div><b>{html.escape(calc.estimate.label)}</b>: <b>{need:.1f} GiB</b>{per}<br>"
+    band = f" ±{calc.estimate.band:.0%}" if calc.estimate.band else ""
+    head = (f"<div><b>{html.escape(calc.estimate.label)}</b>: <b>{need:.1f} GiB{band}</b>{per}<br>"
             f"<span style='font-size:90%'>{legend} GiB</span></div>")
     rows = []
     for r in calc.rows:

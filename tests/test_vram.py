@@ -6,6 +6,7 @@ import json
 import math
 import warnings
 from contextlib import nullcontext
+from dataclasses import replace
 
 import pytest
 import torch
@@ -17,7 +18,8 @@ from labkit.check import check
 from labkit.errors import LabkitError
 from labkit.models import build_random_model, load_config, to_transformers_config
 from labkit.paths import results_dir
-from labkit.vram_measure import TensorMemoryTracker, cache_storage_bytes
+from labkit.vram_band import GENERIC_BANDS
+from labkit.vram_measure import TensorMemoryTracker, cache_storage_bytes, measure_training
 
 RESULTS = results_dir()
 
@@ -183,14 +185,19 @@ def test_weights_plus_kv_alone_underestimates_long_contexts():
 
 
 def test_full_finetune_is_16_bytes_per_parameter_with_mixed_precision_adamw():
+    """Mixed precision as the Trainer runs it (an fp32 model under autocast): 4 + 4 + 8 bytes per parameter; at
+    the optimizer step torch's foreach AdamW adds a sqrt(v) the size of the moments' half."""
     p = vram.parameter_count("llama-3.1-8b")
-    est = vram.estimate_training("llama-3.1-8b", "full")
-    assert (est.weights + est.gradients + est.optimizer_states) / p == pytest.approx(16)
-    fp32_grads = vram.estimate_training("llama-3.1-8b", "full", fp32_gradients=True)
-    assert (fp32_grads.weights + fp32_grads.gradients + fp32_grads.optimizer_states) / p == pytest.approx(18)
+    est = vram.estimate_training("llama-3.1-8b", "full", seq_len=512)
+    grads = est.details["gradients (all, at the optimizer step)"]
+    moments = est.optimizer_states - est.details.get("optimizer: AdamW step temporaries (foreach)", 0.0)
+    assert (est.weights + grads + moments) / p == pytest.approx(16)
+    assert est.notes[-1] == "the peak is the optimizer step" and est.total / p > 20  # 16 + 4 of temporaries
+    pure = vram.estimate_training("llama-3.1-8b", "full", seq_len=512, mixed_precision=False)
+    assert (pure.weights + pure.details["gradients (all, at the optimizer step)"]) / p == pytest.approx(4)
     assert vram.estimate_training("llama-3.1-8b", "full", optimizer="adamw8bit").optimizer_states < \
-        est.optimizer_states * 0.6  # 2 bytes of 8-bit moments + the fp32 master copy, against 8 + 4
-    assert vram.estimate_training("llama-3.1-8b", "full", optimizer="sgd").optimizer_states == p * 4
+        est.optimizer_states * 0.3  # 2 bytes of 8-bit moments (and no foreach temporary), against 8 + 4
+    assert vram.estimate_training("llama-3.1-8b", "full", optimizer="sgd").optimizer_states == 0
 
 
 def test_lora_trainable_parameters_match_peft(tiny_config):
@@ -213,6 +220,66 @@ def test_qlora_base_is_nf4_and_checkpointing_cuts_activations():
     assert qlora.weights < lora.weights / 2.5
     ckpt = vram.estimate_training("llama-3.1-8b", "lora", gradient_checkpointing=True)
     assert ckpt.activations < lora.activations / 3
+
+
+def _training_estimate_against_the_tracker(cfg: dict, method: str, dtype: str, checkpointing: bool, vocab: int):
+    """Two real training steps on the CPU, every tensor counted (TensorMemoryTracker): what the estimate puts
+    beyond the weights (activations, gradients, AdamW's moments and temporaries) within 3% of the peak of the
+    tensors the steps made; the weights exactly. dtype "amp": full fine-tuning in mixed precision (autocast)."""
+    cfg = dict(cfg, vocab_size=vocab)
+    amp = dtype == "amp"
+    kwargs = dict(lora_rank=8, gradient_checkpointing=checkpointing, mixed_precision=amp, device="cpu")
+    measured = measure_training(cfg, method, "bf16" if amp else dtype, seq_len=128, **kwargs)
+    est = vram.estimate_training(cfg, method, "bf16" if amp else dtype, seq_len=128, **kwargs)
+    assert est.weights == pytest.approx(measured.weights, rel=1e-3)
+    beyond_weights = est.total - est.weights - est.overhead
+    assert beyond_weights == pytest.approx(measured.activations, rel=0.03), (est.notes[-1], est.details)
+
+
+# The vocabulary is 32x the width, as in real models (Llama 3.1 8B: 31x, Qwen2.5 0.5B: 170x), so that the loss path
+# weighs what it does at true size; 512 (8x) makes the re-run layer the peak instead.
+def test_lora_training_estimate_matches_what_autograd_keeps(tiny_family, tiny_configs):
+    """Every family, LoRA in bf16 (the common case)."""
+    _training_estimate_against_the_tracker(tiny_configs[tiny_family], "lora", "bf16", False, 2048)
+
+
+# (family, method, dtype, checkpointing, vocabulary): the other paths once: full fine-tuning in bf16, fp32 and mixed
+# precision (autocast), LoRA in fp32, with and without checkpointing.
+TRAINING_CASES = [
+    ("llama", "full", "amp", True, 2048), ("llama", "lora", "bf16", True, 512), ("qwen3", "full", "fp32", False, 2048),
+    ("gemma2", "full", "bf16", True, 2048), ("gemma3", "lora", "fp32", False, 2048), ("phi3", "full", "amp", False, 2048),
+    ("mixtral", "full", "bf16", True, 2048), ("qwen3_moe", "lora", "bf16", True, 2048),
+]
+
+
+@pytest.mark.parametrize("family, method, dtype, checkpointing, vocab", TRAINING_CASES,
+                         ids=[f"{f}-{m}-{d}{'-ckpt' if c else ''}-V{v}" for f, m, d, c, v in TRAINING_CASES])
+def test_training_estimate_matches_what_autograd_keeps(family, method, dtype, checkpointing, vocab, tiny_configs):
+    _training_estimate_against_the_tracker(tiny_configs[family], method, dtype, checkpointing, vocab)
+
+
+def test_lora_targets_are_what_peft_adapts(tiny_family, tiny_configs):
+    """peft 0.21 moves the expert projections of the MoE types transformers 5 re-lays out onto the experts'
+    stacked weights (and the router); lora_targets follows it, checked against peft on the meta device."""
+    from peft import LoraConfig, get_peft_model
+
+    net = build_random_model(tiny_configs[tiny_family], device="meta").model
+    peft_model = get_peft_model(net, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert vram.lora_targets(tiny_configs[tiny_family], 8).trainable == trainable
+
+
+def test_committed_gpu_training_results_meet_the_goal_with_this_estimator():
+    """The H200 run of benchmarks/lora_gpu.py (Llama 3.1 8B, LoRA and QLoRA r=16, 2,048 tokens): within 5% with
+    and without checkpointing. (It measured -15% and -20% without checkpointing with the estimator it was run
+    against; none of the constants of the training model were fitted on it.)"""
+    run = json.loads((RESULTS / "lora_gpu.json").read_text())
+    rows = [r for r in run["rows"] if "skipped" not in r]
+    assert {r["gradient_checkpointing"] for r in rows} == {True, False}
+    for r in rows:
+        est = vram.estimate_training(run["model"], r["method"], "bf16", lora_rank=r["rank"], seq_len=r["seq_len"],
+                                     gradient_checkpointing=r["gradient_checkpointing"])
+        assert est.total / vram.GIB == pytest.approx(r["measured_gib"], rel=0.05), r
 
 
 # ----------------------------------------------------------------------------- several GPUs, fitting
@@ -408,3 +475,83 @@ def test_exercises_pass_with_the_right_answer_and_fail_with_a_wrong_one():
     check("03.min_gpus", 2, model="llama-3.1-70b", dtype="bf16", context=8192, gb=80)
     with pytest.raises(AssertionError, match="does NOT fit|fewest"):
         check("03.min_gpus", 1, model="llama-3.1-70b", dtype="bf16", context=8192, gb=80)
+
+
+# ----------------------------------------------------------------------------- families without a formula
+# (held_out_configs, traced_family: tiny copies of model types no formula knows, in conftest.py)
+
+BF16_ONLY = ("deepseek_v3", "ernie4_5_moe")  # grouped_mm on a CPU takes bf16 only
+
+
+def test_prefill_of_a_family_without_a_formula_is_what_transformers_allocates(traced_family, held_out_configs):
+    """The meta-device trace against every tensor generate makes on the CPU (sliding windows, masks, MLA, experts
+    run on every token or grouped): within 3% at 512 tokens, and the estimate carries its band."""
+    cfg, dtype = held_out_configs[traced_family], "bf16" if traced_family in BF16_ONLY else "fp32"
+    model = build_random_model(cfg, dtype=dtype).model
+    _, tracker = generate(model, 512, new_tokens=2, track=True)
+    est = vram.estimate_inference(cfg, dtype, context=512, new_tokens=2, device="cpu")
+    assert est.kv_cache + est.activations == pytest.approx(tracker.peak, rel=0.03), est.details
+    assert est.band == GENERIC_BANDS["inference (traced)"][0] and "band measured on" in est.table()
+
+
+@pytest.mark.parametrize("name, method, checkpointing", [("starcoder2", "lora", True), ("phi", "full", False),
+                                                         ("gpt_neox", "lora", False), ("llama4_text", "full", True)])
+def test_training_of_a_family_without_a_formula_is_traced(name, method, checkpointing, held_out_configs):
+    """LayerNorm with biases, plain GELU MLPs, partial rotary, every expert on every token: the traced forward and
+    backward within 3% of the tensors two real steps keep (beyond the weights)."""
+    cfg = dict(held_out_configs[name], vocab_size=2048)
+    kwargs = dict(lora_rank=8, gradient_checkpointing=checkpointing, mixed_precision=False, device="cpu")
+    measured = measure_training(cfg, method, "bf16", seq_len=128, **kwargs)
+    est = vram.estimate_training(cfg, method, "bf16", seq_len=128, **kwargs)
+    assert est.total - est.weights - est.overhead == pytest.approx(measured.activations, rel=0.03), est.details
+    assert est.band and "traced" in " ".join(est.notes)
+
+
+def test_the_trace_gives_the_formulas_on_formula_families():
+    """Traced as if no formula existed, a formula family gets what its formulas give (which are within 0.7% of
+    the H100 in bf16): the trace stands on the same measurements."""
+    for name, context in (("qwen2.5-0.5b", 8192), ("gemma-3-270m", 16384), ("qwen3-30b-a3b", 2048)):
+        a = vram.architecture(name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            formula = vram.estimate_inference(a, "bf16", context=context, new_tokens=8)
+            traced = vram.estimate_inference(replace(a, generic=True), "bf16", context=context, new_tokens=8)
+        assert traced.total == pytest.approx(formula.total, rel=0.005), name
+    a = vram.architecture("qwen2.5-0.5b")
+    formula = vram.estimate_training(a, "lora", seq_len=1024)
+    traced = vram.estimate_training(replace(a, generic=True), "lora", seq_len=1024)
+    assert traced.total == pytest.approx(formula.total, rel=0.01)
+
+
+def test_experts_dispatch_is_read_from_transformers_code_and_agrees_with_the_meta_device(tiny_configs,
+                                                                                          held_out_configs):
+    """Grouped (the experts interface) and every-expert models trace on the meta device; a loop over the routed
+    experts depends on values and cannot: the estimate refuses it, saying why."""
+    assert vram.experts_dispatch(tiny_configs["mixtral"]) == "grouped"
+    assert vram.experts_dispatch(tiny_configs["qwen3_moe"]) == "grouped"
+    assert vram.experts_dispatch(held_out_configs["llama4_text"]) == "every expert"
+    assert vram.experts_dispatch(held_out_configs["jetmoe"]) == "loop"
+    assert vram.experts_dispatch(tiny_configs["llama"]) is None
+    # every expert on every token: memory grows with experts x tokens (Llama 4's text model)
+    llama4 = vram.architecture(held_out_configs["llama4_text"])
+    small = vram.estimate_inference(llama4, "bf16", context=1024, device="cpu").activations
+    more = vram.estimate_inference(replace(llama4, num_experts=8, config_json=json.dumps(
+        dict(held_out_configs["llama4_text"], num_local_experts=8))), "bf16", context=1024, device="cpu").activations
+    assert more > 1.5 * small
+    for name in ("jetmoe", "dbrx"):
+        with pytest.raises(LabkitError, match=r"cannot be traced.*±50%.*Measure it instead"):
+            vram.estimate_inference(held_out_configs[name], "bf16", context=256, device="cpu")
+
+
+def test_estimates_without_a_formula_refuse_where_the_band_is_wider_than_10_percent(held_out_configs):
+    with pytest.raises(LabkitError, match=r"mixed precision.*mixed_precision=False.*±15%"):
+        vram.estimate_training(held_out_configs["phi"], "full", "bf16")
+    assert vram.estimate_training(held_out_configs["phi"], "full", "bf16", mixed_precision=False, seq_len=64).band
+    assert vram.estimate_inference("llama-3.1-8b").band == 0  # a formula family: measured, no band
+
+
+def test_the_band_shows_in_the_estimate(held_out_configs):
+    est = vram.estimate_inference(held_out_configs["starcoder2"], "bf16", context=1024)
+    assert "±3%" in repr(est) and "no formula for this model type" in est.band_text
+    assert f"{est.total * 0.97 / vram.GIB:.2f} to {est.total * 1.03 / vram.GIB:.2f} GiB" in est.band_text
+    assert "band ±3%" in est.table() and "band" not in vram.estimate_inference("llama-3.2-1b").table()

@@ -35,3 +35,22 @@ def test_measure_inference_on_cpu_agrees_with_the_estimate():
     assert tensors == pytest.approx(est.weights + est.kv_cache + est.activations, rel=0.05)
     assert measured.total == pytest.approx(est.total, rel=0.3)  # the RSS overhead varies by machine
     assert "measured" in est.table(measured)
+
+
+def test_measure_training_refuses_what_it_cannot_run_with_a_clear_error(tiny_config):
+    with pytest.raises(LabkitError, match="QLoRA .* CUDA GPU"):
+        vram_measure.measure_training(tiny_config, "qlora", device="cpu")
+    with pytest.raises(LabkitError, match="unknown training method"):
+        vram_measure.measure_training(tiny_config, "dpo", device="cpu")
+    with pytest.raises(LabkitError, match="LoRA target module.*q_proj"):
+        vram_measure.measure_training(tiny_config, "lora", target_modules=["qkv"], device="cpu")
+
+
+def test_measure_training_counts_weights_adapters_and_what_the_steps_keep(tiny_config):
+    """LoRA on a tiny Llama, two steps on the CPU: the weights are the bf16 base plus fp32 adapters (peft's count),
+    and the steps keep more than the adapters' gradients and AdamW moments (saved activations come on top)."""
+    lora = vram_measure.measure_training(tiny_config, "lora", "bf16", seq_len=64, lora_rank=4, device="cpu")
+    trainable = vram.lora_targets(tiny_config, 4).trainable
+    assert lora.kind == "measured" and lora.overhead == 0
+    assert lora.weights == pytest.approx(vram.parameter_count(tiny_config) * 2 + trainable * 4, rel=1e-3)
+    assert lora.activations > trainable * 4 * 3  # gradients + two moments, all fp32

@@ -84,3 +84,11 @@ def test_calculator_widget_takes_the_learners_own_model_and_checkpointing(tmp_pa
     assert "color:#a00" in box.output.value  # the refusal, shown in the widget
     mine = vram_widget.calculator(load_config("qwen3-8b"))
     assert mine.controls["model"].options[0][0].startswith("yours")
+
+
+def test_the_calculator_shows_the_band_of_a_model_without_a_formula(held_out_configs):
+    calc = vram_widget.calculate(held_out_configs["starcoder2"], "bf16", context=1024)
+    assert "±3%" in str(calc) and "±3%" in vram_widget.bars_html(calc)
+    assert any(n.startswith("band ±3%") for n in calc.notes)
+    formula = vram_widget.calculate("llama-3.2-1b", "bf16", context=1024)
+    assert "±" not in str(formula) and not any(n.startswith("band") for n in formula.notes)
