@@ -36,7 +36,7 @@ from .check import exercise
 from .errors import LabkitError, MissingPackageError, require_positive, require_tokens, unknown
 from .formatting import GIB
 from .hardware import cpu_threads
-from .models import BUNDLED, bundled_gguf_path, llama_cpp_logs, require_llama_cpp, validate_gguf
+from .models import BUNDLED, bundled_gguf_path, llama_cpp_logs, load_config, require_llama_cpp, validate_gguf
 from .paths import datasets_dir
 
 # torch, transformers, matplotlib and tqdm are imported inside the functions that use them: `import labkit`
@@ -649,7 +649,21 @@ def plot_needle(trials: Sequence[NeedleTrial]):
 # ============================================================================ exercises
 
 
-@exercise("05.sliding_cache_bytes", hint="full-attention layers hold every token, sliding-window layers at most "
-          "the window: per layer 2 (K and V) x kv_heads x head_dim x tokens x bytes; add the layers up.")
+def _all_global_cache_bytes(expected: float, model: str, tokens: int, kv_dtype: str = "fp32") -> float:
+    """The slip's value: the same model with every layer global (as notebook 05, section 5, builds it)."""
+    config = load_config(model)
+    config["layer_types"] = ["full_attention"] * config["num_hidden_layers"]
+    return vram.kv_cache_bytes(config, tokens, kv_dtype=kv_dtype)
+
+
+@exercise("05.sliding_cache_bytes",
+          hint="Two kinds of layer: a global one keeps every token, a sliding one never more than its window. Work out "
+               "what one layer stores per token, then how many tokens each kind holds, and add the layers up.",
+          slips={"treating every layer as global (a sliding layer stops at its window)": _all_global_cache_bytes,
+                 "counting only K or only V (the cache holds both)": 0.5,
+                 "using the query heads instead of the one KV head":
+                     lambda expected, model, **_: expected * architecture(model).num_heads / architecture(
+                         model).num_kv_heads,
+                 "dividing by 2**30 (GiB) where bytes are asked": 2**-30})
 def _expected_sliding_cache_bytes(model: str, tokens: int, kv_dtype: str = "fp32") -> float:
     return vram.kv_cache_bytes(model, tokens, kv_dtype=kv_dtype)

@@ -188,3 +188,14 @@ def test_exercises_compute_their_answers():
     with pytest.raises(AssertionError, match="Hint"):
         check("05.sliding_cache_bytes", 2 * vram.kv_cache_bytes("gemma-3-270m", 2048, kv_dtype="fp32"),
               model="gemma-3-270m", tokens=2048)
+
+
+def test_sliding_cache_slips_are_named():
+    from labkit.check import evaluate
+
+    inputs = dict(model="gemma-3-270m", tokens=2048, kv_dtype="fp32")
+    right = vram.kv_cache_bytes("gemma-3-270m", 2048, kv_dtype="fp32")
+    for answer, named in [(2 * 18 * 1 * 256 * 2048 * 4, "every layer as global"), (right / 2, "only K or only V"),
+                          (right * 4, "query heads"), (right / 2**30, "GiB")]:
+        verdict = evaluate("05.sliding_cache_bytes", answer, **inputs)
+        assert not verdict.passed and named in verdict.slip and named in verdict.message
