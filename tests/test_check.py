@@ -231,3 +231,27 @@ def test_every_exercise_of_04_to_06_declares_two_slips_validators_too():
     ours = {i: e for i, e in _course_exercises().items() if i[:2] in ("04", "05", "06")}
     assert any(e.validate for e in ours.values())
     assert {i: len(e.slips) for i, e in ours.items() if len(e.slips) < 2} == {}
+
+
+@pytest.mark.parametrize("exercise_id, answer, inputs, named", [
+    ("00.decode_ceiling", 1e9 / 2e11, dict(bandwidth_bytes_per_s=2e11, bytes_per_token=1e9), "seconds per token"),
+    ("00.decode_ceiling", 200 * 1e-9, dict(bandwidth_bytes_per_s=2e11, bytes_per_token=1e9), "GB/s"),
+    ("00.tokens_per_second", 0.032, dict(new_tokens=32, seconds=1.0), "milliseconds"),
+    ("02.decode_tokens_per_s", 0.1, dict(token_times=[0.0, 0.1, 0.2, 0.3]), "seconds per token"),
+    ("03.kv_equals_weights_tokens", None, dict(model="llama-3.1-8b"), "counting bits"),
+])
+def test_the_slips_added_to_00_to_03_are_named(exercise_id, answer, inputs, named):
+    from labkit.check import evaluate
+
+    if answer is None:  # a factor of the right answer
+        answer = exercises()[exercise_id].expected(**inputs) * 8
+    verdict = evaluate(exercise_id, answer, **inputs)
+    assert not verdict.passed and named in (verdict.slip or "")
+
+
+def test_moe_slip_for_billions():
+    from labkit.catalog import count_parameters
+    from labkit.check import evaluate
+
+    right = count_parameters("mixtral-8x7b").active
+    assert "billions" in evaluate("01.moe_active_params", right / 1e9, config="mixtral-8x7b").slip
