@@ -278,17 +278,18 @@ def triton_attention(q, k, v, causal: bool = False, window: int | None = None, s
 
     if window is not None:
         raise LabkitError("the course's Triton kernel has no sliding window; use sdpa(..., window=) or tiled_attention")
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        raise MissingPackageError("triton", "The Triton FlashAttention kernel") from None
     import os
 
+    # the device first: on a machine without an NVIDIA GPU, installing triton would not help (seen on a CPU run of 06)
     if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         where = "this machine has no CUDA GPU" if not torch.cuda.is_available() else f"the tensors are on {q.device}"
         raise LabkitError(f"the Triton kernel runs on an NVIDIA GPU (CUDA), and {where}. On this device use "
                           f"tiled_attention, naive_attention or sdpa (backends here: "
                           f"{', '.join(supported_sdpa_backends(q.dtype, q.shape[-1], q.device))})")
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        raise MissingPackageError("triton", "The Triton FlashAttention kernel") from None
     # imported here, not at the top: attention_triton imports triton, which only CUDA machines have
     from .attention_triton import flash_attention_forward
 
@@ -557,6 +558,41 @@ def results_table(runs: Sequence[AttentionRun]) -> str:
     return "\n".join(str(r) for r in runs)
 
 
+def sweep_markdown(runs: Sequence[AttentionRun], fused: str, tiled: str = "tiled") -> str:
+    """The sweep in sentences, with its numbers: how memory grew from the shortest to the longest N for naive and
+    fused attention, and where the plain-PyTorch tiled version stands in time against both."""
+    by = {(r.variant, r.seq_len): r for r in runs if r.ms}
+    lengths = sorted({n for v, n in by if v == "naive" and (fused, n) in by})
+    if len(lengths) < 2:
+        raise LabkitError(f"sweep_markdown needs naive and {fused} runs at two lengths or more")
+    lo, hi = lengths[0], lengths[-1]
+    growth = hi / lo
+
+    def mem(variant: str) -> float:
+        return by[(variant, hi)].peak_bytes / by[(variant, lo)].peak_bytes
+
+    text = (f"From N = {lo:,} to {hi:,} ({growth:.0f}x longer), naive attention's extra memory grew "
+            f"**{mem('naive'):.0f}x** (N² would be {growth ** 2:.0f}x) and {fused}'s **{mem(fused):.0f}x** (N: "
+            f"{growth:.0f}x). At N = {hi:,}: naive {by[('naive', hi)].ms:.1f} ms, {fused} {by[(fused, hi)].ms:.1f} ms")
+    if (tiled, hi) in by:
+        t, naive_ms, fused_ms = by[(tiled, hi)].ms, by[("naive", hi)].ms, by[(fused, hi)].ms
+        text += (f", the plain-PyTorch tiled version {t:.1f} ms: {naive_ms / t:.1f}x naive's speed and "
+                 f"{fused_ms / t:.2f}x {fused}'s. ")
+        text += ("It beats naive attention here: it skips the tiles the causal mask hides and never writes the N x N "
+                 "matrix, even though Python launches a few small operations per tile. "
+                 if t < naive_ms else
+                 "It is slower than naive attention here: Python launches a few small operations per tile, and at "
+                 "these sizes that costs more than the N x N round trips it saves. ")
+        text += ("Either way it trails the fused kernel, which runs the same tiling inside one kernel, in on-chip "
+                 "memory: the idea has to live there, which is what FlashAttention, and the Triton kernel of section 9, "
+                 "are." if fused_ms < t else
+                 "On this machine it even keeps up with the fused kernel; on a GPU the fused kernel's on-chip tiles win "
+                 "by far (the committed run below).")
+    else:
+        text += "."
+    return text
+
+
 def speedup_table(runs: Sequence[AttentionRun], baseline: str = "naive") -> list[dict]:
     """Per sequence length and variant: speed-up and memory ratio against `baseline` (where both ran)."""
     base = {r.seq_len: r for r in runs if r.variant == baseline and r.ms}
@@ -717,6 +753,11 @@ def plot_tiles(seq_len: int = 16, block_q: int = 4, block_k: int = 4, causal: bo
 def load_gpu_results() -> dict | None:
     """The committed GPU benchmark (datasets/results/attention_gpu.json), or None when absent."""
     return load_benchmark_results("attention_gpu")
+
+
+def load_long_context_results() -> dict | None:
+    """The committed benchmarks/long_context_gpu.py run (llama.cpp's flash attention off and on, on a GPU), or None."""
+    return load_benchmark_results("long_context_gpu")
 
 
 def committed_runs(results: dict | None = None, key: str = "sweep_forward") -> list[AttentionRun]:

@@ -127,6 +127,8 @@ class ServingResult:
     waste_percent: float  # 100 - token states
     preemptions: int
     seconds: float  # simulated time (each step from the bandwidth model), or steps if none was given
+    tokens_per_request: float = 0.0  # allocated token slots per running request (time average; shared blocks split)
+    slack_per_request: float = 0.0  # of those, empty or reserved-but-unused slots per running request
     timeline: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
     @property
@@ -310,7 +312,9 @@ def simulate_serving(requests: Sequence[SimulatedRequest], capacity_tokens: int,
         allocator=allocator, block_size=block_size if paged else 0, capacity_tokens=capacity_tokens,
         requests=len(requests), finished=finished, steps=step, generated_tokens=generated,
         mean_running=sum_running / busy, max_running=max_running, memory=memory,
-        waste_percent=100 - memory["token states"], preemptions=preemptions, seconds=seconds, timeline=timeline)
+        waste_percent=100 - memory["token states"], preemptions=preemptions, seconds=seconds, timeline=timeline,
+        tokens_per_request=sum_alloc / sum_running if sum_running else 0.0,
+        slack_per_request=(sum_alloc - sum_states) / sum_running if sum_running else 0.0)
 
 
 def compare_allocators(n_requests: int = 300, mix: str = "sharegpt-like", capacity: int = 65536,

@@ -225,17 +225,14 @@ def test_a_backend_that_cannot_run_names_those_that_can():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 def test_triton_without_a_gpu_says_what_to_use():
+    """Without an NVIDIA GPU the message names what runs here, and never tells a CPU learner to pip install triton
+    (installing it would not help: seen on a CPU run of 06)."""
     q, k, v = A.random_qkv(8, 2, 16, dtype="bf16")
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("the interpreter runs Triton on the CPU")
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match="pip install triton"):
-            A.triton_attention(q, k, v)
-        return
-    with pytest.raises(LabkitError, match="NVIDIA GPU.*tiled_attention"):
+    with pytest.raises(LabkitError, match="NVIDIA GPU.*tiled_attention") as err:
         A.triton_attention(q, k, v)
+    assert "pip install" not in str(err.value)
 
 
 def test_triton_kernel_source_is_readable_anywhere():
