@@ -343,3 +343,19 @@ def test_online_update_hint_does_not_hand_out_the_update():
 
     hint = exercises()["06.online_update"].hint
     assert "exp(m - m_new)" not in hint and "m_new = max" not in hint
+
+
+def test_sweep_markdown_quotes_the_run():
+    def run(variant, n, ms, mib):
+        return A.AttentionRun(variant, n, 4, 4, 64, "fp32", "cpu", True, False, ms, mib * 2**20, 1.0, 1.0)
+
+    runs = [run("naive", 128, 1.0, 1), run("naive", 1024, 100.0, 64), run("sdpa:flash", 128, 1.0, 0.1),
+            run("sdpa:flash", 1024, 25.0, 0.8), run("tiled", 128, 1.0, 1), run("tiled", 1024, 50.0, 3)]
+    text = A.sweep_markdown(runs, "sdpa:flash")
+    assert "grew **64x** (N² would be 64x)" in text and "sdpa:flash's **8x**" in text
+    assert "tiled version 50.0 ms: 2.0x naive's speed" in text and "beats naive attention" in text
+    assert "trails the fused kernel" in text
+    slower = [r if r.variant != "tiled" or r.seq_len != 1024 else run("tiled", 1024, 200.0, 3) for r in runs]
+    assert "slower than naive" in A.sweep_markdown(slower, "sdpa:flash")
+    with pytest.raises(LabkitError, match="two lengths"):
+        A.sweep_markdown(runs[:1], "sdpa:flash")
