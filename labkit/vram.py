@@ -52,7 +52,7 @@ from .hardware import detect_hardware, find_gpu, usable_memory
 
 FLOAT_DTYPES = ("fp32", "fp16", "bf16")
 BNB_DTYPES = ("int8", "int4", "nf4")  # bitsandbytes: LLM.int8() and 4-bit (FP4 / NF4)
-GGUF_DTYPES = tuple(d for d in BITS_PER_WEIGHT if d.startswith("Q"))
+GGUF_DTYPES = tuple(d for d in BITS_PER_WEIGHT if d.startswith(("Q", "IQ")))
 RUNTIMES = ("transformers", "llama.cpp")
 TRAINING_METHODS = ("full", "lora", "qlora")
 OPTIMIZERS = ("adamw", "adamw8bit", "sgd")
