@@ -359,3 +359,15 @@ def test_sweep_markdown_quotes_the_run():
     assert "slower than naive" in A.sweep_markdown(slower, "sdpa:flash")
     with pytest.raises(LabkitError, match="two lengths"):
         A.sweep_markdown(runs[:1], "sdpa:flash")
+
+
+def test_a_gpu_run_not_committed_yet_is_none_not_an_error(tmp_path, monkeypatch):
+    import json
+
+    import labkit.paths
+
+    monkeypatch.setattr(labkit.paths, "results_dir", lambda: tmp_path)
+    assert A.load_long_context_results() is None
+    (tmp_path / "long_context_gpu.json").write_text(json.dumps({"device": "cuda", "flash": [], "needle": []}))
+    monkeypatch.setattr("labkit.paths.shipped_file", lambda *parts: tmp_path / parts[-1])
+    assert A.load_long_context_results()["device"] == "cuda"
