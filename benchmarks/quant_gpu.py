@@ -82,7 +82,7 @@ def markdown(out: dict) -> str:
         err = (r["estimated_bytes"] - r["measured_bytes"]) / r["measured_bytes"] * 100
         lines.append(f"| {r['format']} | {r['measured_bytes'] / 2**30:.2f} | {r['estimated_bytes'] / 2**30:.2f} | "
                      f"{err:+.1f}% | {r.get('decode_tokens_per_s', float('nan')):.1f} |")
-    lines += ["", "Matrix product x (batch x 4096) @ W (4096 x 14336), bf16 activations (labkit.quant.time_linear):", "",
+    lines += ["", "Matrix product x (batch x 4096) @ W (4096 x 14336), bf16 activations (labkit.quant_bnb.time_linear):", "",
               "| batch | " + " | ".join(f"{f} ms" for f in out["formats"]) + " |",
               "|---:|" + "---:|" * len(out["formats"])]
     for batch in sorted({r["batch"] for r in out["matmul"]}):
@@ -108,7 +108,7 @@ def main() -> None:
     import torch
     import transformers
 
-    from labkit import quant, vram
+    from labkit import quant_bnb, vram
 
     t_start = time.perf_counter()
     try:
@@ -131,7 +131,7 @@ def main() -> None:
 
     print(f"{out['gpu']} · torch {torch.__version__} · transformers {transformers.__version__} · "
           f"bitsandbytes {bnb_version}", flush=True)
-    out["matmul"] = quant.time_linear(args.formats, args.batches, device=args.device)
+    out["matmul"] = quant_bnb.time_linear(args.formats, args.batches, device=args.device)
     for r in out["matmul"]:
         print(f"matmul {r['format']:>5} batch {r['batch']:>5}: {r['ms']:8.3f} ms  {r['tflops']:7.1f} TFLOP/s  "
               f"weights read at {r['weight_gb_per_s']:7.0f} GB/s", flush=True)
@@ -148,7 +148,7 @@ def main() -> None:
         model = load(fmt, args.device, args.layers)
         load_s = time.perf_counter() - t0
         measured_alloc = (torch.cuda.memory_allocated() - base) if args.device == "cuda" else None
-        parts = quant.quantized_weight_bytes(model)
+        parts = quant_bnb.quantized_weight_bytes(model)
         est = vram.weight_bytes(model.config if args.layers else MODEL, fmt)
         row = {"format": fmt, "load_s": load_s, "measured_bytes": measured_alloc or sum(parts.values()),
                "tensor_bytes": parts, "estimated_bytes": sum(est.values()), "estimated_parts": est}

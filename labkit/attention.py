@@ -278,17 +278,18 @@ def triton_attention(q, k, v, causal: bool = False, window: int | None = None, s
 
     if window is not None:
         raise LabkitError("the course's Triton kernel has no sliding window; use sdpa(..., window=) or tiled_attention")
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        raise MissingPackageError("triton", "The Triton FlashAttention kernel") from None
     import os
 
+    # the device first: on a machine without an NVIDIA GPU, installing triton would not help (seen on a CPU run of 06)
     if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         where = "this machine has no CUDA GPU" if not torch.cuda.is_available() else f"the tensors are on {q.device}"
         raise LabkitError(f"the Triton kernel runs on an NVIDIA GPU (CUDA), and {where}. On this device use "
                           f"tiled_attention, naive_attention or sdpa (backends here: "
                           f"{', '.join(supported_sdpa_backends(q.dtype, q.shape[-1], q.device))})")
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        raise MissingPackageError("triton", "The Triton FlashAttention kernel") from None
     # imported here, not at the top: attention_triton imports triton, which only CUDA machines have
     from .attention_triton import flash_attention_forward
 
@@ -557,6 +558,41 @@ def results_table(runs: Sequence[AttentionRun]) -> str:
     return "\n".join(str(r) for r in runs)
 
 
+def sweep_markdown(runs: Sequence[AttentionRun], fused: str, tiled: str = "tiled") -> str:
+    """The sweep in sentences, with its numbers: how memory grew from the shortest to the longest N for naive and
+    fused attention, and where the plain-PyTorch tiled version stands in time against both."""
+    by = {(r.variant, r.seq_len): r for r in runs if r.ms}
+    lengths = sorted({n for v, n in by if v == "naive" and (fused, n) in by})
+    if len(lengths) < 2:
+        raise LabkitError(f"sweep_markdown needs naive and {fused} runs at two lengths or more")
+    lo, hi = lengths[0], lengths[-1]
+    growth = hi / lo
+
+    def mem(variant: str) -> float:
+        return by[(variant, hi)].peak_bytes / by[(variant, lo)].peak_bytes
+
+    text = (f"From N = {lo:,} to {hi:,} ({growth:.0f}x longer), naive attention's extra memory grew "
+            f"**{mem('naive'):.0f}x** (N² would be {growth ** 2:.0f}x) and {fused}'s **{mem(fused):.0f}x** (N: "
+            f"{growth:.0f}x). At N = {hi:,}: naive {by[('naive', hi)].ms:.1f} ms, {fused} {by[(fused, hi)].ms:.1f} ms")
+    if (tiled, hi) in by:
+        t, naive_ms, fused_ms = by[(tiled, hi)].ms, by[("naive", hi)].ms, by[(fused, hi)].ms
+        text += (f", the plain-PyTorch tiled version {t:.1f} ms: {naive_ms / t:.1f}x naive's speed and "
+                 f"{fused_ms / t:.2f}x {fused}'s. ")
+        text += ("It beats naive attention here: it skips the tiles the causal mask hides and never writes the N x N "
+                 "matrix, even though Python launches a few small operations per tile. "
+                 if t < naive_ms else
+                 "It is slower than naive attention here: Python launches a few small operations per tile, and at "
+                 "these sizes that costs more than the N x N round trips it saves. ")
+        text += ("Either way it trails the fused kernel, which runs the same tiling inside one kernel, in on-chip "
+                 "memory: the idea has to live there, which is what FlashAttention, and the Triton kernel of section 9, "
+                 "are." if fused_ms < t else
+                 "On this machine it even keeps up with the fused kernel; on a GPU the fused kernel's on-chip tiles win "
+                 "by far (the committed run below).")
+    else:
+        text += "."
+    return text
+
+
 def speedup_table(runs: Sequence[AttentionRun], baseline: str = "naive") -> list[dict]:
     """Per sequence length and variant: speed-up and memory ratio against `baseline` (where both ran)."""
     base = {r.seq_len: r for r in runs if r.variant == baseline and r.ms}
@@ -719,6 +755,14 @@ def load_gpu_results() -> dict | None:
     return load_benchmark_results("attention_gpu")
 
 
+def load_long_context_results() -> dict | None:
+    """The committed benchmarks/long_context_gpu.py run (llama.cpp's flash attention off and on, on a GPU), or None
+    while that run has not been committed yet (a result still to come, not a broken install)."""
+    from .paths import results_dir
+
+    return load_benchmark_results("long_context_gpu") if (results_dir() / "long_context_gpu.json").is_file() else None
+
+
 def committed_runs(results: dict | None = None, key: str = "sweep_forward") -> list[AttentionRun]:
     """AttentionRun rows from the committed GPU results (for plots on a machine without a GPU)."""
     results = results if results is not None else load_gpu_results()
@@ -731,26 +775,92 @@ def committed_runs(results: dict | None = None, key: str = "sweep_forward") -> l
 # ============================================================================ exercises
 
 
-@exercise("06.scores_bytes", hint="One N x N matrix per head: batch * heads * N * N * bytes per value "
-          "(bf16 = 2 bytes). Do not divide by 2**30: the answer is in bytes.")
+@exercise("06.scores_bytes",
+          hint="Each head scores every query against every key. How many numbers is that for one head, how many "
+               "heads have their own, and how many bytes does one bf16 number take? The answer is in bytes.",
+          slips={"counting one head (every head has its own N x N matrix)": lambda expected, heads, **_: expected / heads,
+                 "using 4 bytes per value (fp32) where bf16's 2 are asked": 2.0,
+                 "dividing by 2**30 (GiB) where bytes are asked": 2**-30})
 def _expected_scores_bytes(seq_len: int, heads: int, dtype: str = "bf16", batch: int = 1) -> float:
     return scores_bytes(seq_len, heads, dtype, batch)
 
 
-@validator("06.online_update", hint="m_new = max(m, rowmax(scores)); scale the old l and acc by exp(m - m_new); "
-           "p = exp(scores - m_new); l_new = l * exp(m - m_new) + p.sum(-1); acc_new = acc * exp(m - m_new) + p @ v. "
-           "Return SoftmaxState(m_new, l_new, acc_new) and keep keepdim=True so shapes stay (rows, 1).")
-def _validate_online_update(answer: Any, update: Callable[..., Any] | None = None) -> str | None:
-    """`answer` is the learner's update function; it must agree with online_softmax_update on random blocks
-    and, folded over all blocks, give the exact softmax attention."""
+# --- 06.online_update: the learner's update folded over blocks, and the slips it can show
+
+
+def _online_problem():
+    """Five query rows, sixteen keys in blocks of four; scores large enough that exp() without the max overflows,
+    and one row whose second half is masked."""
+    import torch
+
+    g = torch.Generator().manual_seed(6)
+    q, k, v = torch.randn(5, 8, generator=g), torch.randn(16, 8, generator=g), torch.randn(16, 8, generator=g)
+    scores = (q @ k.T) * 16.0  # up to ~130: exp() of that overflows float32 (its limit is exp(88))
+    scores[0, 8:] = float("-inf")
+    return scores, v
+
+
+def _fold(update: Callable[..., Any], blocks: int = 4) -> SoftmaxState:
+    scores, v = _online_problem()
+    state = SoftmaxState.empty((5,), 8)
+    for start in range(0, 4 * blocks, 4):
+        state = update(state, scores[:, start:start + 4], v[start:start + 4])
+    return state
+
+
+def _variant_update(rescale_l: bool = True, rescale_acc: bool = True) -> Callable[..., SoftmaxState]:
+    """online_softmax_update with one of its rescalings left out: what a learner who forgets it computes."""
+    import torch
+
+    def update(state: SoftmaxState, scores, v_block) -> SoftmaxState:
+        m_new = torch.maximum(state.m, scores.amax(-1, keepdim=True))
+        m_safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
+        correction = torch.exp(state.m - m_safe)
+        p = torch.exp(scores - m_safe)
+        return SoftmaxState(m=m_new, l=(state.l * correction if rescale_l else state.l) + p.sum(-1, keepdim=True),
+                            acc=(state.acc * correction if rescale_acc else state.acc) + p @ v_block)
+
+    return update
+
+
+def _same_as(update: Callable[..., Any], variant: Callable[..., Any]) -> bool:
+    import torch
+
+    mine, theirs = _fold(update), _fold(variant)
+    return bool(torch.allclose(mine.output(), theirs.output(), atol=1e-4, equal_nan=True))
+
+
+def _loses_row_shape(update: Callable[..., Any]) -> bool:
+    """True when one update breaks the (rows, 1) shape of m or l, or fails on a size mismatch (what a row max or sum
+    without keepdim=True does: (rows,) broadcast against (rows, 1) makes (rows, rows), then a product fails)."""
+    scores, v = _online_problem()
+    try:
+        state = update(SoftmaxState.empty((5,), 8), scores[:, :4], v[:4])
+    except RuntimeError as err:
+        return "size of tensor" in str(err) or "shape" in str(err)
+    return tuple(state.m.shape) != (5, 1) or tuple(state.l.shape) != (5, 1)
+
+
+@validator("06.online_update",
+           hint="Keep three things per row: the largest score so far, the sum of exponentials so far, the weighted sum "
+                "of values so far. When a block raises the maximum, what must happen to the two sums you already have "
+                "so that they are measured from the new maximum? Keep every per-row quantity shaped (rows, 1).",
+           slips={"forgetting keepdim=True in the row max or sum, so m or l loses its (rows, 1) shape":
+                      _loses_row_shape,
+                  "not rescaling the old sums by exp(m - m_new) when the maximum grows":
+                      lambda answer: _same_as(answer, _variant_update(rescale_l=False, rescale_acc=False)),
+                  "rescaling l but not acc": lambda answer: _same_as(answer, _variant_update(rescale_acc=False)),
+                  "rescaling acc but not l": lambda answer: _same_as(answer, _variant_update(rescale_l=False)),
+                  "exponentiating the raw scores (without subtracting the maximum they overflow)":
+                      lambda answer: not bool(_fold(answer).l.isfinite().all())})
+def _validate_online_update(answer: Any) -> str | None:
+    """`answer` is the learner's update function; folded over every block it must give the exact softmax attention,
+    with the state's shapes kept."""
     import torch
 
     if not callable(answer):
         return f"expected a function update(state, scores, v_block), got {type(answer).__name__}"
-    g = torch.Generator().manual_seed(6)
-    q, k, v = torch.randn(5, 8, generator=g), torch.randn(16, 8, generator=g), torch.randn(16, 8, generator=g)
-    scores = (q @ k.T) * 8.0  # large scores: exp() without subtracting the max overflows float32
-    scores[0, 8:] = float("-inf")  # one row with masked keys
+    scores, v = _online_problem()
     state = SoftmaxState.empty((5,), 8)
     for start in range(0, 16, 4):
         try:
@@ -759,21 +869,43 @@ def _validate_online_update(answer: Any, update: Callable[..., Any] | None = Non
             return f"calling it raised {type(err).__name__}: {err}"
         if not isinstance(state, SoftmaxState):
             return f"it must return a SoftmaxState, got {type(state).__name__}"
+        for name, want in (("m", (5, 1)), ("l", (5, 1)), ("acc", (5, 8))):
+            got = tuple(getattr(state, name).shape)
+            if got != want:
+                return f"after block {start // 4 + 1} state.{name} has shape {got}, not {want} (rows, ...)"
+    if not bool(torch.isfinite(state.l).all() and torch.isfinite(state.acc).all()):
+        return "the state holds inf or NaN after the last block"
     exact = scores.softmax(-1) @ v
-    if state.output().shape != exact.shape or not torch.allclose(state.output(), exact, atol=1e-4):
+    if not torch.allclose(state.output(), exact, atol=1e-4):
         return "folding every block in does not give softmax(scores) @ v"
     if not torch.equal(state.m, scores.amax(-1, keepdim=True)):
         return "state.m must be the running maximum of the scores seen so far"
     return None
 
 
-@exercise("06.arithmetic_intensity", hint="intensity = FLOPs / bytes. FLOPs: attention_flops(N, heads, head_dim, "
-          "causal=...). Bytes a fused kernel moves: read Q, K, V and write O, 4 * N * heads * head_dim * bytes.", rtol=1e-3)
+@exercise("06.arithmetic_intensity",
+          hint="Intensity is work per byte moved. The work is A.attention_flops; the bytes are what a fused kernel must "
+               "read and write at the least: which four tensors of N x heads x head_dim, at how many bytes each?",
+          rtol=1e-3,
+          slips={"counting only Q, K and V (the output O is written too)": 4 / 3,
+                 "halving the FLOPs as if causal (this pass is not causal)": 0.5,
+                 "adding N x N score traffic to the bytes (a fused kernel never writes the scores)":
+                     lambda expected, seq_len, heads, head_dim, dtype="bf16", causal=False:
+                     attention_flops(seq_len, heads, head_dim, causal=causal) / hbm_bytes("naive", seq_len, heads,
+                                                                                        head_dim, dtype),
+                 "counting values instead of bytes (bf16 has 2 bytes per value)": 2.0})
 def _expected_intensity(seq_len: int, heads: int, head_dim: int, dtype: str = "bf16", causal: bool = False) -> float:
     return attention_flops(seq_len, heads, head_dim, causal=causal) / hbm_bytes("sdpa", seq_len, heads, head_dim, dtype)
 
 
-@exercise("06.speedup", hint="speed-up = the naive time / the fused time, from the two runs' .ms (bigger than 1 "
-          "when the fused kernel is faster).", rtol=1e-6)
+@exercise("06.speedup", rtol=1e-6,
+          hint="How many fused calls fit in the time of one naive call? Both runs carry their time in .ms; a speed-up "
+               "is bigger than 1 when the fused kernel is faster.",
+          slips={"dividing the fused time by the naive time (the share of the time, not the speed-up)":
+                     lambda expected, **_: 1 / expected,
+                 "giving the milliseconds saved (naive - fused) instead of the ratio":
+                     lambda expected, naive_ms, fused_ms: naive_ms - fused_ms,
+                 "giving the percentage of time saved":
+                     lambda expected, naive_ms, fused_ms: 100 * (naive_ms - fused_ms) / naive_ms})
 def _expected_speedup(naive_ms: float, fused_ms: float) -> float:
     return naive_ms / fused_ms

@@ -109,7 +109,8 @@ def process_memory_bytes() -> int:
 
 @exercise("00.tokens_per_second", hint="Tokens per second = generated tokens divided by the seconds they took "
           "(use the result's new_tokens and seconds, not the prompt tokens).", rtol=0.01,
-          slips={"dividing the seconds by the tokens (that is seconds per token)": lambda expected, **_: 1 / expected})
+          slips={"dividing the seconds by the tokens (that is seconds per token)": lambda expected, **_: 1 / expected,
+                 "dividing by milliseconds instead of seconds": 1e-3})
 def _tokens_per_second(new_tokens: int, seconds: float) -> float:
     return new_tokens / seconds
 
@@ -125,7 +126,10 @@ def _weights_gib(parameters: float, dtype: str) -> float:
 
 @exercise("00.decode_ceiling", hint="Every generated token reads the whole file once, so the ceiling is "
           "bandwidth (bytes/s) / bytes read per token. Use bandwidth.median (bytes/s, not GB/s) and "
-          "bytes_per_token.total.", rtol=0.01)
+          "bytes_per_token.total.", rtol=0.01,
+          slips={"dividing the bytes by the bandwidth (that is seconds per token)":
+                     lambda expected, bandwidth_bytes_per_s, bytes_per_token: bytes_per_token / bandwidth_bytes_per_s,
+                 "using the bandwidth in GB/s where bytes per second are needed": 1e-9})
 def _decode_ceiling(bandwidth_bytes_per_s: float, bytes_per_token: float) -> float:
     require_positive("bandwidth_bytes_per_s", bandwidth_bytes_per_s)
     require_positive("bytes_per_token", bytes_per_token)

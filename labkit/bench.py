@@ -272,7 +272,8 @@ def _expected_percent(tokens_per_s: float, roofline: float) -> float:
           hint="Decode speed leaves the first token out: (number of tokens − 1) ÷ (time of the last token − "
                "time of the first).", rtol=0.01,
           slips={"counting every token, the first too (n instead of n − 1)":
-                     lambda expected, token_times: expected * len(token_times) / (len(token_times) - 1)})
+                     lambda expected, token_times: expected * len(token_times) / (len(token_times) - 1),
+                 "dividing the time by the tokens (that is seconds per token)": lambda expected, **_: 1 / expected})
 def _expected_decode(token_times: Sequence[float]) -> float:
     times = list(token_times)
     if len(times) < 2:

@@ -874,7 +874,8 @@ def _expected_kv_bytes(config: str, dtype: str = "bf16") -> int:
           hint="Start from the total and remove the experts a token does not visit: in every MoE layer, "
                "(experts − experts_per_token) × (3 × hidden_size × expert intermediate size).",
           slips={"giving the total parameter count, not the active one":
-                     lambda expected, config: count_parameters(config).total})
+                     lambda expected, config: count_parameters(config).total,
+                 "giving billions where a count of parameters is asked": 1e-9})
 def _expected_active(config: str) -> int:
     return count_parameters(config).active
 

@@ -22,7 +22,11 @@ an exercise can declare the slips learners often make, each as the value that sl
         "using the query heads instead of the KV heads": lambda expected, config, **_: ...,
     })
 
-When a wrong answer matches a slip, the message names the slip. `evaluate(...)` returns the verdict
+When a wrong answer matches a slip, the message names the slip. A validator declares its slips as tests of the
+answer, `slips={"forgetting keepdim=True ...": lambda answer, **inputs: ...}` (True when the answer shows that slip).
+An answer that is a tuple of numbers names its elements (`labels=("contiguous", "paged")`), so a wrong one says
+which element is off. Names are compared without regard to case (`same_name`). A validator that trips over an
+oddly shaped answer gives a message, never a traceback. `evaluate(...)` returns the verdict
 without raising or printing; `check(...)` raises or prints it, and the class grader calls `evaluate`
 in its own process on the answers it recorded (labkit.grading.decide). While a submission is graded it runs
 with a sealed copy of labkit (labkit.grading.seal) whose expected answers refuse to be computed.
@@ -33,13 +37,15 @@ from __future__ import annotations
 import importlib
 import math
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import unknown
 
 Slip = float | Callable[..., Any]  # a factor applied to the expected answer, or fn(expected, **inputs)
+SlipTest = Callable[..., bool]  # a validator's slip: fn(answer, **inputs) -> True when the answer shows it
+ANSWER_KINDS = ("number", "numbers", "name")  # what an @exercise expects: one number, a tuple of them, a name
 
 # Slips many numeric exercises share, ready to pass in `slips=`.
 GB_FOR_GIB = {"dividing by 1e9 (GB) where the exercise asks for GiB (2**30 bytes)": 2**30 / 1e9}
@@ -56,7 +62,9 @@ class Exercise:
     validate: Callable[..., str | None] | None = None
     rtol: float = 1e-3
     atol: float = 0.0
-    slips: dict[str, Slip] = field(default_factory=dict)
+    slips: dict[str, Slip | SlipTest] = field(default_factory=dict)
+    answer: str = "number"  # one of ANSWER_KINDS (validators: "validated")
+    labels: tuple[str, ...] = ()  # the elements' names, for a tuple answer
 
 
 @dataclass(frozen=True)
@@ -80,29 +88,41 @@ _SEALED = False  # True in the copy of labkit a submission runs with while it is
 
 
 def exercise(exercise_id: str, hint: str, rtol: float = 1e-3, atol: float = 0.0,
-             slips: dict[str, Slip] | None = None):
+             slips: dict[str, Slip] | None = None, answer: str = "number", labels: Sequence[str] = ()):
     """Register a function that computes the expected answer from the check's keyword arguments.
 
     `slips` maps a short description of a likely mistake to the value it produces: a number (a factor
     applied to the expected answer) or a function `fn(expected, **inputs)` returning the slipped value.
+    `answer` says what is expected ("number", "numbers" for a tuple, "name"); `labels` names a tuple's elements.
     """
+    if answer not in ANSWER_KINDS:
+        raise unknown("answer kind", answer, ANSWER_KINDS)
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         _EXERCISES[exercise_id] = Exercise(exercise_id, hint, expected=fn, rtol=rtol, atol=atol,
-                                           slips=dict(slips or {}))
+                                           slips=dict(slips or {}), answer=answer, labels=tuple(labels))
         return fn
 
     return register
 
 
-def validator(exercise_id: str, hint: str):
-    """Register a function `validate(answer, **context) -> None | str` (a message when wrong)."""
+def validator(exercise_id: str, hint: str, slips: dict[str, SlipTest] | None = None):
+    """Register a function `validate(answer, **context) -> None | str` (a message when wrong).
+
+    `slips` maps a likely mistake to a test `fn(answer, **context) -> bool`; when the validator finds the answer
+    wrong, the first test that holds names its slip in the message."""
 
     def register(fn: Callable[..., str | None]) -> Callable[..., str | None]:
-        _EXERCISES[exercise_id] = Exercise(exercise_id, hint, validate=fn)
+        _EXERCISES[exercise_id] = Exercise(exercise_id, hint, validate=fn, slips=dict(slips or {}),
+                                           answer="validated")
         return fn
 
     return register
+
+
+def same_name(answer: Any, expected: str) -> bool:
+    """A name answer ("q4_k_m", " Q4_K_M ") against the expected name: case and surrounding blanks do not count."""
+    return isinstance(answer, str) and answer.strip().lower() == expected.strip().lower()
 
 
 def exercises() -> dict[str, Exercise]:
@@ -130,15 +150,37 @@ def evaluate(exercise_id: str, answer: Any, **context: Any) -> Verdict:
     if answer is None or answer is Ellipsis:
         return Verdict(ex.id, False, "no answer yet: replace the placeholder with your code", ex.hint)
     if ex.validate is not None:
-        problem = ex.validate(answer, **context)
-        return Verdict(ex.id, not problem, problem or "", ex.hint)
+        return _validated(ex, answer, context)
     expected = ex.expected(**context)
     if _close(answer, expected, ex.rtol, ex.atol):
         return Verdict(ex.id, True, "", ex.hint)
     slip = _matching_slip(ex, answer, expected, context)
-    message = f"got {_short(answer)}{_how_far_off(answer, expected, ex.rtol)}"
+    if isinstance(expected, (list, tuple)):
+        message = _which_element(ex, answer, expected)
+    else:
+        message = f"got {_short(answer)}{_how_far_off(answer, expected, ex.rtol)}"
     if slip:
         message += f". That is the value you get by {slip}"
+    return Verdict(ex.id, False, message, ex.hint, slip)
+
+
+def _validated(ex: Exercise, answer: Any, context: dict[str, Any]) -> Verdict:
+    """A validator's verdict. Whatever the answer's shape, the learner gets a message, never a traceback."""
+    try:
+        problem = ex.validate(answer, **context)
+    except Exception as err:  # an answer of the wrong shape or type that the validator did not foresee
+        problem = f"your answer could not be used: {type(err).__name__}: {_clip(str(err), 200)}"
+    if not problem:
+        return Verdict(ex.id, True, "", ex.hint)
+    slip = None
+    for name, shows in ex.slips.items():
+        try:
+            if shows(answer, **context):
+                slip = name
+                break
+        except Exception:  # a slip test that does not apply to this answer
+            continue
+    message = problem + (f". That looks like {slip}" if slip else "")
     return Verdict(ex.id, False, message, ex.hint, slip)
 
 
@@ -175,7 +217,7 @@ def _how_far_off(answer: Any, expected: Any, rtol: float) -> str:
         return ", which has the wrong sign" if ratio < 0 else ", but the answer is not zero"
     side = "high" if ratio > 1 else "low"
     if 0.9 < ratio < 1.1:
-        return f": close (within 10%) but too {side} for the ±{rtol:.1%} tolerance"
+        return f": close (within 10%) but too {side} for the {tolerance_text(rtol)} tolerance"
     factor = ratio if ratio > 1 else 1 / ratio
     size = "large" if ratio > 1 else "small"
     if factor >= 100:
@@ -183,20 +225,42 @@ def _how_far_off(answer: Any, expected: Any, rtol: float) -> str:
     return f", about {factor:.2g}x too {size}"
 
 
+def tolerance_text(rtol: float) -> str:
+    """A relative tolerance as the learner reads it: ±1%, ±0.01%, ±0.0001% (never "±0.0%")."""
+    return "exact" if rtol <= 0 else f"±{100 * rtol:.2g}%"
+
+
+def _ordinal(i: int) -> str:
+    return {1: "1st", 2: "2nd", 3: "3rd"}.get(i, f"{i}th")
+
+
+def _which_element(ex: Exercise, answer: Any, expected: Sequence[Any]) -> str:
+    """For a tuple answer: which element is off, and how far (or what is wrong with its shape)."""
+    names = ex.labels if len(ex.labels) == len(expected) else tuple(f"element {i + 1}" for i in range(len(expected)))
+    shape = f"a tuple of {len(expected)} ({', '.join(names)})"
+    if isinstance(answer, (str, bytes, dict)) or not hasattr(answer, "__iter__"):
+        return f"got {_short(answer)}, but the answer is {shape}"
+    items = list(answer)
+    if len(items) != len(expected):
+        return f"got {len(items)} value{'s' if len(items) != 1 else ''} ({_short(answer)}), but the answer is {shape}"
+    wrong = [i for i, (a, e) in enumerate(zip(items, expected)) if not _close(a, e, ex.rtol, ex.atol)]
+    parts = [f"the {_ordinal(i + 1)} ({names[i]}) is {_short(items[i])}{_how_far_off(items[i], expected[i], ex.rtol)}"
+             for i in wrong]
+    right = [names[i] for i in range(len(expected)) if i not in wrong]
+    return "; ".join(parts) + (f" ({', '.join(right)} right)" if right else "")
+
+
 def _matching_slip(ex: Exercise, answer: Any, expected: Any, context: dict[str, Any]) -> str | None:
-    got, want = _number(answer), _number(expected)
-    if got is None or want is None:
-        return None
-    tolerance = max(ex.rtol, 1e-3)
+    tolerance = max(ex.rtol, 1e-9)  # slips are computed from the same inputs: as tight as the answer itself
     for name, slip in ex.slips.items():
         try:
-            value = want * slip if isinstance(slip, (int, float)) else slip(expected, **context)
+            value = expected * slip if isinstance(slip, (int, float)) and _number(expected) is not None \
+                else slip(expected, **context)
         except Exception:  # a slip that does not apply to these inputs
             continue
-        value = _number(value)
-        if value is None or math.isclose(value, want, rel_tol=tolerance):  # the slip changes nothing here
+        if callable(value) or _close(value, expected, tolerance, 0.0):  # the slip changes nothing here
             continue
-        if math.isclose(got, value, rel_tol=tolerance, abs_tol=ex.atol):
+        if _close(answer, value, tolerance, ex.atol):
             return name
     return None
 
@@ -225,5 +289,8 @@ def _close(answer: Any, expected: Any, rtol: float, atol: float) -> bool:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return _clip(repr(value), 80)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -27,6 +27,11 @@ BITS_PER_WEIGHT: dict[str, float] = {
     "Q4_0": 4.5,
     "Q3_K_M": 3.91,
     "Q2_K": 3.35,
+    # IQ types (quantized with an importance matrix): the bits of the type, from llama-quantize's own list; a whole
+    # file averages a little more, as llama.cpp keeps the output head larger
+    "IQ4_XS": 4.25,
+    "IQ3_M": 3.66,
+    "IQ2_M": 2.7,
 }
 
 ALIASES = {

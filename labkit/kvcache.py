@@ -36,7 +36,7 @@ from .check import exercise
 from .errors import LabkitError, MissingPackageError, require_positive, require_tokens, unknown
 from .formatting import GIB
 from .hardware import cpu_threads
-from .models import BUNDLED, bundled_gguf_path, llama_cpp_logs, require_llama_cpp, validate_gguf
+from .models import BUNDLED, bundled_gguf_path, llama_cpp_logs, load_config, require_llama_cpp, validate_gguf
 from .paths import datasets_dir
 
 # torch, transformers, matplotlib and tqdm are imported inside the functions that use them: `import labkit`
@@ -129,29 +129,41 @@ def attention_family_table(models: Sequence[str], tokens: int = 32768, kv_dtype:
         rows.append({"model": name, "attention": a.kv_grouping.split(" ")[0], "query heads": a.num_heads,
                      "KV heads": 1 if a.is_mla else a.num_kv_heads,
                      "sliding layers": f"{a.layer_types.count('sliding')}/{a.num_layers}",
-                     "KiB/token": per / 1024, "GiB": vram.kv_cache_bytes(a, tokens, kv_dtype=kv_dtype) / GIB})
+                     "KiB/token": per / 1024, "GiB": vram.kv_cache_bytes(a, tokens, kv_dtype=kv_dtype) / GIB,
+                     "context window": vram.window_label(a, tokens)})
     return rows
 
 
 def plot_attention_families(models: Sequence[str], tokens: Sequence[int] = (1024, 8192, 32768, 131072),
                             kv_dtype: str = "bf16"):
-    """Cache size against context for several models, on log axes, coloured by attention family."""
+    """Cache size against context for several models, on log axes: one colour per model, the marker says the
+    attention family, dashed lines have sliding-window layers. A model is drawn up to its own context window;
+    beyond it, a dotted grey continuation (the memory it would take, for a context it was not trained for)."""
     import matplotlib.pyplot as plt
 
-    colours = {"MHA": "tab:red", "GQA": "tab:blue", "MQA": "tab:green", "MLA": "tab:purple"}
-    fig, ax = plt.subplots(figsize=(8.5, 4.5))
-    for name in models:
+    markers = {"MHA": "s", "GQA": "o", "MQA": "^", "MLA": "D"}
+    palette = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    for i, name in enumerate(models):
         a = architecture(name)
         family = a.kv_grouping.split(" ")[0]
-        gib = [vram.kv_cache_bytes(a, t, kv_dtype=kv_dtype) / GIB for t in tokens]
+        gib = {t: vram.kv_cache_bytes(a, t, kv_dtype=kv_dtype) / GIB for t in tokens}
+        inside = [t for t in tokens if not vram.beyond_window(a, t)]
+        beyond = [t for t in tokens if vram.beyond_window(a, t)]
         style = "--" if "sliding" in a.layer_types else "-"
-        ax.plot(tokens, gib, style, marker="o", color=colours[family], label=f"{name} ({family})")
+        window = f", window {vram.window_label(a, 0)}" if beyond else ""
+        ax.plot(inside, [gib[t] for t in inside], style, marker=markers[family], color=palette(i % 10),
+                label=f"{name} ({family}{window})")
+        if beyond:
+            edge = inside[-1:] + beyond
+            ax.plot(edge, [gib[t] for t in edge], ":", color="grey", lw=1)
+            ax.plot(beyond, [gib[t] for t in beyond], "x", color=palette(i % 10))
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("context (tokens)")
     ax.set_ylabel(f"KV cache, one sequence ({kv_dtype}), GiB")
-    ax.set_title("Same context, very different caches (dashed: sliding-window layers)")
-    ax.legend(fontsize=8, ncol=2)
+    ax.set_title("Same context, very different caches (dashed: sliding-window layers; x: beyond the model's window)")
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig
 
@@ -166,23 +178,49 @@ def committed_gpu_results(results: dict | None = None) -> dict | None:
 
 def gpu_results_table(results: dict) -> str:
     """The GPU benchmark's rows: cache measured vs formula, decode speed vs the roofline with the cache read."""
+    backend = results["versions"].get("quantized_cache_backend")
     lines = [f"{results.get('gpu', results.get('device'))} · {results['model']} (random weights) · torch "
              f"{results['versions']['torch']} · transformers {results['versions']['transformers']} · "
-             f"copy bandwidth {results['bandwidth_measured_gbps']:,.0f} GB/s",
-             f"{'cache':<6} {'tokens':>8} {'tensors GiB':>12} {'formula GiB':>12} {'allocated GiB':>14} "
-             f"{'tok/s':>7} {'roofline':>9} {'% roof':>7}"]
+             f"copy bandwidth {results['bandwidth_measured_gbps']:,.0f} GB/s · int4 = transformers' QuantizedCache "
+             f"with {backend}",
+             f"{'cache':<6} {'tokens':>8} {'tensors GiB':>12} {'formula GiB':>12} {'÷ formula':>10} "
+             f"{'allocated GiB':>14} {'tok/s':>7} {'roofline':>9} {'% roof':>7}"]
     for kind in ("bf16", "quantized"):
         for r in results.get(kind, []):
             if "decode_tokens_per_s" not in r:
                 continue
             alloc = r.get("allocated_growth_bytes")
-            label = kind if kind == "bf16" else f"int4 ({results['versions'].get('quantized_cache_backend')})"
-            lines.append(f"{label[:6]:<6} {r['tokens']:>8,} {r['cache_tensor_bytes'] / GIB:>12.3f} "
-                         f"{r['formula_bytes'] / GIB:>12.3f} "
+            label = "bf16" if kind == "bf16" else "int4"
+            lines.append(f"{label:<6} {r['tokens']:>8,} {r['cache_tensor_bytes'] / GIB:>12.3f} "
+                         f"{r['formula_bytes'] / GIB:>12.3f} {r['cache_tensor_bytes'] / r['formula_bytes']:>9.2f}x "
                          f"{(alloc / GIB if alloc is not None else float('nan')):>14.3f} "
                          f"{r['decode_tokens_per_s']:>7.1f} {r['roofline_tokens_per_s']:>9.1f} "
                          f"{r['percent_of_roofline']:>6.0f}%")
     return "\n".join(lines)
+
+
+def gpu_results_markdown(results: dict, weights_bytes: float) -> str:
+    """What the committed GPU run shows, in numbers: the cache read next to the weights at the shortest and longest
+    length, what that does to the roofline, and where the int4 cache's bytes left the formula."""
+    rows = [r for r in results.get("bf16", []) if "decode_tokens_per_s" in r]
+    short, long = rows[0], rows[-1]
+    text = (f"At {short['tokens']:,} tokens the cache read per step is {short['kv_bytes_read'] / GIB:.2f} GiB next to "
+            f"{weights_bytes / 1e9:.2f} GB ({weights_bytes / GIB:.2f} GiB) of bf16 weights; at {long['tokens']:,} it "
+            f"is {long['kv_bytes_read'] / GIB:.2f} GiB, and the roofline falls from "
+            f"{short['roofline_tokens_per_s']:.0f} to {long['roofline_tokens_per_s']:.0f} tokens/s "
+            f"({short['roofline_tokens_per_s'] / long['roofline_tokens_per_s']:.1f}x slower).")
+    quantized = [r for r in results.get("quantized", []) if "decode_tokens_per_s" in r]
+    off = [r for r in quantized if r["cache_tensor_bytes"] > 1.05 * r["formula_bytes"]]
+    if off:
+        worst = max(r["cache_tensor_bytes"] / r["formula_bytes"] for r in off)
+        matched = ", ".join(f"{r['tokens']:,}" for r in quantized if r not in off)
+        text += (f" The int4 cache matched its formula (4.5 bits per value) at {matched} tokens but held up to "
+                 f"**{worst:.1f}x** those bytes at {', '.join(format(r['tokens'], ',') for r in off)}, and the allocated "
+                 "memory grew by as much, so it is real memory, not a counting error. We have not found why: the same "
+                 "cache filled the same way on a CPU (bf16, HQQ) matches the formula at every length, so it is "
+                 "something HQQ or transformers does on CUDA. benchmarks/long_context_gpu.py records each of its "
+                 "tensors on a GPU to find out; until then, plan for up to that factor at mid lengths.")
+    return text
 
 
 def plot_gpu_results(results: dict):
@@ -274,6 +312,30 @@ def greedy_decode(model: Any, input_ids: Any, new_tokens: int, use_cache: bool =
             ids = torch.cat([ids, nxt], dim=1)
             tokens.append(int(nxt))
     return DecodeRun(use_cache, tokens, seconds, lengths, int(input_ids.shape[1]))
+
+
+def decode_summary_markdown(without: DecodeRun, with_cache: DecodeRun) -> str:
+    """The two decoders in numbers: how the step time grew without the cache (first and last quarter of the steps),
+    how flat it stayed with it (its first step, the prefill, left out), and whether the total bent upwards."""
+    if not without.step_seconds or len(with_cache.step_seconds) < 2:
+        raise LabkitError("decode_summary_markdown needs two runs of at least 2 steps (greedy_decode)")
+    quarter = max(1, len(without.step_seconds) // 4)
+    first = sum(without.step_seconds[:quarter]) / quarter
+    last = sum(without.step_seconds[-quarter:]) / quarter
+    cached = sorted(with_cache.step_seconds[1:])[len(with_cache.step_seconds[1:]) // 2]
+    growth = last / first
+    lengths = without.sequence_lengths
+    text = (f"Without the cache a step ran {lengths[0]} tokens at first and {lengths[-1]} at the end; its first "
+            f"{quarter} steps took {1000 * first:.0f} ms each on average, its last {quarter} **{1000 * last:.0f} ms** "
+            f"({growth:.1f}x). With the cache a step took **{1000 * cached:.0f} ms** (median, the prefill left out), "
+            f"whatever the length. In total: {without.total_seconds:.1f} s against {with_cache.total_seconds:.1f} s. ")
+    if growth >= 1.3:
+        text += ("The uncached step time grows with the sequence, so its running total bends upwards: quadratic "
+                 "against linear.")
+    else:
+        text += (f"Here the uncached steps grew only {growth:.1f}x: on this machine a step's fixed cost (the 262k-word "
+                 "output layer, Python) still hides most of the growth at these lengths; a longer run bends more.")
+    return text
 
 
 def plot_decode_runs(without: DecodeRun, with_cache: DecodeRun):
@@ -392,6 +454,7 @@ class CacheQuality:
     label: str
     cache_bytes: int
     tokens: int  # tokens in the cache at the end
+    full_precision_tokens: int  # of those, the recent ones a quantized cache still holds unquantized (all: dynamic)
     perplexity: float
     top1_agreement: float  # share of steps whose most likely token equals the full-precision cache's
     seconds: float
@@ -436,7 +499,10 @@ def quantized_cache_cost(model: Any, ids: Any, prompt_tokens: int, nbits: Sequen
         if reference is None:
             reference = top1
         label = "full precision" if kind == "dynamic" else f"int{bits} ({backend or quantized_cache_backend()})"
-        results.append(CacheQuality(label, quantized_cache_bytes(cache), int(ids.shape[1] - 1), math.exp(float(nll)),
+        held = int(ids.shape[1] - 1)
+        residual = cache.layers[0].keys
+        unquantized = held if kind == "dynamic" else (int(residual.shape[-2]) if residual.dim() == 4 else 0)
+        results.append(CacheQuality(label, quantized_cache_bytes(cache), held, unquantized, math.exp(float(nll)),
                                     float((top1 == reference).float().mean()), seconds))
     return results
 
@@ -478,7 +544,7 @@ def llama_cpp_cache_types(text: str, cache_types: Sequence[str] = ("f16", "q8_0"
     for ct in cache_types:
         logs: list[str] = []
         start = time.perf_counter()
-        llm = _llama_with_log(llama_cpp, logs, model_path=gguf, n_ctx=n_ctx, logits_all=True, verbose=True,
+        llm = llama_with_log(llama_cpp, logs, model_path=gguf, n_ctx=n_ctx, logits_all=True, verbose=True,
                               flash_attn=True, type_k=LLAMA_CPP_CACHE_TYPES[ct], type_v=LLAMA_CPP_CACHE_TYPES[ct],
                               n_gpu_layers=0, seed=0, n_threads=cpu_threads())
         tokens = llm.tokenize(text.encode(), add_bos=True)[:n_ctx]
@@ -505,7 +571,7 @@ def llama_cpp_cache_types(text: str, cache_types: Sequence[str] = ("f16", "q8_0"
     return results
 
 
-def _llama_with_log(llama_cpp: Any, logs: list[str], **kwargs: Any):
+def llama_with_log(llama_cpp: Any, logs: list[str], **kwargs: Any):
     """Build a llama_cpp.Llama while collecting llama.cpp's log lines (it reports its buffer sizes there)."""
     import contextlib
     import io
@@ -621,7 +687,42 @@ def needle_accuracy(trials: Sequence[NeedleTrial]) -> dict[tuple[int, float], fl
     return {k: sum(v) / len(v) for k, v in cells.items()}
 
 
-def plot_needle(trials: Sequence[NeedleTrial]):
+def needle_markdown(trials: Sequence[NeedleTrial], window: int | None = None) -> str:
+    """What a needle grid found, in numbers: the share found overall and per context length, and where it failed
+    (`window`: the model's trained context, to say which lengths lie beyond it)."""
+    if not trials:
+        raise LabkitError("needle_markdown needs the trials of needle_in_haystack")
+    by_context: dict[int, list[bool]] = {}
+    for t in trials:
+        by_context.setdefault(t.context_tokens, []).append(t.found)
+    parts = [f"{c:,} tokens{' (beyond its window)' if window and c > window else ''}: {sum(f)}/{len(f)}"
+             for c, f in sorted(by_context.items())]
+    found = sum(t.found for t in trials)
+    text = f"Found **{found} of {len(trials)}** needles ({'; '.join(parts)})."
+    missed = [t for t in trials if not t.found]
+    if not missed:
+        return text + " At these lengths this model finds every needle: the grid shows no weak spot to read."
+    worst = max(by_context, key=lambda c: (by_context[c].count(False), c))
+    examples = ", ".join(f"{t.answer!r} for {t.secret}" for t in missed[:3])
+    return text + (f" The misses concentrate at {worst:,} tokens; wrong answers look like this: {examples}.")
+
+
+def committed_needle_results(results: dict | None = None) -> dict | None:
+    """The committed long-context needle run of benchmarks/long_context_gpu.py: {"device", "window", "trials"}; None
+    while that run has not been committed yet."""
+    from .paths import results_dir
+
+    if results is None and (results_dir() / "long_context_gpu.json").is_file():
+        results = load_benchmark_results("long_context_gpu")
+    if not results or not results.get("needle"):
+        return None
+    trials = [NeedleTrial(r["context_tokens"], r["depth"], r["secret"], r["answer"], r["found"])
+              for r in results["needle"]]
+    return {"device": results.get("gpu", results.get("device", "GPU")), "window": results.get("window"),
+            "trials": trials}
+
+
+def plot_needle(trials: Sequence[NeedleTrial], title: str | None = None):
     """A heat map: context length (rows) x needle depth (columns), share found."""
     import matplotlib.pyplot as plt
     import numpy as np
@@ -639,7 +740,7 @@ def plot_needle(trials: Sequence[NeedleTrial]):
             ax.text(j, i, f"{grid[i, j]:.0%}", ha="center", va="center")
     ax.set_xlabel("where the needle sits (0% = start of the context)")
     ax.set_ylabel("context (tokens)")
-    ax.set_title("Needle found (greedy answer starts with the number)")
+    ax.set_title(title or "Needle found (greedy answer starts with the number)")
     ax.grid(False)
     fig.colorbar(im, ax=ax, fraction=0.05)
     fig.tight_layout()
@@ -649,7 +750,21 @@ def plot_needle(trials: Sequence[NeedleTrial]):
 # ============================================================================ exercises
 
 
-@exercise("05.sliding_cache_bytes", hint="full-attention layers hold every token, sliding-window layers at most "
-          "the window: per layer 2 (K and V) x kv_heads x head_dim x tokens x bytes; add the layers up.")
+def _all_global_cache_bytes(expected: float, model: str, tokens: int, kv_dtype: str = "fp32") -> float:
+    """The slip's value: the same model with every layer global (as notebook 05, section 5, builds it)."""
+    config = load_config(model)
+    config["layer_types"] = ["full_attention"] * config["num_hidden_layers"]
+    return vram.kv_cache_bytes(config, tokens, kv_dtype=kv_dtype)
+
+
+@exercise("05.sliding_cache_bytes",
+          hint="Two kinds of layer: a global one keeps every token, a sliding one never more than its window. Work out "
+               "what one layer stores per token, then how many tokens each kind holds, and add the layers up.",
+          slips={"treating every layer as global (a sliding layer stops at its window)": _all_global_cache_bytes,
+                 "counting only K or only V (the cache holds both)": 0.5,
+                 "using the query heads instead of the one KV head":
+                     lambda expected, model, **_: expected * architecture(model).num_heads / architecture(
+                         model).num_kv_heads,
+                 "dividing by 2**30 (GiB) where bytes are asked": 2**-30})
 def _expected_sliding_cache_bytes(model: str, tokens: int, kv_dtype: str = "fp32") -> float:
     return vram.kv_cache_bytes(model, tokens, kv_dtype=kv_dtype)

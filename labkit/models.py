@@ -75,6 +75,21 @@ class LoadedModel:
 # ----------------------------------------------------------------------------- the bundled GGUF
 
 
+@contextlib.contextmanager
+def quiet_hf_loading():
+    """transformers' own "Loading weights" progress bar off while labkit loads a model: labkit prints what it
+    loaded (ModelReport), and a bar per load filled the notebooks' outputs. Restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 _verified: dict[Path, float] = {}
 
 
@@ -268,7 +283,8 @@ def _build_dense_copy(dense: Path) -> None:
         kwargs["quantization_config"] = GgufConfig(dequantize=True)
     except ImportError:  # older transformers de-quantize GGUF files by default
         pass
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), **kwargs)
+    with quiet_hf_loading():
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model.config.quantization_config = None
     if hasattr(model, "hf_quantizer"):
@@ -314,15 +330,8 @@ def load_bundled_transformers(dtype: str = "fp32", device: str = "cpu") -> Loade
                 f"a probe sentence that has {len(TOKENIZER_PROBE_IDS)}), so the model's text in transformers will be "
                 f"nonsense. Install the tested version: pip install transformers=={tested}; then delete {dense}.",
                 stacklevel=2)
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # "Loading weights": a progress bar for a one-second load, left in the output
-    try:
+    with quiet_hf_loading():
         model = AutoModelForCausalLM.from_pretrained(str(dense), dtype=torch_dtype(dtype)).to(device).eval()
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
     report = ModelReport(
         name=BUNDLED, source="bundled-dense", runtime="transformers", parameters=_count(model), dtype=dtype,
         bytes=_nbytes(model), licence=BUNDLED_LICENCE, random_weights=False, location=str(dense),
@@ -361,7 +370,8 @@ def load_hub(model_id: str, dtype: str = "bf16", device: str = "cpu", fallback: 
     start = time.perf_counter()
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_id)
-        model = AutoModelForCausalLM.from_pretrained(model_id, dtype=torch_dtype(dtype)).to(device).eval()
+        with quiet_hf_loading():
+            model = AutoModelForCausalLM.from_pretrained(model_id, dtype=torch_dtype(dtype)).to(device).eval()
     except (OSError, ValueError) as err:
         online = is_online()
         reason = "you are offline (HF_HUB_OFFLINE or no network)" if not online else f"the Hub refused: {err}"

@@ -12,6 +12,7 @@ and metadata, and keeps the same 5% safety margin as every fit verdict (labkit.h
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,21 +93,33 @@ def plan_offload(gguf_path: str | Path, n_ctx: int, usable_bytes: float | None =
     kv_per_layer = float(n_ctx * kv_heads * (key + value) * KV_BYTES_PER_VALUE)
     vocab = head.shape[-1] if head is not None and len(head.shape) > 1 else 0
     ffn = int(md.get(f"{arch}.feed_forward_length", 4 * width) or 4 * width)
-    ubatch = min(n_batch, n_ctx)
-    # one batch's activations in f32: attention scores over the context, the FFN, and the logits of the batch
-    compute = 4.0 * ubatch * (heads * n_ctx + 2 * ffn + 4 * width + vocab)
+    compute = compute_buffer_bytes(n_ctx, n_batch, heads, ffn, width, vocab)
+    return fit_layers(layer_bytes, kv_per_layer, output_bytes, compute, usable_bytes)
 
-    budget = usable_bytes - RUNTIME_BYTES - compute
+
+def compute_buffer_bytes(n_ctx: int, n_batch: int, heads: int, ffn: int, width: int, vocab: int) -> float:
+    """One batch's activations in f32: attention scores over the context, the FFN, and the logits of the batch."""
+    ubatch = min(n_batch, n_ctx)
+    return 4.0 * ubatch * (heads * n_ctx + 2 * ffn + 4 * width + vocab)
+
+
+def fit_layers(layer_bytes: Sequence[float], kv_bytes_per_layer: float, output_bytes: float, compute_bytes: float,
+               usable_bytes: float) -> OffloadPlan:
+    """The plan for layers of these sizes (from a GGUF's tensor table, or estimated for a file not downloaded yet,
+    labkit.gguf_choice): as many of the last layers as fit beside the buffers and the runtime, and the output head
+    too when every layer does."""
+    blocks = len(layer_bytes)
+    budget = usable_bytes - RUNTIME_BYTES - compute_bytes
     on_gpu, used = 0, 0.0
     for size in reversed(layer_bytes):  # llama.cpp offloads the last layers first
-        if used + size + kv_per_layer > budget:
+        if used + size + kv_bytes_per_layer > budget:
             break
-        used += size + kv_per_layer
+        used += size + kv_bytes_per_layer
         on_gpu += 1
     everything = on_gpu == blocks and used + output_bytes <= budget
     return OffloadPlan(n_gpu_layers=-1 if everything else on_gpu, block_count=blocks, layers_on_gpu=on_gpu,
-                       layer_bytes=tuple(layer_bytes), kv_bytes_per_layer=kv_per_layer, output_bytes=output_bytes,
-                       compute_bytes=compute, usable_bytes=float(usable_bytes))
+                       layer_bytes=tuple(layer_bytes), kv_bytes_per_layer=float(kv_bytes_per_layer),
+                       output_bytes=output_bytes, compute_bytes=compute_bytes, usable_bytes=float(usable_bytes))
 
 
 def gpu_layers_for(gguf_path: str | Path, n_ctx: int, n_batch: int = 512) -> tuple[int, OffloadPlan | None]:

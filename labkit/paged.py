@@ -127,6 +127,8 @@ class ServingResult:
     waste_percent: float  # 100 - token states
     preemptions: int
     seconds: float  # simulated time (each step from the bandwidth model), or steps if none was given
+    tokens_per_request: float = 0.0  # allocated token slots per running request (time average; shared blocks split)
+    slack_per_request: float = 0.0  # of those, empty or reserved-but-unused slots per running request
     timeline: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
     @property
@@ -310,7 +312,9 @@ def simulate_serving(requests: Sequence[SimulatedRequest], capacity_tokens: int,
         allocator=allocator, block_size=block_size if paged else 0, capacity_tokens=capacity_tokens,
         requests=len(requests), finished=finished, steps=step, generated_tokens=generated,
         mean_running=sum_running / busy, max_running=max_running, memory=memory,
-        waste_percent=100 - memory["token states"], preemptions=preemptions, seconds=seconds, timeline=timeline)
+        waste_percent=100 - memory["token states"], preemptions=preemptions, seconds=seconds, timeline=timeline,
+        tokens_per_request=sum_alloc / sum_running if sum_running else 0.0,
+        slack_per_request=(sum_alloc - sum_states) / sum_running if sum_running else 0.0)
 
 
 def compare_allocators(n_requests: int = 300, mix: str = "sharegpt-like", capacity: int = 65536,
@@ -374,19 +378,41 @@ def prefix_sharing_saved_tokens(n_requests: int, shared_prefix: int, block_size:
 # ============================================================================ exercises
 
 
-@exercise("05.paged_slack_tokens", hint="each sequence fills whole blocks except its last one: "
-          "ceil(length / block_size) x block_size - length empty slots per sequence, summed.")
+@exercise("05.paged_slack_tokens",
+          hint="Only the last block of a sequence can be partly empty. How many slots does each sequence's last block "
+               "leave unused, and what if a sequence fills its blocks exactly?",
+          slips={"counting a whole empty block when a length fills its blocks exactly":
+                     lambda expected, lengths, block_size: sum(block_size - n % block_size for n in lengths),
+                 "counting the filled slots of the last blocks instead of the empty ones":
+                     lambda expected, lengths, block_size: sum(n % block_size for n in lengths),
+                 "giving every slot the blocks hold, filled or not":
+                     lambda expected, lengths, block_size: sum(blocks_for(n, block_size) * block_size for n in lengths)})
 def _expected_paged_slack(lengths: Sequence[int], block_size: int) -> int:
     return paged_slack(lengths, block_size)
 
 
-@exercise("05.requests_that_fit", hint="contiguous: capacity // max_seq_len requests; paged: capacity // "
-          "(blocks per request x block_size), with blocks = ceil(actual length / block_size). Answer (contiguous, paged).")
+@exercise("05.requests_that_fit", answer="numbers", labels=("contiguous", "paged"),
+          hint="A contiguous allocator reserves the worst case up front; paging hands out whole blocks as the sequence "
+               "grows. How many slots does one request hold under each, at its final length? Answer (contiguous, paged).",
+          slips={"not rounding the paged request up to whole blocks":
+                     lambda expected, capacity, max_seq_len, length, block_size: (capacity // max_seq_len,
+                                                                                capacity // length),
+                 "swapping the two (the answer is (contiguous, paged))": lambda expected, **_: tuple(reversed(expected)),
+                 "reserving the true length for the contiguous one too (only an oracle knows it in advance)":
+                     lambda expected, capacity, length, **_: (capacity // length, expected[1])})
 def _expected_requests_that_fit(capacity: int, max_seq_len: int, length: int, block_size: int) -> tuple[int, int]:
     return capacity // max_seq_len, capacity // (blocks_for(length, block_size) * block_size)
 
 
-@exercise("05.prefix_saved_tokens", hint="every request but the first reuses the prefix's FULL blocks: "
-          "(requests - 1) x (prefix // block_size) x block_size slots.")
+@exercise("05.prefix_saved_tokens",
+          hint="Somebody has to store the prefix once; everyone else points at its blocks. Which of the prefix's "
+               "blocks can be shared, and how many requests no longer store them?",
+          slips={"sharing the partly filled last block too (only FULL blocks are shared)":
+                     lambda expected, n_requests, shared_prefix, block_size: (n_requests - 1) * shared_prefix,
+                 "saving a copy for every request, the first too (one copy is still stored)":
+                     lambda expected, n_requests, shared_prefix, block_size:
+                     n_requests * (shared_prefix // block_size) * block_size,
+                 "giving blocks where token slots are asked":
+                     lambda expected, n_requests, shared_prefix, block_size: expected / block_size})
 def _expected_prefix_saved(n_requests: int, shared_prefix: int, block_size: int) -> int:
     return prefix_sharing_saved_tokens(n_requests, shared_prefix, block_size)

@@ -7,8 +7,7 @@ map the codes back to real numbers. The course's path through it, top to bottom:
    group-wise int4 (one scale per group of `group_size` weights) and NF4 (16 levels placed at the
    quantiles of a normal distribution, QLoRA's 4-bit type). Each returns a `Quantized` that knows its
    codes, its scales, its bits per weight and how to de-quantize; `error_metrics` scores it.
-2. bitsandbytes: LLM.int8() and NF4 (with and without double quantization) loads of the bundled
-   model in transformers, with the weights' bytes measured next to `labkit.vram.weight_bytes`.
+2. bitsandbytes: LLM.int8() and NF4 loads of the bundled model (labkit.quant_bnb).
 3. A GGUF quant ladder of the bundled model: de-quantize its Q4_K_M file to F16 (labkit.gguf_files),
    then let llama.cpp's own quantizer make Q8_0 ... Q2_K. Files live in labkit's cache, built once.
 4. Quality, the way llama.cpp's `perplexity --kl-divergence` reports it: perplexity on a fixed text,
@@ -25,7 +24,6 @@ import io
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,21 +33,16 @@ import numpy as np
 
 from . import vram
 from .bench import benchmark
-from .check import exercise, validator
-from .dtypes import BITS_PER_WEIGHT, torch_dtype
-from .errors import LabkitError, MissingPackageError, require_positive, unknown
+from .check import exercise, same_name, validator
+from .dtypes import BITS_PER_WEIGHT
+from .errors import LabkitError, require_positive, unknown
 from .formatting import GIB
 from .gguf_files import iter_dequantized, read_gguf, require_disk_space, write_gguf_like
 from .hardware import cpu_threads
 from .models import (
     BUNDLED,
-    BUNDLED_LICENCE,
-    LoadedModel,
-    ModelReport,
     bundled_gguf_path,
-    dense_cache_path,
     llama_cpp_logs,
-    load_bundled_transformers,
     load_llama_cpp,
     require_llama_cpp,
     validate_gguf,
@@ -266,182 +259,6 @@ def nf4_bits_per_param(block_size: int = 64, double_quant: bool = False, nested_
     return 4 + nested_absmax_bits / block_size + absmax_bits / (block_size * nested_block)
 
 
-# ============================================================================ 2. bitsandbytes
-
-BNB_FORMATS = ("int8", "nf4", "nf4-no-double-quant")
-
-
-def _require_bnb():
-    try:
-        import bitsandbytes as bnb
-    except ImportError as err:
-        raise MissingPackageError("bitsandbytes", "bitsandbytes int8 / NF4", extra="lab") from err
-    return bnb
-
-
-def bnb_available() -> tuple[bool, str]:
-    """(True, version) when bitsandbytes imports and quantizes a small matrix here, else (False, why)."""
-    try:
-        bnb = _require_bnb()
-        import torch
-
-        w = torch.randn(64, 64)
-        packed, state = bnb.functional.quantize_4bit(w, quant_type="nf4")
-        back = bnb.functional.dequantize_4bit(packed, state)
-        if not torch.allclose(back, w, atol=0.5):
-            return False, "bitsandbytes NF4 round trip gave wrong values"
-        return True, bnb.__version__
-    except (ImportError, RuntimeError, NotImplementedError, AttributeError) as err:
-        return False, f"{type(err).__name__}: {err}"
-
-
-def bnb_config(fmt: str, compute_dtype: str = "fp32"):
-    """A transformers BitsAndBytesConfig for "int8" (LLM.int8()), "nf4" (double quant, QLoRA's
-    default) or "nf4-no-double-quant"."""
-    from transformers import BitsAndBytesConfig
-
-    if fmt not in BNB_FORMATS:
-        raise unknown("bitsandbytes format", fmt, BNB_FORMATS)
-    if fmt == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                              bnb_4bit_use_double_quant=fmt == "nf4",
-                              bnb_4bit_compute_dtype=torch_dtype(compute_dtype))
-
-
-def quantized_weight_bytes(model: Any) -> dict[str, float]:
-    """Measured bytes of a (bitsandbytes-)quantized model's weights, split like `vram.weight_bytes`:
-    quantized codes, unquantized tensors, and scales (4-bit absmax and nested absmax; int8 row scales)."""
-    out = {"quantized": 0.0, "unquantized": 0.0, "scales": 0.0}
-    seen: set[int] = set()
-    for p in [*model.parameters(), *model.buffers()]:
-        if p.data_ptr() in seen:
-            continue
-        seen.add(p.data_ptr())
-        nbytes = float(p.numel() * p.element_size())
-        state = getattr(p, "quant_state", None)
-        scb = getattr(p, "SCB", None)
-        if state is not None:
-            out["quantized"] += nbytes
-            out["scales"] += float(state.absmax.numel() * state.absmax.element_size())
-            if getattr(state, "state2", None) is not None:
-                s2 = state.state2
-                out["scales"] += float(s2.absmax.numel() * s2.absmax.element_size())
-        elif p.dtype == _int8():
-            out["quantized"] += nbytes
-            if scb is not None:
-                out["scales"] += float(scb.numel() * scb.element_size())
-        else:
-            out["unquantized"] += nbytes
-    return out
-
-
-def _int8():
-    import torch
-
-    return torch.int8
-
-
-def load_bnb(fmt: str, device: str = "cpu", compute_dtype: str | None = None):
-    """The bundled Gemma 3 270M loaded through bitsandbytes in `fmt` (see BNB_FORMATS) on `device`.
-
-    Returns (LoadedModel, {"measured": bytes by part, "estimated": vram.weight_bytes by part}).
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if fmt not in BNB_FORMATS:
-        raise unknown("bitsandbytes format", fmt, BNB_FORMATS)
-    _require_bnb()
-    compute_dtype = compute_dtype or ("fp32" if device == "cpu" else "bf16")
-    dense = dense_cache_path()
-    if not (dense / "model.safetensors").exists():
-        load_bundled_transformers()  # converts the GGUF once
-    start = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(str(dense), quantization_config=bnb_config(fmt, compute_dtype),
-                                                 dtype=torch_dtype(compute_dtype), device_map={"": device}).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(dense))
-    measured = quantized_weight_bytes(model)
-    est = vram.weight_bytes(BUNDLED, "int8" if fmt == "int8" else "nf4", double_quant=fmt == "nf4",
-                            compute_dtype=compute_dtype)
-    report = ModelReport(name=BUNDLED, source="bundled-dense", runtime=f"transformers + bitsandbytes {fmt}",
-                         parameters=sum(p.numel() for p in model.parameters()), dtype=fmt,
-                         bytes=int(sum(measured.values())), licence=BUNDLED_LICENCE, random_weights=False,
-                         location=str(dense), load_seconds=time.perf_counter() - start, device=device)
-    return LoadedModel(model, tokenizer, report), {"measured": measured, "estimated": est}
-
-
-def time_linear(formats: Sequence[str] = ("bf16", "int8", "nf4"), batches: Sequence[int] = (1, 16, 256, 4096),
-                in_features: int = 4096, out_features: int = 14336, device: str = "cuda", reps: int = 20) -> list[dict]:
-    """Time one linear layer (default: Llama 3.1 8B's MLP up-projection) per format on x of shape (batch, in).
-
-    bf16 is torch's matmul; int8 is bitsandbytes' Linear8bitLt (LLM.int8(), outlier threshold 6); nf4 its
-    Linear4bit. Each row: ms per product (median of 3 bursts of `reps`), TFLOP/s, and the weight bytes read per
-    second. At batch 1 the product is memory-bound (fewer bytes can win); at large batches it is compute-bound
-    and a quantized layer pays extra work for de-quantizing or rescaling.
-    """
-    import torch
-
-    for fmt in formats:
-        if fmt not in ("bf16", "int8", "nf4"):
-            raise unknown("format", fmt, ("bf16", "int8", "nf4"))
-    dtype = torch.bfloat16
-    dense = torch.nn.Linear(in_features, out_features, bias=False, dtype=dtype)
-    torch.nn.init.normal_(dense.weight, std=0.02)
-    layers = {}
-    for fmt in formats:
-        if fmt == "bf16":
-            layers[fmt] = dense.to(device)
-            continue
-        bnb = _require_bnb()
-        w = dense.weight.data.detach().cpu().clone()
-        if fmt == "int8":
-            layer = bnb.nn.Linear8bitLt(in_features, out_features, bias=False, has_fp16_weights=False, threshold=6.0)
-            layer.weight = bnb.nn.Int8Params(w, requires_grad=False, has_fp16_weights=False)
-        else:
-            layer = bnb.nn.Linear4bit(in_features, out_features, bias=False, compute_dtype=dtype, quant_type="nf4")
-            layer.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type="nf4")
-        layers[fmt] = layer.to(device)
-    weight_bytes = {"bf16": 2.0, "int8": 1.0 + 4 / in_features, "nf4": nf4_bits_per_param(64, True) / 8}
-
-    def sync() -> None:
-        if str(device).startswith("cuda"):
-            torch.cuda.synchronize()
-
-    rows = []
-    for batch in batches:
-        x = torch.randn(batch, in_features, dtype=dtype, device=device)
-        for fmt, layer in layers.items():
-            times = []
-            # LLM.int8() casts bf16 inputs to fp16 (part of its cost here) and warns on every call: thousands of
-            # lines in the notebook otherwise (seen on the H200 run of 04)
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
-                for _ in range(3):
-                    layer(x)
-                for _ in range(3):
-                    sync()
-                    t0 = time.perf_counter()
-                    for _ in range(reps):
-                        layer(x)
-                    sync()
-                    times.append((time.perf_counter() - t0) / reps)
-            t = sorted(times)[1]
-            rows.append({"format": fmt, "batch": batch, "ms": t * 1e3,
-                         "tflops": 2 * batch * in_features * out_features / t / 1e12,
-                         "weight_gb_per_s": weight_bytes[fmt] * in_features * out_features / t / 1e9})
-    return rows
-
-
-def memory_table(results: dict[str, dict]) -> list[dict]:
-    """Rows of measured vs estimated weight bytes (MiB) per format, from {format: load_bnb(...)[1]}."""
-    rows = []
-    for fmt, r in results.items():
-        m, e = sum(r["measured"].values()), sum(r["estimated"].values())
-        rows.append({"format": fmt, "measured MiB": m / 2**20, "estimated MiB": e / 2**20,
-                     "error of the estimate": (e - m) / m, "kept unquantized MiB": r["measured"]["unquantized"] / 2**20})
-    return rows
-
-
 # ============================================================================ 3. the GGUF ladder
 
 LADDER = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K")
@@ -644,6 +461,15 @@ class Scores:
     def perplexity(self) -> float:
         return float(np.exp(-self.target_logprob.mean()))
 
+    @property
+    def perplexity_range(self) -> tuple[float, float]:
+        """The perplexity's 95% interval from the scatter of the per-token log-likelihoods (mean ± 1.96 standard
+        errors, the way llama.cpp's `perplexity` reports "PPL = x +/- y"): how far another text of the same
+        length could move it. Neighbouring tokens are correlated, so the true scatter is, if anything, wider."""
+        nll = -self.target_logprob.astype(np.float64)
+        half = 1.96 * nll.std(ddof=1) / math.sqrt(len(nll)) if len(nll) > 1 else float("inf")
+        return float(np.exp(nll.mean() - half)), float(np.exp(nll.mean() + half))
+
     def versus(self, reference: Scores) -> dict[str, float]:
         return {"ppl": self.perplexity, "delta_ppl": self.perplexity - reference.perplexity,
                 "ppl_ratio": self.perplexity / reference.perplexity,
@@ -715,8 +541,10 @@ def score(model: Any, ids: Sequence[int], windows: Windows, reference: Scores | 
         target.append(logp[np.arange(len(nxt)), nxt])
         top1.append(logp.argmax(axis=-1))
         if reference is not None:
-            ref = reference.full[row:row + len(nxt)].astype(np.float32)
-            klds.append(np.sum(np.exp(ref) * (ref - logp), axis=-1))
+            # the reference's log-probabilities are stored in float16: renormalise them, so that the KL divergence
+            # of identical models is 0 and never a rounding-sized negative number (a KL divergence is >= 0)
+            ref = _log_softmax(reference.full[row:row + len(nxt)].astype(np.float32))
+            klds.append(np.maximum(np.sum(np.exp(ref) * (ref - logp), axis=-1), 0.0))
         if keep_full:
             full.append(logp.astype(np.float16))
         row += len(nxt)
@@ -749,18 +577,19 @@ def quality_row(label: str, scores: Scores, reference: Scores, path: str | Path 
         blocks = [t for t in info.tensors if t.name.startswith("blk.")]
         row.update(file_mb=Path(path).stat().st_size / 1e6, bits_per_weight=info.bits_per_weight,
                    block_bits_per_weight=8 * sum(t.n_bytes for t in blocks) / sum(t.n_elements for t in blocks),
-                   runtime="llama.cpp")
+                   runtime="llama.cpp", imatrix="quantize.imatrix.file" in info.metadata)  # llama-quantize notes it
     else:
         row.update(file_mb=float("nan"), bits_per_weight=float("nan"), block_bits_per_weight=float("nan"),
-                   runtime="transformers")
+                   runtime="transformers", imatrix=False)
     row["tokens_per_s"] = tokens_per_s
     return row
 
 
 def measure_ladder(paths: dict[str, Path], ids: Sequence[int], windows: Windows, reference: Scores | None = None,
                    speed_tokens: int = 32, speed_runs: int = 2) -> list[dict]:
-    """The measured ladder: one row per GGUF level (reference first): file size, bits per weight, perplexity,
-    KLD and top-1 agreement vs the reference, llama.cpp decode tokens/s (`speed_tokens=0` skips speed).
+    """The measured ladder: one row per GGUF level, from the most bits per weight to the fewest (the reference
+    first): file size, bits per weight, perplexity, KLD and top-1 agreement vs the reference, llama.cpp decode
+    tokens/s (`speed_tokens=0` skips speed). A level quantized with an importance matrix has `imatrix` True.
 
     `reference`: the reference's Scores made with keep_full=True (computed here from paths["F16"] if None).
     """
@@ -775,7 +604,29 @@ def measure_ladder(paths: dict[str, Path], ids: Sequence[int], windows: Windows,
         s = ref if level == REFERENCE else score(paths[level], ids, windows, reference=ref, name=level)
         speed = decode_speed(paths[level], speed_tokens, speed_runs) if speed_tokens else float("nan")
         rows.append(quality_row(level, s, ref, paths[level], speed))
-    return rows
+    return sorted(rows, key=lambda r: -r["bits_per_weight"])  # a ladder reads from the most bits to the fewest
+
+
+def speed_markdown(rows: Sequence[dict], again_tokens_per_s: float, tokens: int, runs: int) -> str:
+    """How far to trust the ladder's tokens/s column: the fastest and the slowest level, and the reference file
+    timed a second time (`again_tokens_per_s`) against its first time: the noise of this machine, measured."""
+    timed = [r for r in rows if r["runtime"] == "llama.cpp" and not math.isnan(r["tokens_per_s"])]
+    if not timed:
+        raise LabkitError("speed_markdown needs ladder rows measured with speed_tokens > 0 (measure_ladder)")
+    first = next((r["tokens_per_s"] for r in timed if r["level"] == REFERENCE), None)
+    if first is None:
+        raise LabkitError(f"speed_markdown needs the reference row {REFERENCE!r} timed")
+    require_positive("again_tokens_per_s", again_tokens_per_s)
+    fastest = max(timed, key=lambda r: r["tokens_per_s"])
+    slowest = min(timed, key=lambda r: r["tokens_per_s"])
+    apart = abs(again_tokens_per_s - first) / min(again_tokens_per_s, first)
+    return (f"Each level was timed over {runs} run{'s' if runs != 1 else ''} of {tokens} tokens. Fastest here: "
+            f"**{fastest['level']}** ({fastest['tokens_per_s']:.1f} tokens/s); slowest: **{slowest['level']}** "
+            f"({slowest['tokens_per_s']:.1f}). The {REFERENCE} file, timed again just now, ran at "
+            f"**{again_tokens_per_s:.1f}** tokens/s against {first:.1f} in the table: **{100 * apart:.0f}%** apart on "
+            "the same file. Gaps between levels smaller than that are this machine's noise (other programs, the "
+            "CPU's clock), not a property of the type. To compare types for real, time each several times on an "
+            "idle machine: llama.cpp's `llama-bench` does exactly that.")
 
 
 def ladder_markdown(rows: Sequence[dict]) -> str:
@@ -793,8 +644,10 @@ def ladder_markdown(rows: Sequence[dict]) -> str:
 
 
 def monotonic_violations(rows: Sequence[dict], key: str = "ppl") -> list[tuple[str, str]]:
-    """Pairs of GGUF levels (more bits, fewer bits) where `key` got better although bits fell."""
-    gguf = sorted([r for r in rows if r["runtime"] == "llama.cpp"], key=lambda r: -r["bits_per_weight"])
+    """Pairs of GGUF levels (more bits, fewer bits) where `key` got better although bits fell. Levels quantized
+    with an importance matrix are left out: they are meant to beat their neighbours at the same size."""
+    gguf = sorted([r for r in rows if r["runtime"] == "llama.cpp" and not r.get("imatrix")],
+                  key=lambda r: -r["bits_per_weight"])
     worse_is_higher = key in ("ppl", "kld", "delta_ppl")
     out = []
     for hi, lo in zip(gguf, gguf[1:]):
@@ -819,13 +672,19 @@ def plot_ladder(rows: Sequence[dict], published: Sequence[dict] | None = None):
     llama.cpp's published Llama 3 8B numbers (bits per weight from their file sizes)."""
     import matplotlib.pyplot as plt
 
-    gguf = [r for r in rows if r["runtime"] == "llama.cpp" and r["kld"] > 0]
+    measured = sorted([r for r in rows if r["runtime"] == "llama.cpp" and r["kld"] > 0],
+                      key=lambda r: r["bits_per_weight"])
+    gguf = [r for r in measured if not r.get("imatrix")]
+    calibrated = [r for r in measured if r.get("imatrix")]
     if not gguf:
         raise LabkitError("plot_ladder needs measured GGUF rows (from measure_ladder)")
     fig, (ax_kld, ax_ppl) = plt.subplots(1, 2, figsize=(12, 4.4))
     x = [r["bits_per_weight"] for r in gguf]
     ax_kld.plot(x, [r["kld"] for r in gguf], "o-", color="#d95f02", label="Gemma 3 270M (measured here)")
-    for r in gguf:
+    if calibrated:
+        ax_kld.plot([r["bits_per_weight"] for r in calibrated], [r["kld"] for r in calibrated], "D", color="#1b9e77",
+                    label="Gemma 3 270M with an imatrix (measured here)")
+    for r in measured:
         ax_kld.annotate(r["level"], (r["bits_per_weight"], r["kld"]), textcoords="offset points", xytext=(4, 4),
                         fontsize=8)
     if published:
@@ -839,6 +698,9 @@ def plot_ladder(rows: Sequence[dict], published: Sequence[dict] | None = None):
     ax_kld.set_title("Fewer bits, more damage")
     ax_kld.legend(fontsize=8)
     ax_ppl.plot(x, [r["ppl_ratio"] for r in gguf], "o-", color="#d95f02", label="Gemma 3 270M (measured)")
+    if calibrated:
+        ax_ppl.plot([r["bits_per_weight"] for r in calibrated], [r["ppl_ratio"] for r in calibrated], "D",
+                    color="#1b9e77", label="with an imatrix (measured)")
     if published:
         base = next(p["ppl"] for p in published if p["level"].lower() == "f16")
         ax_ppl.plot([p["size_gib"] * 2**30 * 8 / 8.03e9 for p in published], [p["ppl"] / base for p in published],
@@ -896,14 +758,41 @@ def ladder_choice(rows: Sequence[dict], level: str, model: str = "llama-3.1-8b",
 # ============================================================================ exercises
 
 
-@exercise("04.absmax_scale", hint="absmax int8: scale = the largest |weight| divided by 127 (the largest int8 code).",
-          rtol=1e-4)
+@exercise("04.absmax_scale", rtol=1e-4,
+          hint="The scale maps the weight farthest from zero onto the largest code a symmetric int8 scheme uses. "
+               "Which weight is farthest from zero, whatever its sign, and which code is the largest?",
+          slips={"taking the largest weight instead of the largest |weight| (the weight farthest from zero can be "
+                 "negative)": lambda expected, w: float(np.max(_as_float_array(w))) / 127,
+                 "dividing by 128 (symmetric int8 uses the codes -127..127)": 127 / 128,
+                 "dividing by 255 (the whole range of codes: zero-point's scale, not absmax's)": 127 / 255,
+                 "turning it upside down (127 / max|w| turns weights into codes; the scale turns codes back)":
+                     lambda expected, **_: 1 / expected})
 def _expected_absmax_scale(w: Any) -> float:
     return float(absmax_quantize(w, 8).scale)
 
 
-@validator("04.groupwise_int4", hint="Reshape the weights into rows of group_size, take each row's max |w|, "
-           "scale = that / 7, codes = round(w / scale) clipped to [-7, 7], then multiply back and reshape.")
+def _groupwise_answer(answer: Any, w: Any) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(answer, dtype=np.float32), _as_float_array(w)
+
+
+@validator("04.groupwise_int4",
+           hint="Give each run of group_size consecutive weights its own scale, so that its largest |w| lands on the "
+                "largest symmetric 4-bit code; round, clip, and multiply back. A reshape to one row per group makes "
+                "each group's max one call.",
+           slips={"one scale for the whole slice instead of one per group":
+                      lambda answer, w, group_size: np.allclose(*_groupwise_answer(answer, w)[:1],
+                                                                absmax_quantize(w, 4).dequantize(), rtol=1e-5),
+                  "grouping down the columns instead of along each row (consecutive weights share a scale)":
+                      lambda answer, w, group_size: np.allclose(
+                          _groupwise_answer(answer, w)[0],
+                          groupwise_quantize(np.ascontiguousarray(_as_float_array(w).T), 4, group_size)
+                          .dequantize().T, rtol=1e-5),
+                  "using 16 levels (codes -8..7): symmetric int4 has 15, -7..7":
+                      lambda answer, w, group_size: max(len(np.unique(row)) for row in
+                                                        np.asarray(answer, np.float32).reshape(-1, group_size)) == 16,
+                  "returning the integer codes instead of the de-quantized weights (multiply back by the scale)":
+                      lambda answer, w, group_size: np.array_equal(np.round(np.asarray(answer, np.float32)),
+                                                                   np.asarray(answer, np.float32))})
 def _validate_groupwise(answer: Any, w: Any, group_size: int) -> str | None:
     w = _as_float_array(w)
     try:
@@ -924,18 +813,46 @@ def _validate_groupwise(answer: Any, w: Any, group_size: int) -> str | None:
     return None
 
 
-@exercise("04.nf4_bits", hint="Per weight: 4 bits of code + one absmax per block (8 bits with double quant) / "
-          "block size + the fp32 second-level scale / (block size × nested block).", rtol=1e-3)
+@exercise("04.nf4_bits", rtol=1e-4,
+          hint="Count every stored bit and share it among the weights it serves: a code serves one weight, a block's "
+               "absmax serves a block of weights, a second-level scale serves a whole nested block of absmaxes. With "
+               "double quantization, how many bits does each of the three take?",
+          slips={"forgetting the fp32 second-level scale (one per nested block of absmaxes)":
+                     lambda expected, block_size, nested_block: 4 + 8 / block_size,
+                 "leaving out double quantization (an fp32 absmax per block)":
+                     lambda expected, block_size, nested_block: 4 + 32 / block_size,
+                 "storing the second-level scale in 8 bits (it is fp32: 32 bits)":
+                     lambda expected, block_size, nested_block: 4 + 8 / block_size + 8 / (block_size * nested_block),
+                 "leaving out the 4 bits of the code itself": lambda expected, **_: expected - 4})
 def _expected_nf4_bits(block_size: int, nested_block: int) -> float:
     return nf4_bits_per_param(block_size, double_quant=True, nested_block=nested_block)
 
 
-@validator("04.smallest_level", hint="Keep the rows whose top-1 agreement is at least the threshold, then take "
-           "the one with the smallest file.")
-def _validate_smallest(answer: Any, rows: Sequence[dict], min_top1: float) -> str | None:
-    ok = [r for r in rows if r["runtime"] == "llama.cpp" and r["top1_agreement"] >= min_top1]
-    if not ok:
-        return None if answer == "none" else "no level reaches that agreement: the answer is 'none'"
-    best = min(ok, key=lambda r: r["file_mb"])["level"]
-    return None if answer == best else f"{answer!r} is not the smallest level that keeps {min_top1:.0%} agreement"
+def _gguf_rows_reaching(rows: Sequence[dict], min_top1: float) -> list[dict]:
+    return [r for r in rows if r["runtime"] == "llama.cpp" and r["top1_agreement"] >= min_top1]
 
+
+@validator("04.smallest_level",
+           hint="Filter first, then pick: which GGUF rows reach the threshold, and which of those has the smallest "
+                "file? Each row carries the fields you need.",
+           slips={"taking the best agreement instead of the smallest file that reaches the threshold":
+                      lambda answer, rows, min_top1: same_name(answer, max(_gguf_rows_reaching(rows, min_top1),
+                                                                           key=lambda r: r["top1_agreement"])["level"]),
+                  "taking the smallest file whether or not it reaches the threshold":
+                      lambda answer, rows, min_top1: same_name(answer, min(
+                          (r for r in rows if r["runtime"] == "llama.cpp"), key=lambda r: r["file_mb"])["level"]),
+                  "counting a bitsandbytes row (it has no file: the question is about GGUF files)":
+                      lambda answer, rows, min_top1: any(same_name(answer, r["level"]) for r in rows
+                                                         if r["runtime"] != "llama.cpp")})
+def _validate_smallest(answer: Any, rows: Sequence[dict], min_top1: float) -> str | None:
+    if not isinstance(answer, str):
+        return f"answer with a level's name, a string such as 'Q6_K', not a {type(answer).__name__}"
+    ok = _gguf_rows_reaching(rows, min_top1)
+    if not ok:
+        return None if same_name(answer, "none") else "no level reaches that agreement: the answer is 'none'"
+    best = min(ok, key=lambda r: r["file_mb"])["level"]
+    if same_name(answer, best):
+        return None
+    if not any(same_name(answer, r["level"]) for r in rows):
+        return f"{answer!r} is not one of the levels measured: {', '.join(r['level'] for r in rows)}"
+    return f"{answer!r} is not the smallest level that keeps {min_top1:.0%} agreement"

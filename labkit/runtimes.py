@@ -660,7 +660,7 @@ def parse_gguf_name(filename: str) -> GgufName:
 
 
 @exercise("02.gguf_quant", hint="The quantization type is the last part of the name before '.gguf', "
-                                "e.g. Q4_K_M or Q8_0.")
+                                "e.g. Q4_K_M or Q8_0.", answer="name")
 def _expected_gguf_quant(filename: str) -> str:
     return parse_gguf_name(filename).quant
 

@@ -56,7 +56,7 @@ from .vram_band import band_for
 
 FLOAT_DTYPES = ("fp32", "fp16", "bf16")
 BNB_DTYPES = ("int8", "int4", "nf4")  # bitsandbytes: LLM.int8() and 4-bit (FP4 / NF4)
-GGUF_DTYPES = tuple(d for d in BITS_PER_WEIGHT if d.startswith("Q"))
+GGUF_DTYPES = tuple(d for d in BITS_PER_WEIGHT if d.startswith(("Q", "IQ")))
 RUNTIMES = ("transformers", "llama.cpp")
 TRAINING_METHODS = ("full", "lora", "qlora")
 OPTIMIZERS = ("adamw", "adamw8bit", "sgd")
@@ -951,7 +951,7 @@ def _expected_kv_gib(layers: int, kv_heads: int, head_dim: int, tokens: int, byt
 
 @exercise("03.kv_equals_weights_tokens", hint="weights in bytes / KV bytes per token (all layers, K and V). "
           "labkit.vram.kv_cache_bytes_per_token(model) gives the per-token figure.", rtol=0.01,
-          slips={"leaving out the x 2 for K and V in the bytes per token": 2.0})
+          slips={"leaving out the x 2 for K and V in the bytes per token": 2.0, **BITS_FOR_BYTES})
 def _expected_kv_equals_weights(model: str, dtype: str = "bf16") -> int:
     return kv_equals_weights_tokens(model, dtype)
 

@@ -1,6 +1,8 @@
 """labkit.check: exercises, validators, slips, and what check(...) says."""
 
 
+from pathlib import Path
+
 import pytest
 
 from labkit.check import check, exercise, exercises, validator
@@ -132,3 +134,124 @@ def test_the_sealed_check_only_says_the_grader_will_check(monkeypatch, capsys):
     monkeypatch.setattr(module, "_SEALED", True)
     assert check("test.double", 9, x=4) is None  # wrong, yet no AssertionError: the grader decides later
     assert "the grader checks this answer after the run" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- shapes, names, tuples, tolerances
+
+
+@exercise("test.pair", hint="Divide, then divide again.", labels=("contiguous", "paged"), answer="numbers",
+          slips={"swapping the two": lambda expected, **_: (expected[1], expected[0])})
+def _pair(capacity, a, b):
+    return capacity // a, capacity // b
+
+
+@validator("test.rows", hint="Return a (rows, 1) tensor.",
+           slips={"dropping keepdim=True (shape (rows,) instead of (rows, 1))": lambda answer: answer.ndim == 1})
+def _rows(answer):
+    import numpy as np
+
+    return None if np.array_equal(answer.sum(-1, keepdims=True), [[3.0], [7.0]]) else "the sums are wrong"
+
+
+def test_a_tuple_answer_names_the_element_that_is_off():
+    from labkit.check import evaluate
+
+    assert evaluate("test.pair", (32, 170), capacity=65536, a=2048, b=384).passed
+    one_off = evaluate("test.pair", (32, 168), capacity=65536, a=2048, b=384)
+    assert "the 2nd (paged) is 168" in one_off.message and "contiguous right" in one_off.message
+    assert "the 1st (contiguous)" in evaluate("test.pair", [16, 170], capacity=65536, a=2048, b=384).message
+    assert "got 3 values" in evaluate("test.pair", (32, 170, 1), capacity=65536, a=2048, b=384).message
+    assert "a tuple of 2 (contiguous, paged)" in evaluate("test.pair", 32, capacity=65536, a=2048, b=384).message
+    swapped = evaluate("test.pair", (170, 32), capacity=65536, a=2048, b=384)
+    assert swapped.slip == "swapping the two" and "swapping the two" in swapped.message
+
+
+def test_a_validator_never_crashes_on_an_oddly_shaped_answer():
+    import numpy as np
+
+    from labkit.check import evaluate
+
+    assert evaluate("test.rows", np.array([[1.0, 2.0], [3.0, 4.0]])).passed
+    odd = evaluate("test.rows", "not an array")  # str has no .sum: AttributeError inside the validator
+    assert not odd.passed and odd.message.startswith("your answer could not be used: AttributeError")
+    flat = evaluate("test.rows", np.array([1.0, 2.0]))  # keepdims on a 1-D array: numpy raises inside the validator
+    assert not flat.passed and flat.slip.startswith("dropping keepdim=True") and "keepdim" in flat.message
+
+
+def test_names_are_compared_without_case():
+    from labkit.check import same_name
+
+    assert same_name("q4_k_m", "Q4_K_M") and same_name(" Q4_K_M ", "Q4_K_M")
+    assert not same_name("Q4_K_S", "Q4_K_M") and not same_name(4, "Q4_K_M")
+
+
+def test_the_tolerance_never_reads_zero_percent():
+    from labkit.check import evaluate, tolerance_text
+
+    assert tolerance_text(0.01) == "±1%" and tolerance_text(1e-3) == "±0.1%"
+    assert tolerance_text(1e-4) == "±0.01%" and tolerance_text(1e-6) == "±0.0001%" and tolerance_text(0) == "exact"
+    for rtol in (1e-4, 1e-5, 1e-6, 1e-9):
+        assert "0.0%" not in tolerance_text(rtol).replace("0.0001", "")
+    assert "±0.0001%" in evaluate("06.speedup", 3.01, naive_ms=30.0, fused_ms=10.0).message
+
+
+def test_a_slip_as_close_as_the_tolerance_is_still_named():
+    """04.nf4_bits: 4.125 is 0.05% from 4.127; a slip test looser than the exercise's tolerance would miss it."""
+    from labkit.check import evaluate
+
+    verdict = evaluate("04.nf4_bits", 4.125, block_size=64, nested_block=256)
+    assert not verdict.passed and "second-level scale" in verdict.slip
+
+
+# ----------------------------------------------------------------------------- the course's exercises
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def _course_exercises() -> dict:
+    import nbformat
+
+    from labkit.grading import exercise_ids
+
+    registry = exercises()
+    used = {i for path in NOTEBOOKS for i in exercise_ids(nbformat.read(path, as_version=4))}
+    assert used <= set(registry), f"checked in a notebook but never registered: {sorted(used - set(registry))}"
+    return {i: registry[i] for i in sorted(used)}
+
+
+def test_every_numeric_exercise_in_the_course_declares_two_slips():
+    """A wrong number should name the learner's likely mistake, not only say how far off it is: every numeric
+    exercise of the course declares at least two slips (each one is tested where it is registered)."""
+    numeric = {i: e for i, e in _course_exercises().items() if e.answer in ("number", "numbers")}
+    assert len(numeric) > 20
+    assert {i: len(e.slips) for i, e in numeric.items() if len(e.slips) < 2} == {}
+
+
+def test_every_exercise_of_04_to_06_declares_two_slips_validators_too():
+    ours = {i: e for i, e in _course_exercises().items() if i[:2] in ("04", "05", "06")}
+    assert any(e.validate for e in ours.values())
+    assert {i: len(e.slips) for i, e in ours.items() if len(e.slips) < 2} == {}
+
+
+@pytest.mark.parametrize("exercise_id, answer, inputs, named", [
+    ("00.decode_ceiling", 1e9 / 2e11, dict(bandwidth_bytes_per_s=2e11, bytes_per_token=1e9), "seconds per token"),
+    ("00.decode_ceiling", 200 * 1e-9, dict(bandwidth_bytes_per_s=2e11, bytes_per_token=1e9), "GB/s"),
+    ("00.tokens_per_second", 0.032, dict(new_tokens=32, seconds=1.0), "milliseconds"),
+    ("02.decode_tokens_per_s", 0.1, dict(token_times=[0.0, 0.1, 0.2, 0.3]), "seconds per token"),
+    ("03.kv_equals_weights_tokens", None, dict(model="llama-3.1-8b"), "counting bits"),
+])
+def test_the_slips_added_to_00_to_03_are_named(exercise_id, answer, inputs, named):
+    from labkit.check import evaluate
+
+    if answer is None:  # a factor of the right answer
+        answer = exercises()[exercise_id].expected(**inputs) * 8
+    verdict = evaluate(exercise_id, answer, **inputs)
+    assert not verdict.passed and named in (verdict.slip or "")
+
+
+def test_moe_slip_for_billions():
+    from labkit.catalog import count_parameters
+    from labkit.check import evaluate
+
+    right = count_parameters("mixtral-8x7b").active
+    assert "billions" in evaluate("01.moe_active_params", right / 1e9, config="mixtral-8x7b").slip

@@ -35,4 +35,5 @@ def test_quantized_formats_are_not_torch_dtypes():
 
 def test_formats_get_smaller_as_bits_drop():
     ordered = sorted(BITS_PER_WEIGHT.items(), key=lambda kv: kv[1])
-    assert ordered[0][0] == "Q2_K" and ordered[-1][0] == "fp32"
+    assert ordered[0][0] == "IQ2_M" and ordered[-1][0] == "fp32"
+    assert [k for k, _ in ordered if k.startswith("Q")][0] == "Q2_K"

@@ -114,6 +114,8 @@ def test_quantized_cache_is_smaller_and_close(tiny_llama):
     assert int2.cache_bytes < int4.cache_bytes
     assert int4.top1_agreement >= int2.top1_agreement - 0.05
     assert math.isfinite(int4.perplexity) and int4.perplexity > 0
+    # notebook 05 quotes how many recent tokens stay unquantized: at most residual_length, all for the full cache
+    assert full.full_precision_tokens == full.tokens and 0 <= int4.full_precision_tokens < 16
 
 
 def test_quantized_cache_on_a_model_with_sliding_layers(tiny_gemma3):
@@ -188,3 +190,65 @@ def test_exercises_compute_their_answers():
     with pytest.raises(AssertionError, match="Hint"):
         check("05.sliding_cache_bytes", 2 * vram.kv_cache_bytes("gemma-3-270m", 2048, kv_dtype="fp32"),
               model="gemma-3-270m", tokens=2048)
+
+
+def test_sliding_cache_slips_are_named():
+    from labkit.check import evaluate
+
+    inputs = dict(model="gemma-3-270m", tokens=2048, kv_dtype="fp32")
+    right = vram.kv_cache_bytes("gemma-3-270m", 2048, kv_dtype="fp32")
+    for answer, named in [(2 * 18 * 1 * 256 * 2048 * 4, "every layer as global"), (right / 2, "only K or only V"),
+                          (right * 4, "query heads"), (right / 2**30, "GiB")]:
+        verdict = evaluate("05.sliding_cache_bytes", answer, **inputs)
+        assert not verdict.passed and named in verdict.slip and named in verdict.message
+
+
+# ----------------------------------------------------------------------------- what notebook 05 says in numbers
+
+
+def _run(use_cache, seconds):
+    return kvcache.DecodeRun(use_cache, [1] * len(seconds), list(seconds), [5 + i for i in range(len(seconds))], 5)
+
+
+def test_decode_summary_says_whether_the_total_bent():
+    bent = kvcache.decode_summary_markdown(_run(False, [0.1] * 4 + [0.15] * 4 + [0.3] * 4),
+                                           _run(True, [0.5] + [0.1] * 11))
+    assert "(3.0x)" in bent and "bends upwards" in bent and "**100 ms**" in bent
+    flat = kvcache.decode_summary_markdown(_run(False, [0.1] * 11 + [0.11]), _run(True, [0.5] + [0.1] * 11))
+    assert "bends upwards" not in flat and "grew only 1.0x" in flat
+    with pytest.raises(LabkitError, match="two runs"):
+        kvcache.decode_summary_markdown(_run(False, []), _run(True, [0.1]))
+
+
+def _trial(context, depth, found):
+    return kvcache.NeedleTrial(context, depth, "4821", "4821" if found else "1234", found)
+
+
+def test_needle_markdown_counts_and_names_the_misses():
+    all_found = kvcache.needle_markdown([_trial(256, d, True) for d in (0, 0.5, 1)])
+    assert "**3 of 3**" in all_found and "no weak spot" in all_found
+    some = kvcache.needle_markdown([_trial(8192, 0.5, True), _trial(65536, 0.5, False), _trial(65536, 0, False)],
+                                   window=32768)
+    assert "**1 of 3**" in some and "65,536 tokens (beyond its window): 0/2" in some and "'1234' for 4821" in some
+    runs = kvcache.committed_needle_results({"gpu": "H100", "window": 32768, "needle": [
+        {"context_tokens": 4096, "depth": 0.5, "secret": "1", "answer": "1", "found": True}]})
+    assert runs["device"] == "H100" and runs["trials"][0].found
+    assert kvcache.committed_needle_results({"needle": []}) is None
+
+
+def test_gpu_results_say_what_the_committed_run_measured():
+    gpu = kvcache.committed_gpu_results()
+    if gpu is None:
+        pytest.skip("no committed kv_cache_gpu results")
+    table = kvcache.gpu_results_table(gpu)
+    assert "int4 (" not in table and "\nint4 " in table  # the label is whole, the backend in the header
+    text = kvcache.gpu_results_markdown(gpu, sum(vram.weight_bytes("llama-3.1-8b", "bf16").values()))
+    assert "16.06 GB (14.96 GiB)" in text and "slower" in text
+    off = [r for r in gpu["quantized"] if r.get("cache_tensor_bytes", 0) > 1.05 * r.get("formula_bytes", 1)]
+    assert ("real memory" in text) == bool(off)
+
+
+def test_family_table_flags_a_context_beyond_the_window():
+    rows = {r["model"]: r for r in kvcache.attention_family_table(["phi-3-mini", "llama-3.1-8b"], tokens=32768)}
+    assert rows["phi-3-mini"]["context window"] == "4k ⚠ beyond" and rows["llama-3.1-8b"]["context window"] == "128k"
+    assert rows["phi-3-mini"]["KiB/token"] == 3 * rows["llama-3.1-8b"]["KiB/token"]  # 384 vs 128 KiB: notebook 05

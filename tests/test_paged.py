@@ -113,3 +113,42 @@ def test_the_simulator_runs_without_torch():
             "print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def _slip(exercise_id, answer, **inputs):
+    from labkit.check import evaluate
+
+    verdict = evaluate(exercise_id, answer, **inputs)
+    assert not verdict.passed
+    return verdict.slip or "", verdict.message
+
+
+def test_exercise_slips_are_named():
+    lengths = [11, 34, 160, 7, 48]
+    for answer, named in [(60, "a whole empty block"), (20, "filled slots"), (288, "every slot")]:
+        slip, message = _slip("05.paged_slack_tokens", answer, lengths=lengths, block_size=16)
+        assert named in slip and named in message
+    fit = dict(capacity=65536, max_seq_len=2048, length=380, block_size=16)
+    for answer, named in [((32, 172), "not rounding"), ((170, 32), "swapping"), ((172, 170), "oracle")]:
+        slip, message = _slip("05.requests_that_fit", answer, **fit)
+        assert named in slip and named in message
+    shared = dict(n_requests=40, shared_prefix=300, block_size=16)
+    for answer, named in [(39 * 300, "partly filled last block"), (40 * 288, "the first too"), (39 * 18, "blocks")]:
+        slip, message = _slip("05.prefix_saved_tokens", answer, **shared)
+        assert named in slip and named in message
+
+
+def test_a_wrong_pair_says_which_element_is_off():
+    _, message = _slip("05.requests_that_fit", (32, 160), capacity=65536, max_seq_len=2048, length=380, block_size=16)
+    assert "the 2nd (paged) is 160" in message and "contiguous right" in message
+
+
+def test_prefix_sharing_keeps_the_slack_and_shrinks_what_a_request_holds():
+    """Notebook 05: sharing raises the waste *percentage* because each request holds less, not because it wastes more."""
+    cap = paged.capacity_tokens("llama-3.1-8b", gpu_gib=24) // 8
+    plain, sharing = paged.compare_allocators(n_requests=120, mix="alpaca-like", capacity=cap, shared_prefix=256,
+                                              allocators=("paged", "paged+prefix-sharing"))
+    assert sharing.slack_per_request == pytest.approx(plain.slack_per_request, rel=0.05)
+    assert 0 < plain.slack_per_request < 16  # at most one block of slots per request
+    assert sharing.tokens_per_request < plain.tokens_per_request / 2
+    assert sharing.waste_percent > plain.waste_percent and sharing.mean_running > plain.mean_running
