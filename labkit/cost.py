@@ -48,6 +48,7 @@ from .dtypes import torch_dtype
 from .errors import LabkitError, require_positive, unknown
 from .hardware import _sync, find_gpu
 from .paths import datasets_dir
+from .serving import measured_gpu_tokens_per_s
 from .vram import kv_cache_bytes, parameter_count
 
 # torch, matplotlib and tqdm are imported inside the functions that use them: `import labkit` stays quick and
@@ -701,14 +702,12 @@ def projected_batch_tokens_per_s(batch1_tokens_per_s: float, batch: int, weight_
 
 def measured_batch_tokens_per_s(gpu: str, batch: int) -> tuple[float, str] | None:
     """A MEASURED decode throughput of Llama 3.1 8B on `gpu` at `batch` concurrent sequences, with its note, or
-    None while no such measurement is committed.
+    None where no such measurement is committed.
 
-    This is the one place where a measured GPU serving result replaces the projection of `gpu_tokens_per_s`
-    (and so every number notebook 08 and its widget derive from batched throughput). When notebook 09's benchmark
-    commits its result (datasets/results/serving_gpu.json, read through labkit.serving), return its tokens/s for
-    this GPU and batch here, and a note that says "measured" and names the file.
-    """
-    return None
+    The one place where a measured GPU serving result (notebook 09's benchmark, datasets/results/serving_gpu*.json)
+    replaces the projection of `gpu_tokens_per_s`, and with it every number notebook 08 and its widget derive from
+    batched throughput."""
+    return measured_gpu_tokens_per_s(gpu, batch)
 
 
 def gpu_tokens_per_s(gpu: str, batch: int = 1, context: int = 2048, reference=None) -> tuple[float, str]:
@@ -889,9 +888,11 @@ def batching_markdown(points: Sequence[BatchPoint], projected: dict[int, float],
 
 
 def plot_batching(measured: Sequence[BatchPoint], projected: dict[int, float] | None = None,
-                  gpu: dict[int, float] | None = None, usd_per_hour: float | None = None, title: str = ""):
-    """Tokens/s vs batch size: measured here (and the projection for here), plus a GPU's projection;
-    with `usd_per_hour`, a second panel of the GPU's $ per 1M tokens vs batch."""
+                  gpu: dict[int, float] | None = None, usd_per_hour: float | None = None, title: str = "",
+                  gpu_label: str = "projected: H100, 8B Q4_K_M", gpu_projection: dict[int, float] | None = None):
+    """Tokens/s vs batch size: measured here (and the projection for here), plus a GPU's curve (`gpu_label` says
+    measured or projected; `gpu_projection` adds its projection, dashed); with `usd_per_hour`, a second panel of the
+    GPU's $ per 1M tokens vs batch."""
     import matplotlib.pyplot as plt
 
     panels = 2 if gpu and usd_per_hour else 1
@@ -903,7 +904,10 @@ def plot_batching(measured: Sequence[BatchPoint], projected: dict[int, float] | 
     if projected:
         ax.plot(list(projected), list(projected.values()), "s--", color="#8da0cb", label="projected for this machine")
     if gpu:
-        ax.plot(list(gpu), list(gpu.values()), "^-", color="#d62728", label="projected: H100, 8B Q4_K_M")
+        ax.plot(list(gpu), list(gpu.values()), "^-", color="#d62728", label=gpu_label)
+        if gpu_projection:
+            ax.plot(list(gpu_projection), list(gpu_projection.values()), "^--", color="#d62728", alpha=0.45,
+                    label="projected from batch 1 (section 5's rule)")
         ax.set_yscale("log")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch (sequences decoded together)")

@@ -26,6 +26,7 @@ from .errors import LabkitError, unknown
 from .gguf_files import read_gguf, require_disk_space
 from .hardware import cpu_threads
 from .kvcache import filler_text
+from .llama_server import llama_cpp_dirs
 from .quant import REFERENCE, ladder_dir, reference_gguf
 
 TOOLS = ("llama-imatrix", "llama-quantize")
@@ -49,12 +50,7 @@ def find_tool(name: str) -> Path | None:
     exe = name + (".exe" if os.name == "nt" else "")
     folder = os.environ.get(TOOLS_ENV)
     candidates = [Path(folder) / exe] if folder else []
-    try:
-        import llama_cpp
-
-        candidates.append(Path(llama_cpp.__file__).resolve().parent.parent / "bin" / exe)
-    except ImportError:
-        pass
+    candidates += [folder / exe for folder in llama_cpp_dirs()]
     on_path = shutil.which(exe)
     candidates += [Path(on_path)] if on_path else []
     return next((c for c in candidates if c.is_file() and os.access(c, os.X_OK)), None)

@@ -37,7 +37,7 @@ SERVER_ENV = "LABKIT_LLAMA_SERVER"  # an explicit path to a llama-server binary 
 _EXE = "llama-server.exe" if os.name == "nt" else "llama-server"
 
 
-def _llama_cpp_dirs() -> list[Path]:
+def llama_cpp_dirs() -> list[Path]:
     """Where an installed llama-cpp-python wheel keeps its files (without importing it: no library load)."""
     spec = importlib.util.find_spec("llama_cpp")
     if spec is None or not spec.submodule_search_locations:
@@ -59,7 +59,7 @@ def llama_server_path() -> Path | None:
             raise LabkitError(f"{SERVER_ENV}={explicit!r} is not an executable file. Accepted: the path of a "
                               "llama-server binary, or unset it to let labkit look next to llama-cpp-python.")
         return path
-    for folder in _llama_cpp_dirs():
+    for folder in llama_cpp_dirs():
         candidate = folder / _EXE
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
@@ -130,7 +130,7 @@ def llama_server_help(binary: str | Path) -> str:
 def _server_env(binary: Path) -> dict[str, str]:
     """The environment for llama-server: its libraries found next to it even without an RPATH."""
     env = dict(os.environ)
-    libs = [str(p) for p in (binary.parent.parent / "lib", *_llama_cpp_dirs()[1:2]) if p.is_dir()]
+    libs = [str(p) for p in (binary.parent.parent / "lib", *llama_cpp_dirs()[1:2]) if p.is_dir()]
     if libs:
         var = "DYLD_LIBRARY_PATH" if sys.platform == "darwin" else "LD_LIBRARY_PATH"
         env[var] = os.pathsep.join([*libs, *([env[var]] if env.get(var) else [])])

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .capacity import LoadEstimate
+from .capacity import CapacityPlan, LoadEstimate
 from .check import exercise
 from .errors import LabkitError, MissingPackageError, require_count, require_positive, unknown
 from .hardware import find_gpu, gpu_table
@@ -36,6 +36,7 @@ from .loadgen import (
     Slo,
     format_ms,
     knee_users,
+    max_users_meeting,
     percentile,
 )
 from .lora import load_task
@@ -361,6 +362,138 @@ def committed_gpu_throughput(results: dict | None = None) -> dict[int, float]:
         return {}
     return {int(row["users"]): float(row["tokens_per_s"]) for row in results.get("sweep", [])
             if row.get("completed")}
+
+
+def committed_gpu_runs() -> list[tuple[str, dict]]:
+    """Every committed llama-server GPU run as (file name, results): serving_gpu.json (the card notebook 08 prices,
+    an H100) and any serving_gpu_<card>.json beside it."""
+    folder = datasets_dir() / "results"
+    return [(p.name, json.loads(p.read_text())) for p in sorted(folder.glob("serving_gpu*.json"))]
+
+
+def measured_gpu_tokens_per_s(gpu: str, batch: int) -> tuple[float, str] | None:
+    """The committed, measured aggregate tokens/s of Llama 3.1 8B Q4_K_M behind llama-server on `gpu` with `batch`
+    concurrent users, and a note that says how it was obtained; None where no run measured that card.
+
+    Between two measured user counts the value is interpolated on log-log axes (the note says so); outside the
+    measured range there is no measurement, and None lets the caller project."""
+    want = find_gpu(gpu)["name"]
+    require_count("batch", batch, 1, 1_000_000)
+    for name, results in committed_gpu_runs():
+        try:
+            card = committed_gpu_name(results)
+        except LabkitError:
+            continue
+        curve = committed_gpu_throughput(results)
+        if card != want or not curve:
+            continue
+        setting = (f"llama-server, {results.get('gguf_type', '?')}, prompts of {results.get('prompt_tokens_mean', 0):.0f} "
+                   f"tokens + {results.get('max_tokens', '?')} new · datasets/results/{name}, {results.get('date', '?')}")
+        if batch in curve:
+            return curve[batch], f"measured on an {card} with {batch} concurrent users · {setting}"
+        lower = max((b for b in curve if b < batch), default=None)
+        upper = min((b for b in curve if b > batch), default=None)
+        if upper is None and batch > results.get("slots", batch):  # more users than slots queue for a free one
+            return curve[lower], (f"measured on an {card} with {lower} concurrent users, the server's {lower} "
+                                  f"slots: more users queue for a free slot · {setting}")
+        if lower is None or upper is None:
+            return None
+        share = math.log(batch / lower) / math.log(upper / lower)
+        value = math.exp(math.log(curve[lower]) + share * math.log(curve[upper] / curve[lower]))
+        return value, (f"interpolated between the {lower} and {upper} concurrent users measured on an {card} "
+                       f"· {setting}")
+    return None
+
+
+VLLM_H100_REFERENCE = (5777, "MLPerf Inference v5.1, Llama 3.1 8B, Offline scenario: Red Hat's submission, vLLM 0.10.0, "
+                             "FP8 weights, one H100")
+
+
+def batch_curve_markdown(card: str, curve: dict[int, tuple[float, str]], projection: dict[int, float]) -> str:
+    """Notebook 08's reading of a GPU's batch curve: measured (which users, against the projection) or projected."""
+    measured = [b for b, (_, note) in curve.items() if note.startswith(("measured", "interpolated"))]
+    if not measured:
+        return (f"The {card} curve is a **projection** from a batch-1 measurement, not a measurement: at large batches "
+                "attention over long contexts, prompts processed between decode steps, scheduling and the KV cache's "
+                "memory (notebook 05) push real servers below it. Notebook 09's GPU benchmark "
+                "(`benchmarks/serving_gpu.py`) measures it; once a run for this card is committed, every number here "
+                "that depends on batched throughput uses it instead.")
+    top = max(measured)
+    tps, note = curve[top]
+    low = min(measured)
+    ratio = projection[top] / tps
+    side = (f"**{ratio:.1f}x too high**" if ratio > 1.1 else f"{1 / ratio:.1f}x too low" if ratio < 0.9
+            else "close to it")
+    return (f"The {card} curve is **measured** ({note}). From {low} to {top} concurrent users throughput grew "
+            f"{curve[low][0]:,.0f} → {tps:,.0f} tok/s ({tps / curve[low][0]:.1f}x); the memory-bound projection from "
+            f"batch 1 (dashed) said {projection[top]:,.0f} tok/s at {top}, {side}. The projection counts one read of the "
+            "weights per step and nothing else; the server also processes each new request's prompt between decode "
+            "steps, runs attention over every user's cache, schedules the slots and streams each token over HTTP. "
+            f"A serving engine tuned for throughput gets further: vLLM reached {VLLM_H100_REFERENCE[0]:,} tok/s on an "
+            f"H100 ({VLLM_H100_REFERENCE[1]}), with many more requests in flight. Every number in this notebook "
+            "that depends on batched throughput (the utilisation plot, the break-even, the widget) uses the measured "
+            "curve where it exists.")
+
+
+def gpu_reading_markdown(results: dict) -> str:
+    """What the committed GPU run says, in sentences built from its numbers (notebook 09, section 9)."""
+    curve = committed_gpu_throughput(results)
+    if not curve:
+        return ""
+    low, top = min(curve), max(curve)
+    sweep = {int(r["users"]): r for r in results["sweep"] if r.get("completed")}
+    parts = [f"On the {results['device']} throughput grew from {curve[low]:,.0f} tok/s with {low} user to "
+             f"{curve[top]:,.0f} with {top} ({curve[top] / curve[low]:.1f}x), while each user's own decode speed fell "
+             f"from {sweep[low]['decode_tokens_per_s_p50']:,.0f} to {sweep[top]['decode_tokens_per_s_p50']:,.0f} tok/s "
+             f"and the P99 TTFT rose from {format_ms(sweep[low]['ttft_p99_s'])} to {format_ms(sweep[top]['ttft_p99_s'])}."]
+    schema = results.get("json_schema") or {}
+    if schema.get("off", {}).get("completed") and schema.get("on", {}).get("completed"):
+        slower = schema["on"]["itl_p50_s"] / schema["off"]["itl_p50_s"]
+        parts.append(
+            f"The JSON schema made each token {slower:.1f}x slower here, far more than on the bundled model in section 7. "
+            "That is the random weights: llama.cpp samples a token first and checks only that one against the "
+            "grammar, which a model that wants to write the JSON passes almost always; random weights almost never "
+            "do, so every step falls back to checking the whole vocabulary (128k tokens for Llama 3). This is the "
+            "grammar's worst case, not what a trained model pays.")
+    speculation = results.get("speculation") or {}
+    accepted = [runs["ngram"]["acceptance"] for runs in speculation.values() if "ngram" in runs]
+    if accepted:
+        parts.append(f"n-gram drafts were accepted {min(accepted):.0%}–{max(accepted):.0%} of the time: random "
+                     "weights do not copy their prompt, so these rows show only what drafting costs when it fails.")
+    return " ".join(parts)
+
+
+def measured_compute_share(results: dict, plan: CapacityPlan) -> float:
+    """The share of the card's peak FLOP/s the committed run's busiest point turned into decode work
+    (tokens/s x 2 x parameters per token ÷ peak): the compute efficiency to calibrate the planner with."""
+    curve = committed_gpu_throughput(results)
+    if not curve:
+        raise LabkitError("the committed GPU run has no completed sweep point to calibrate with")
+    return min(1.0, curve[max(curve)] * 2 * plan.decode_params / plan.device.flops)
+
+
+def planner_gap_markdown(results: dict, plan: CapacityPlan, calibrated: CapacityPlan, slo: Slo) -> str:
+    """Why the roofline planner and the committed GPU run disagree, from their numbers (notebook 09, section 9)."""
+    sweep = {int(r["users"]): r for r in results["sweep"] if r.get("completed")}
+    top = max(sweep)
+    met = max_users_meeting(results["sweep"], slo)
+    share = measured_compute_share(results, plan)
+    broke = next((u for u in sorted(sweep) if u > met), None)
+    text = (f"The planner calibrated on one user's speed expected **{plan.users:,}** users; the run met the target with "
+            f"**{met}**. At {top} users it expected an ITL of {format_ms(plan.at(top).itl_s)}; the run measured "
+            f"{format_ms(sweep[top]['itl_p50_s'])} (P50). The roofline takes a decode step to cost one read of the "
+            "weights until the arithmetic of all users fills the card's peak FLOP/s; here every extra user made the "
+            f"step longer. At {top} users the run turned {share:.1%} of the card's "
+            f"{plan.device.flops / 1e12:,.0f} TFLOP/s into decode work: llama.cpp's batched 4-bit matrix products, "
+            "attention over every user's cache and the host's work between steps come nowhere near the peak. "
+            f"Calibrated with that share, the planner says **{calibrated.users:,}** users ({calibrated.limit}).")
+    if broke is not None:
+        row = sweep[broke]
+        which = ("the TTFT target" if row["ttft_p99_s"] > slo.ttft_s else "the ITL target")
+        text += (f" The run broke {which} first, at {broke} users (P99 TTFT {format_ms(row['ttft_p99_s'])}, P99 ITL "
+                 f"{format_ms(row['itl_p99_s'])}): its users all start at once, so the last prompt waits behind "
+                 "everyone else's, the burst the planner reports as a wait, not as its limit.")
+    return text
 
 
 def gpu_features_markdown(results: dict) -> str:

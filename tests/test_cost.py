@@ -197,9 +197,11 @@ def test_batching_projection():
 def test_gpu_throughput_starts_from_the_committed_h100_measurement():
     ref = cost.reference_gpu_result("Q4_K_M")
     tps, note = cost.gpu_tokens_per_s("H100", batch=1)
-    assert tps == pytest.approx(ref.decode_tokens_per_s) and "measured" in note
-    h200, _ = cost.gpu_tokens_per_s("H200", batch=1)
-    assert h200 == pytest.approx(ref.decode_tokens_per_s * 4800 / 3350)  # same share of a bigger bandwidth
+    # the committed llama-server run (one user, prefill and HTTP included) and llama-bench's batch-1 decode measure
+    # the same card and model two ways: they agree within 15%
+    assert "measured" in note and tps == pytest.approx(ref.decode_tokens_per_s, rel=0.15)
+    a100, note = cost.gpu_tokens_per_s("A100 80GB", batch=1)  # no serving run: the same share of its bandwidth
+    assert a100 == pytest.approx(ref.decode_tokens_per_s * 2039 / 3350, rel=0.02) and "scaled" in note
     speeds = [cost.gpu_tokens_per_s("H100", batch=b)[0] for b in (1, 4, 16, 64)]
     assert speeds == sorted(speeds) and speeds[-1] < 64 * speeds[0]  # KV reads grow with the batch
 

@@ -81,6 +81,26 @@ def test_committed_gpu_results_load_through_the_datasets_folder(tmp_path, monkey
     assert "| 8 | 16 | 1,400 |" in serving.gpu_sweep_markdown(serving.load_gpu_results())
 
 
+def test_a_measured_gpu_run_replaces_the_projection_for_its_card_only(monkeypatch):
+    from labkit import cost
+
+    rows = [{"users": u, "completed": 2 * u, "tokens_per_s": t} for u, t in ((1, 200.0), (4, 400.0), (16, 800.0))]
+    run = {"device": "NVIDIA L4", "slots": 16, "gguf_type": "Q4_K_M", "sweep": rows, "date": "2026-12-06"}
+    monkeypatch.setattr(serving, "committed_gpu_runs", lambda: [("serving_gpu_l4.json", run)])
+    tps, note = cost.measured_batch_tokens_per_s("L4", 4)
+    assert tps == 400.0 and note.startswith("measured on an NVIDIA L4 with 4") and "serving_gpu_l4.json" in note
+    tps, note = serving.measured_gpu_tokens_per_s("L4", 2)  # halfway on log axes: the geometric mean
+    assert tps == pytest.approx((200 * 400) ** 0.5) and note.startswith("interpolated between the 1 and 4")
+    tps, note = serving.measured_gpu_tokens_per_s("L4", 32)  # 16 slots: more users wait for one
+    assert tps == 800.0 and "queue" in note
+    assert serving.measured_gpu_tokens_per_s("T4", 4) is None  # another card: no measurement
+    assert "projected" in cost.gpu_tokens_per_s("T4", batch=4)[1]
+    run["slots"] = 64  # 32 users on 64 slots were not measured: projected, not clamped
+    assert serving.measured_gpu_tokens_per_s("L4", 32) is None
+    with pytest.raises(LabkitError, match="batch"):
+        serving.measured_gpu_tokens_per_s("L4", 0)
+
+
 @pytest.mark.parametrize("device, name", [("NVIDIA H100 80GB HBM3", "NVIDIA H100 80GB"), ("NVIDIA H200", "NVIDIA H200"),
                                           ("NVIDIA A100-SXM4-80GB", "NVIDIA A100 80GB"),
                                           ("NVIDIA GeForce RTX 4090", "NVIDIA RTX 4090")])
@@ -91,3 +111,49 @@ def test_committed_gpu_name_finds_the_card(device, name):
 def test_committed_gpu_name_refuses_an_unknown_card():
     with pytest.raises(LabkitError, match="gpus.json"):
         serving.committed_gpu_name({"device": "CPU (2 cores)"})
+
+
+def test_the_batch_curve_is_read_as_measured_or_projected_from_its_notes():
+    projection = {1: 230.0, 64: 3400.0}
+    measured = {1: (222.0, "measured on an NVIDIA H100 80GB with 1 concurrent users · x"),
+                64: (906.0, "measured on an NVIDIA H100 80GB with 64 concurrent users · x")}
+    text = serving.batch_curve_markdown("H100", measured, projection)
+    assert "**measured**" in text and "222 → 906 tok/s (4.1x)" in text and "3.8x too high" in text
+    projected = {b: (t, f"{t:,.0f} tokens/s: ... projected from ...") for b, t in projection.items()}
+    assert "**projection**" in serving.batch_curve_markdown("H100", projected, projection)
+
+
+def test_the_gpu_reading_is_built_from_the_committed_numbers():
+    results = serving.load_gpu_results()
+    if results is None:
+        pytest.skip("no committed GPU run in this copy")
+    text = serving.gpu_reading_markdown(results)
+    curve = serving.committed_gpu_throughput(results)
+    assert f"{curve[max(curve)]:,.0f} with {max(curve)}" in text
+    schema = results["json_schema"]
+    assert f"{schema['on']['itl_p50_s'] / schema['off']['itl_p50_s']:.1f}x slower" in text
+    assert serving.gpu_reading_markdown({"sweep": []}) == ""
+
+
+def test_the_planner_gap_is_explained_from_the_run_and_the_calibrated_plan():
+    import dataclasses
+
+    from labkit import capacity
+
+    results = serving.load_gpu_results()
+    if results is None:
+        pytest.skip("no committed GPU run in this copy")
+    slo = serving.Slo()
+    name = serving.committed_gpu_name(results)
+    plan = capacity.plan_capacity("llama-3.1-8b", name, "Q4_K_M", prompt_tokens=65, new_tokens=128, slo=slo,
+                                  efficiency=0.37)
+    share = serving.measured_compute_share(results, plan)
+    curve = serving.committed_gpu_throughput(results)
+    assert share == pytest.approx(curve[max(curve)] * 2 * plan.decode_params / plan.device.flops)
+    calibrated = capacity.plan_capacity("llama-3.1-8b", dataclasses.replace(plan.device, compute_efficiency=share),
+                                        "Q4_K_M", prompt_tokens=65, new_tokens=128, slo=slo, efficiency=0.37)
+    assert calibrated.users < plan.users  # less compute, fewer users
+    text = serving.planner_gap_markdown(results, plan, calibrated, slo)
+    assert f"**{plan.users:,}**" in text and f"**{calibrated.users:,}**" in text and f"{share:.1%}" in text
+    with pytest.raises(LabkitError, match="sweep"):
+        serving.measured_compute_share({"sweep": []}, plan)
