@@ -49,3 +49,12 @@ def test_committed_held_out_results_are_within_the_stated_band():
         assert r.get("refused") or r["formula"] or r["within_band"], r
         if r["formula"]:
             assert abs(r["error_pct"]) < 5, r
+
+
+def test_the_committed_held_out_summary_counts_the_run():
+    summary = vram_band.committed_heldout_summary()
+    if summary is None:
+        pytest.skip("no GPU run of benchmarks/vram_heldout.py committed")
+    run = json.loads((results_dir() / "vram_heldout.json").read_text())
+    measured = [r for r in run["rows"] if r.get("error_pct") is not None and not r.get("formula")]
+    assert f"{len(measured)} cells" in summary and f"{sum(r['within_band'] for r in measured)} within" in summary

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from labkit import vram, vram_widget
+from labkit import vram, vram_band, vram_widget
 from labkit.errors import LabkitError
 from labkit.models import load_config
 
@@ -88,7 +88,8 @@ def test_calculator_widget_takes_the_learners_own_model_and_checkpointing(tmp_pa
 
 def test_the_calculator_shows_the_band_of_a_model_without_a_formula(held_out_configs):
     calc = vram_widget.calculate(held_out_configs["starcoder2"], "bf16", context=1024)
-    assert "±3%" in str(calc) and "±3%" in vram_widget.bars_html(calc)
-    assert any(n.startswith("band ±3%") for n in calc.notes)
+    band = f"±{vram_band.GENERIC_BANDS['inference (traced)'][0]:.0%}"
+    assert band in str(calc) and band in vram_widget.bars_html(calc)
+    assert any(n.startswith(f"band {band}") for n in calc.notes)
     formula = vram_widget.calculate("llama-3.2-1b", "bf16", context=1024)
     assert "±" not in str(formula) and not any(n.startswith("band") for n in formula.notes)
