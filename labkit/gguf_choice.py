@@ -40,6 +40,7 @@ class Target:
     gpu_bandwidth: float | None  # bytes/s, None when unknown
     ram_bandwidth: float | None  # bytes/s of the CPU side (None on a Mac: no split)
     unified: bool = False
+    memory_bytes: float | None = None  # a Mac's whole unified memory (after the margin): CPU and GPU share it
 
 
 def target(gpu: Any = None, mac_memory_gb: float | None = None, ram_bandwidth_gbps: float | None = None,
@@ -55,7 +56,8 @@ def target(gpu: Any = None, mac_memory_gb: float | None = None, ram_bandwidth_gb
         require_positive("mac_memory_gb", mac_memory_gb)
         share = MAC_SHARE_LARGE if mac_memory_gb > MAC_SHARE_THRESHOLD_GB else MAC_SHARE_SMALL
         return Target(f"a Mac with {mac_memory_gb:g} GB (GPU share {share:.0%})", mac_memory_gb * 1e9 * share * keep,
-                      mac_bandwidth_gbps * 1e9 if mac_bandwidth_gbps else None, None, unified=True)
+                      mac_bandwidth_gbps * 1e9 if mac_bandwidth_gbps else None, None, unified=True,
+                      memory_bytes=mac_memory_gb * 1e9 * keep)
     if gpu is None:
         raise LabkitError("say where the model runs: gpu='RTX 4090' (a name from datasets/gpus.json), gpu=12 (GiB of "
                           "VRAM), or mac_memory_gb=32 for a Mac")
@@ -155,10 +157,19 @@ def pick_markdown(model: str, where: Target, context: int, options: Sequence[Ggu
         text = (f"It is the level with the most bits whose weights, cache and buffers fit the GPU "
                 f"({pick.plan.gpu_bytes / GIB:.1f} GiB of {where.gpu_bytes / GIB:.1f} GiB usable); "
                 f"{len(smaller)} smaller level{'s' if len(smaller) != 1 else ''} fit too, at a cost in quality.")
+    elif where.unified and where.memory_bytes and min(o.file_gb for o in options) * 1e9 > where.memory_bytes:
+        smallest = min(options, key=lambda o: o.file_gb)
+        return (f"**{model} on {where.name}, {context:,} tokens of context: no file fits.** The smallest level here, "
+                f"{smallest.level}, is {smallest.file_gb:.1f} GB, more than the whole {where.memory_bytes / 1e9:.1f} GB "
+                "this Mac's memory offers (CPU and GPU share it, so there is nothing to offload to): it would page "
+                "from the disk at every token. Pick a smaller model, or a Mac with more memory.")
     elif pick.plan.layers_on_gpu:
+        cpu_share = 1 - pick.plan.layers_on_gpu / pick.plan.block_count
+        ram = ("the same unified memory" if where.unified else
+               f"system RAM (about {pick.file_gb * cpu_share:.0f} GB of weights must fit there)")
         text = (f"No level fits entirely; with this one llama.cpp keeps {pick.plan.layers_on_gpu} of "
                 f"{pick.plan.block_count} layers on the GPU (`-ngl {pick.plan.layers_on_gpu}`) and runs the rest on the "
-                "CPU, reading their weights from system RAM at every token: expect the speed of the slow side. The "
+                f"CPU, reading their weights from {ram} at every token: expect the speed of the slow side. The "
                 "table shows the trade: each level with more bits keeps fewer layers on the GPU and decodes slower. A "
                 "shorter context or a smaller model may run entirely on the GPU.")
     else:

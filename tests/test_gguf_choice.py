@@ -79,3 +79,14 @@ def test_the_plan_agrees_with_offload_for_a_real_file():
                            sizes["compute_bytes"], budget)
     real = plan_offload(bundled_gguf_path(), 2048, usable_bytes=budget)
     assert estimated.layers_on_gpu == 9 and abs(real.layers_on_gpu - estimated.layers_on_gpu) <= 3
+
+
+def test_a_model_larger_than_a_macs_memory_is_not_offloaded_there():
+    mac = gguf_choice.target(mac_memory_gb=16)
+    options, pick = gguf_choice.choose_gguf("llama-3.1-70b", mac, 8192)
+    text = gguf_choice.pick_markdown("llama-3.1-70b", mac, 8192, options, pick)
+    assert "no file fits" in text and "llama-server" not in text
+    card = gguf_choice.target("NVIDIA RTX 3060")  # a discrete card offloads, and says how much RAM that needs
+    options, pick = gguf_choice.choose_gguf("llama-3.1-70b", card, 8192)
+    assert not pick.whole_model_on_gpu and "GB of weights must fit there" in gguf_choice.pick_markdown(
+        "llama-3.1-70b", card, 8192, options, pick)
