@@ -868,15 +868,30 @@ def training_memory(model: Any, method: str, seq_len: int, batch: int = 1, rank:
 
 def committed_estimate_check(results: dict | None = None) -> dict[bool, list[tuple[str, float]]]:
     """The committed GPU check of `vram.estimate_training` (benchmarks/lora_gpu.py): {gradient checkpointing on?:
-    [(method, estimate / measured - 1), ...]}; empty when no result is committed."""
+    [(method, estimate / measured - 1), ...]}, the estimate made by THIS labkit for each committed measurement (the
+    estimator improves; the measurements stay); empty when no result is committed."""
     from .bench import load_benchmark_results  # a committed result file, read when asked
 
     results = load_benchmark_results("lora_gpu") if results is None else results
     out: dict[bool, list[tuple[str, float]]] = {}
     for row in (results or {}).get("rows", []):
         if "skipped" not in row:
-            out.setdefault(bool(row["gradient_checkpointing"]), []).append((row["method"], float(row["error"])))
+            out.setdefault(bool(row["gradient_checkpointing"]), []).append(
+                (row["method"], current_estimate_gib(results, row) / row["measured_gib"] - 1))
     return out
+
+
+def current_estimate_gib(results: dict, row: dict) -> float:
+    """This labkit's estimate for one committed lora_gpu row (the benchmark's setup: bf16 on CUDA, all linear layers,
+    batch 1); the row's own `estimate_gib` when the model is not one labkit ships a config for (a test's stand-in)."""
+    from .architecture import list_configs
+
+    if results.get("model") not in list_configs():
+        return float(row["estimate_gib"])
+    est = vram.estimate_training(results["model"], row["method"], dtype="bf16", lora_rank=row.get("rank", 16),
+                                 target_modules="all-linear", seq_len=row.get("seq_len", results.get("seq_len")),
+                                 batch=1, gradient_checkpointing=bool(row["gradient_checkpointing"]), device="cuda")
+    return est.total / 2**30
 
 
 def estimate_accuracy_note(gradient_checkpointing: bool, results: dict | None = None) -> str:
