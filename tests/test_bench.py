@@ -224,6 +224,15 @@ def test_results_table():
     assert "| llama.cpp | 200 | 40.0 | 450 | 250 | 80 | 50% |" in lines
 
 
+def test_the_roofline_reading_follows_the_percentages():
+    below = bench.roofline_reading_markdown(_results(), 20.0)
+    assert below.startswith("Nobody reached 100%") and "llama.cpp at **50%**" in below
+    fast = bench.BenchResult("llama.cpp", 3, 90, 32, 0.2, 120.0, 450.0, bytes_per_token=2.5e8, bandwidth_bytes_per_s=2e10)
+    above = bench.roofline_reading_markdown([fast, _results()[1]], 20.0)
+    assert above.startswith("Above 100% here: llama.cpp **150%**") and "transformers" not in above.split(".")[0]
+    assert bench.roofline_reading_markdown([bench.BenchResult("x", 1, 1, 1, 0.1, 1.0, 1.0)], 20.0) == ""
+
+
 def test_plot_draws_bars_and_each_roofline():
     import matplotlib
 
