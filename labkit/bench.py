@@ -317,6 +317,19 @@ def results_table(results: Sequence[BenchResult]) -> str:
     return "\n".join(lines)
 
 
+def ceiling_reading_markdown(measured_tokens_per_s: float, ceiling_tokens_per_s: float, bandwidth_gbps: float) -> str:
+    """One run against its bandwidth ceiling, read from the values (notebook 00): a share of it, or above it and why."""
+    share = measured_tokens_per_s / ceiling_tokens_per_s
+    if share <= 1:
+        return (f"The run reached **{share:.0%}** of the ceiling: real runs reach a share of it, because each token also "
+                "pays for thread synchronisation, attention over the context and sampling.")
+    return (f"The run went **above** the ceiling ({share:.0%} of it). The ceiling is only as good as the bandwidth behind "
+            f"it, a timed copy ({bandwidth_gbps:,.1f} GB/s): part of a small model's weights stays in the CPU's caches "
+            "from one token to the next, llama.cpp may read with more threads than the copy used, and a copy timed "
+            "while the machine was busy reads low. On a GPU, whose caches are small next to a model, runs stay below "
+            "it (notebook 02 shows the H100's).")
+
+
 def roofline_reading_markdown(results: Sequence[BenchResult], bandwidth_gbps: float) -> str:
     """What this run's percentages of the roofline say, from their values: all below 100%, or some above it and why
     that can happen with a bandwidth measured by a timed copy."""

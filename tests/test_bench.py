@@ -233,6 +233,12 @@ def test_the_roofline_reading_follows_the_percentages():
     assert bench.roofline_reading_markdown([bench.BenchResult("x", 1, 1, 1, 0.1, 1.0, 1.0)], 20.0) == ""
 
 
+def test_the_ceiling_reading_follows_the_share():
+    assert "**50%** of the ceiling" in bench.ceiling_reading_markdown(30, 60, 14.6)
+    above = bench.ceiling_reading_markdown(90, 60, 14.6)
+    assert "**above** the ceiling (150% of it)" in above and "14.6 GB/s" in above
+
+
 def test_plot_draws_bars_and_each_roofline():
     import matplotlib
 
