@@ -33,6 +33,7 @@ from typing import Any
 from . import vram
 from .check import exercise, validator
 from .errors import LabkitError, MissingPackageError, unknown
+from .lora_gpu_check import committed_estimate_check, current_estimate_gib, estimate_accuracy_note  # noqa: F401
 from .models import dense_cache_path, load_bundled_transformers
 from .paths import cache_dir, datasets_dir
 from .runtimes import render_chat
@@ -864,49 +865,6 @@ def training_memory(model: Any, method: str, seq_len: int, batch: int = 1, rank:
     else:  # the CPU figure counts tensors only: compare with the estimate's tensors, without any overhead
         measured, estimate = peak, est.total - est.overhead
     return TrainingMemory(measured, estimate, rate, {"estimate": est, "device": device})
-
-
-def committed_estimate_check(results: dict | None = None) -> dict[bool, list[tuple[str, float]]]:
-    """The committed GPU check of `vram.estimate_training` (benchmarks/lora_gpu.py): {gradient checkpointing on?:
-    [(method, estimate / measured - 1), ...]}, the estimate made by THIS labkit for each committed measurement (the
-    estimator improves; the measurements stay); empty when no result is committed."""
-    from .bench import load_benchmark_results  # a committed result file, read when asked
-
-    results = load_benchmark_results("lora_gpu") if results is None else results
-    out: dict[bool, list[tuple[str, float]]] = {}
-    for row in (results or {}).get("rows", []):
-        if "skipped" not in row:
-            out.setdefault(bool(row["gradient_checkpointing"]), []).append(
-                (row["method"], current_estimate_gib(results, row) / row["measured_gib"] - 1))
-    return out
-
-
-def current_estimate_gib(results: dict, row: dict) -> float:
-    """This labkit's estimate for one committed lora_gpu row (the benchmark's setup: bf16 on CUDA, all linear layers,
-    batch 1); the row's own `estimate_gib` when the model is not one labkit ships a config for (a test's stand-in)."""
-    from .architecture import list_configs
-
-    if results.get("model") not in list_configs():
-        return float(row["estimate_gib"])
-    est = vram.estimate_training(results["model"], row["method"], dtype="bf16", lora_rank=row.get("rank", 16),
-                                 target_modules="all-linear", seq_len=row.get("seq_len", results.get("seq_len")),
-                                 batch=1, gradient_checkpointing=bool(row["gradient_checkpointing"]), device="cuda")
-    return est.total / 2**30
-
-
-def estimate_accuracy_note(gradient_checkpointing: bool, results: dict | None = None) -> str:
-    """One line: how far the estimate was from the measurement in the committed GPU check, for this setting."""
-    from .bench import load_benchmark_results  # a committed result file, read when asked
-
-    results = load_benchmark_results("lora_gpu") if results is None else results
-    rows = committed_estimate_check(results or {}).get(bool(gradient_checkpointing))
-    if not rows:
-        return "no committed GPU check of the estimate for this setting"
-    setting = "with" if gradient_checkpointing else "without"
-    errors = ", ".join(f"{m} {e:+.1%}" for m, e in rows)
-    return (f"estimate vs measured {setting} gradient checkpointing on the committed GPU check "
-            f"({results.get('device_name', 'GPU')}, {results.get('model', '')}, {results.get('seq_len', '?')} "
-            f"tokens): {errors}")
 
 
 # ============================================================================ the widget's function
