@@ -16,23 +16,17 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
-import weakref
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .errors import LabkitError, require_count, require_positive, unknown
+from .errors import LabkitError, require_count, unknown
 from .hardware import cpu_threads
 from .llama_server_build import cmake_args, tested_version
 from .models import BUNDLED, bundled_gguf_path, validate_gguf
-from .runtimes import LOOPBACK_HOSTS, LlamaServer, _http_get, _stop_process, _tail, free_port, port_in_use
+from .runtimes import LlamaServer, ServerProcess, _http_get
 
 MAX_SLOTS = 256
-
-
-
 SERVER_ENV = "LABKIT_LLAMA_SERVER"  # an explicit path to a llama-server binary wins over every other place
 _EXE = "llama-server.exe" if os.name == "nt" else "llama-server"
 
@@ -170,45 +164,38 @@ sys.exit(child.returncode)
 """
 
 
-class LlamaCppServer:
+class LlamaCppServer(ServerProcess):
     """llama.cpp's `llama-server` on loopback: `slots` requests decode together (continuous batching).
 
         with LlamaCppServer(slots=8) as server:          # the bundled model on a free port
             result = run_load(server.base_url, server.model, prompts, users=8)
 
     Each slot holds one request's KV cache, `ctx_per_slot` tokens long. `speculation="ngram"` turns on prompt-lookup
-    speculative decoding. `swa_full` keeps sliding-window layers' whole cache, so prefixes can be reused. Like `runtimes.LlamaServer`, the process never outlives you: the `with` block, `stop()`,
-    a finalizer at exit, its own process group, and a watchdog parent that exits with your kernel.
+    speculative decoding. `swa_full` keeps sliding-window layers' whole cache, so prefixes can be reused. Like
+    `runtimes.LlamaServer` (their shared process handling is `runtimes.ServerProcess`), the process never outlives
+    you: the `with` block, `stop()`, a finalizer at exit, its own process group, and a watchdog parent that exits with
+    your kernel.
     """
+
+    name = "llama-server"
 
     def __init__(self, model_path: str | Path | None = None, slots: int = 4, ctx_per_slot: int = 1024,
                  threads: int | None = None, speculation: str | None = None, n_gpu_layers: int | None = None,
                  api_key: str | None = None, port: int | None = None, host: str = "127.0.0.1",
                  alias: str | None = None, startup_timeout_s: float = 120.0, binary: str | Path | None = None,
                  swa_full: bool = True, extra_args: Iterable[str] = ()):
-        if host not in LOOPBACK_HOSTS:
-            raise LabkitError(f"host {host!r} would expose the server to the network. Accepted: "
-                              f"{', '.join(LOOPBACK_HOSTS)}.")
-        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
-            raise LabkitError(f"port must be an integer from 1 to 65535 (or None for a free one), got {port!r}")
+        self._init_process(host, port, startup_timeout_s)
         require_count("slots", slots, 1, MAX_SLOTS)
         require_count("ctx_per_slot", ctx_per_slot, 64, 1 << 20)
         if speculation is not None and speculation not in SPECULATION:
             raise unknown("speculation", speculation, [None, *SPECULATION])
-        require_positive("startup_timeout_s", startup_timeout_s)
         self.model_path, self.binary = model_path, binary
         self.slots, self.ctx_per_slot, self.speculation = slots, ctx_per_slot, speculation
         self.threads = threads or cpu_threads()
         self.n_gpu_layers, self.api_key = n_gpu_layers, api_key
-        self.host, self.requested_port, self.port = host, port, port
         self.model = alias
-        self.startup_timeout_s = startup_timeout_s
         self.swa_full = swa_full
         self.extra_args = list(extra_args)
-        self.process: subprocess.Popen | None = None
-        self.log_path: Path | None = None
-        self.startup_s = 0.0
-        self._finalizer: weakref.finalize | None = None
 
     @property
     def root_url(self) -> str:
@@ -219,14 +206,6 @@ class LlamaCppServer:
     def base_url(self) -> str:
         """The OpenAI-compatible API (`/v1/completions`, `/v1/chat/completions`, `/v1/models`)."""
         return f"{self.root_url}/v1"
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
 
     def command(self, binary: Path, model_path: Path) -> list[str]:
         cmd = [str(binary), "--model", str(model_path), "--host", self.host, "--port", str(self.port),
@@ -252,11 +231,7 @@ class LlamaCppServer:
             raise LabkitError(how_to_get_llama_server())
         path = bundled_gguf_path() if self.model_path is None else validate_gguf(self.model_path)
         self.model = self.model or (BUNDLED if self.model_path is None else path.stem)
-        if self.requested_port is None:
-            self.port = free_port(self.host)
-        elif port_in_use(self.requested_port, self.host):
-            raise LabkitError(f"port {self.requested_port} on {self.host} is already in use (another program, or a "
-                              "server you started earlier). Pick another port, or pass port=None for a free one.")
+        self._choose_port()
         cmd = self.command(binary, path)
         known = llama_server_help(binary)
         missing = [flag for flag in cmd[1:] if flag.startswith("--") and flag not in known]
@@ -266,48 +241,8 @@ class LlamaCppServer:
         env = _server_env(binary)
         if self.api_key:
             env["LLAMA_API_KEY"] = self.api_key  # from the environment, so the key is not visible in `ps`
-        fd, log = tempfile.mkstemp(prefix="labkit-llama-server-", suffix=".log")
-        self.log_path = Path(log)
-        start = time.perf_counter()
-        with os.fdopen(fd, "wb") as log_file:
-            self.process = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), *cmd],
-                                            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                                            env=env, start_new_session=True)
-        self._finalizer = weakref.finalize(self, _stop_process, self.process)
-        try:
-            self._wait_until_ready()
-        except BaseException:  # including KeyboardInterrupt: never leave a half-started server behind
-            self.stop()
-            raise
-        self.startup_s = time.perf_counter() - start
+        self._launch([sys.executable, "-c", _WATCHDOG, str(os.getpid()), *cmd], env, f"{self.root_url}/health", {})
         return self
-
-    def _wait_until_ready(self) -> None:
-        assert self.process is not None
-        deadline = time.perf_counter() + self.startup_timeout_s
-        while True:
-            code = self.process.poll()
-            if code is not None:
-                raise LabkitError(f"llama-server exited during start-up (exit code {code}). "
-                                  f"Last lines of its log ({self.log_path}):\n{_tail(self.log_path)}")
-            status, _ = _http_get(f"{self.root_url}/health", {}, timeout_s=1.0)
-            if status == 200:
-                return
-            if time.perf_counter() > deadline:
-                raise LabkitError(f"llama-server did not become ready within {self.startup_timeout_s:.0f} s. "
-                                  f"Last lines of its log ({self.log_path}):\n{_tail(self.log_path)}")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        """Stop the server and everything it started. Safe to call more than once."""
-        if self._finalizer is not None:
-            self._finalizer()
-            self._finalizer = None
-        elif self.process is not None:
-            _stop_process(self.process)
-
-    def log(self, lines: int = 15) -> str:
-        return _tail(self.log_path, lines) if self.log_path else "(not started)"
 
     def get(self, endpoint: str) -> Any:
         """GET one of the server's own endpoints (`/props`, `/slots`, `/health`) as parsed JSON."""
@@ -316,12 +251,6 @@ class LlamaCppServer:
         if status != 200:
             raise LabkitError(f"GET {self.root_url}/{endpoint.lstrip('/')} answered {status or body}")
         return json.loads(body)
-
-    def __enter__(self) -> LlamaCppServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = f"running, pid {self.pid}" if self.running else "stopped"

@@ -434,49 +434,27 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(kept[-lines:]) or "(the server printed nothing)"
 
 
-class LlamaServer:
-    """llama-cpp-python's OpenAI-compatible server, as a subprocess on loopback.
+class ServerProcess:
+    """What labkit's two local servers share (`LlamaServer`, llama-cpp-python's, and `llama_server.LlamaCppServer`,
+    llama.cpp's own): a loopback host and port, a subprocess in its own process group with its log in a temporary
+    file, the wait until it answers, and a stop that always happens (the `with` block, `stop()`, a finalizer at exit).
+    A subclass sets `name` and builds the command in `start()`, then calls `_launch`."""
 
-        with LlamaServer() as server:                  # the bundled model on a free port
-            client = server.client()                   # the official openai client
-            client.completions.create(model=server.model, prompt="Hello", max_tokens=8)
+    name = "server"
 
-    The process is stopped when the `with` block ends (also on an exception or a notebook interrupt),
-    when the object is garbage-collected, when Python exits (a `weakref.finalize`, which runs at
-    exit), and, should your kernel be killed outright, by a watchdog inside the child. It runs in
-    its own process group, so stopping it stops everything it started.
-    """
-
-    def __init__(self, model_path: str | Path | None = None, port: int | None = None, host: str = "127.0.0.1",
-                 api_key: str | None = None, n_ctx: int = 2048, n_threads: int | None = None,
-                 model_alias: str | None = None, chat_format: str | None = "gemma",
-                 startup_timeout_s: float = 300.0, extra_args: Iterable[str] = (), n_gpu_layers: int | None = None):
+    def _init_process(self, host: str, port: int | None, startup_timeout_s: float) -> None:
         if host not in LOOPBACK_HOSTS:
             raise LabkitError(f"host {host!r} would expose the server to the network. Accepted: "
                               f"{', '.join(LOOPBACK_HOSTS)}.")
         if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
             raise LabkitError(f"port must be an integer from 1 to 65535 (or None for a free one), got {port!r}")
         require_positive("startup_timeout_s", startup_timeout_s)
-        self.model_path = model_path
         self.host, self.requested_port, self.port = host, port, port
-        self.api_key, self.n_ctx = api_key, n_ctx
-        self.n_threads = n_threads or cpu_threads()
-        self.model = model_alias
-        self.chat_format = chat_format
         self.startup_timeout_s = startup_timeout_s
-        self.extra_args = list(extra_args)
-        self.n_gpu_layers = check_n_gpu_layers(n_gpu_layers)  # None: all layers when the build can offload
         self.process: subprocess.Popen | None = None
         self.log_path: Path | None = None
         self.startup_s = 0.0
         self._finalizer: weakref.finalize | None = None
-
-    # -- lifecycle
-
-    @property
-    def base_url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/v1"
 
     @property
     def pid(self) -> int | None:
@@ -486,33 +464,16 @@ class LlamaServer:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def start(self) -> LlamaServer:
-        """Start the server and wait until it answers; raise LabkitError (with its log) if it cannot."""
-        if self.running:
-            return self
-        try:
-            import llama_cpp.server  # noqa: F401  (fail here, not in the child)
-        except ImportError as err:
-            raise MissingPackageError("llama-cpp-python[server]", "The local OpenAI-compatible server",
-                                      extra="llama") from err
-
-        path = bundled_gguf_path() if self.model_path is None else validate_gguf(self.model_path)
-        self.model = self.model or (BUNDLED if self.model_path is None else path.stem)
+    def _choose_port(self) -> None:
         if self.requested_port is None:
             self.port = free_port(self.host)
         elif port_in_use(self.requested_port, self.host):
             raise LabkitError(f"port {self.requested_port} on {self.host} is already in use (another program, or a "
                               "server you started earlier). Pick another port, or pass port=None for a free one.")
-        cmd = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), "--model", str(path), "--host", self.host,
-               "--port", str(self.port), "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads),
-               "--model_alias", self.model, "--n_gpu_layers", str(resolve_n_gpu_layers(self.n_gpu_layers, path, self.n_ctx)),
-               *self.extra_args]
-        if self.chat_format:
-            cmd += ["--chat_format", self.chat_format]
-        env = dict(os.environ, HOST=self.host, PORT=str(self.port))  # the server reads these over its flags
-        env.pop("API_KEY", None)
-        if self.api_key:
-            env["API_KEY"] = self.api_key  # from the environment, so the key is not visible in `ps`
+
+    def _launch(self, cmd: list[str], env: dict[str, str], ready_url: str, headers: dict[str, str]) -> None:
+        """Start `cmd` with its output in a log file, then wait until `ready_url` answers 200; on any failure (an
+        interrupt too) stop it again, so no half-started server is left behind."""
         fd, log = tempfile.mkstemp(prefix="labkit-llama-server-", suffix=".log")
         self.log_path = Path(log)
         start = time.perf_counter()
@@ -521,27 +482,25 @@ class LlamaServer:
                                             env=env, start_new_session=True)
         self._finalizer = weakref.finalize(self, _stop_process, self.process)
         try:
-            self._wait_until_ready()
-        except BaseException:  # including KeyboardInterrupt: never leave a half-started server behind
+            self._wait_until_ready(ready_url, headers)
+        except BaseException:
             self.stop()
             raise
         self.startup_s = time.perf_counter() - start
-        return self
 
-    def _wait_until_ready(self) -> None:
+    def _wait_until_ready(self, ready_url: str, headers: dict[str, str]) -> None:
         assert self.process is not None
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         deadline = time.perf_counter() + self.startup_timeout_s
         while True:
             code = self.process.poll()
             if code is not None:
-                raise LabkitError(f"the llama.cpp server exited during start-up (exit code {code}). "
+                raise LabkitError(f"{self.name} exited during start-up (exit code {code}). "
                                   f"Last lines of its log ({self.log_path}):\n{_tail(self.log_path)}")
-            status, _ = _http_get(f"{self.base_url}/models", headers, timeout_s=1.0)
+            status, _ = _http_get(ready_url, headers, timeout_s=1.0)
             if status == 200:
                 return
             if time.perf_counter() > deadline:
-                raise LabkitError(f"the llama.cpp server did not answer within {self.startup_timeout_s:.0f} s. "
+                raise LabkitError(f"{self.name} did not answer within {self.startup_timeout_s:.0f} s. "
                                   f"Last lines of its log ({self.log_path}):\n{_tail(self.log_path)}")
             time.sleep(0.2)
 
@@ -556,11 +515,74 @@ class LlamaServer:
     def log(self, lines: int = 15) -> str:
         return _tail(self.log_path, lines) if self.log_path else "(not started)"
 
-    def __enter__(self) -> LlamaServer:
+    def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class LlamaServer(ServerProcess):
+    """llama-cpp-python's OpenAI-compatible server, as a subprocess on loopback.
+
+        with LlamaServer() as server:                  # the bundled model on a free port
+            client = server.client()                   # the official openai client
+            client.completions.create(model=server.model, prompt="Hello", max_tokens=8)
+
+    The process is stopped when the `with` block ends (also on an exception or a notebook interrupt),
+    when the object is garbage-collected, when Python exits (a `weakref.finalize`, which runs at
+    exit), and, should your kernel be killed outright, by a watchdog inside the child. It runs in
+    its own process group, so stopping it stops everything it started.
+    """
+
+    name = "the llama.cpp server"
+
+    def __init__(self, model_path: str | Path | None = None, port: int | None = None, host: str = "127.0.0.1",
+                 api_key: str | None = None, n_ctx: int = 2048, n_threads: int | None = None,
+                 model_alias: str | None = None, chat_format: str | None = "gemma",
+                 startup_timeout_s: float = 300.0, extra_args: Iterable[str] = (), n_gpu_layers: int | None = None):
+        self._init_process(host, port, startup_timeout_s)
+        self.model_path = model_path
+        self.api_key, self.n_ctx = api_key, n_ctx
+        self.n_threads = n_threads or cpu_threads()
+        self.model = model_alias
+        self.chat_format = chat_format
+        self.extra_args = list(extra_args)
+        self.n_gpu_layers = check_n_gpu_layers(n_gpu_layers)  # None: all layers when the build can offload
+
+    # -- lifecycle
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/v1"
+
+    def start(self) -> LlamaServer:
+        """Start the server and wait until it answers; raise LabkitError (with its log) if it cannot."""
+        if self.running:
+            return self
+        try:
+            import llama_cpp.server  # noqa: F401  (fail here, not in the child)
+        except ImportError as err:
+            raise MissingPackageError("llama-cpp-python[server]", "The local OpenAI-compatible server",
+                                      extra="llama") from err
+
+        path = bundled_gguf_path() if self.model_path is None else validate_gguf(self.model_path)
+        self.model = self.model or (BUNDLED if self.model_path is None else path.stem)
+        self._choose_port()
+        cmd = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), "--model", str(path), "--host", self.host,
+               "--port", str(self.port), "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads),
+               "--model_alias", self.model, "--n_gpu_layers", str(resolve_n_gpu_layers(self.n_gpu_layers, path, self.n_ctx)),
+               *self.extra_args]
+        if self.chat_format:
+            cmd += ["--chat_format", self.chat_format]
+        env = dict(os.environ, HOST=self.host, PORT=str(self.port))  # the server reads these over its flags
+        env.pop("API_KEY", None)
+        if self.api_key:
+            env["API_KEY"] = self.api_key  # from the environment, so the key is not visible in `ps`
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        self._launch(cmd, env, f"{self.base_url}/models", headers)
+        return self
 
     def __repr__(self) -> str:
         state = f"running, pid {self.pid}" if self.running else "stopped"
