@@ -39,81 +39,10 @@ from .vram import (
     estimate_inference,
     lora_targets,
 )
+from .vram_trace import TensorMemoryTracker  # noqa: F401  (lora, tests and notebooks use it from here)
 
 # torch, transformers, pynvml and bitsandbytes are imported inside the functions that need them: importing
 # labkit stays quick and works on machines without them (the CPU child process imports torch itself).
-
-class TensorMemoryTracker:
-    """Count the bytes of every tensor PyTorch creates inside a `with` block, on any device, and
-    keep the peak: the CPU counterpart of torch.cuda.max_memory_allocated().
-
-        with TensorMemoryTracker() as t:
-            model.generate(...)
-        t.peak   # bytes alive at the highest point (tensors that existed before are not counted)
-
-    It watches every operation (a TorchDispatchMode), so it slows the block down a little; views
-    share their base's storage and are counted once.
-    """
-
-    def __init__(self):
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        tracker = self
-
-        class _Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                return tracker._run(func, args, kwargs or {})
-
-        self._mode = _Mode()
-        self._live: dict[int, tuple[Any, int]] = {}
-        self.current = 0
-        self.peak = 0
-        self.skip_devices: tuple[str, ...] = ("meta",)  # tensors on the meta device hold no memory
-
-    def __enter__(self) -> TensorMemoryTracker:
-        self._mode.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._mode.__exit__(*exc)
-        self._sweep()
-
-    def _sweep(self) -> None:
-        for key, (ref, size) in list(self._live.items()):
-            if ref.expired():
-                del self._live[key]
-                self.current -= size
-
-    def _run(self, func, args, kwargs):
-        import torch
-        from torch.multiprocessing.reductions import StorageWeakRef
-        from torch.utils._pytree import tree_flatten
-
-        self._sweep()
-        out = func(*args, **kwargs)
-        self._sweep()
-        inputs = {StorageWeakRef(t.untyped_storage()).cdata for t in tree_flatten((args, kwargs))[0]
-                  if isinstance(t, torch.Tensor) and t.device.type not in self.skip_devices}
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.device.type not in self.skip_devices:
-                storage = t.untyped_storage()
-                ref = StorageWeakRef(storage)
-                if ref.cdata not in self._live and ref.cdata not in inputs:
-                    self._live[ref.cdata] = (ref, storage.nbytes())
-                    self.current += storage.nbytes()
-                    self._made(ref.cdata, func)
-        if self.current > self.peak:
-            self.peak = self.current
-            self._at_peak()
-        return out
-
-    def _made(self, key: int, func: Any) -> None:
-        """Called for every new storage (a hook for subclasses)."""
-
-    def _at_peak(self) -> None:
-        """Called whenever a new peak is reached (a hook for subclasses)."""
-
-
 
 def cuda_context_bytes() -> float:
     """GPU memory this process holds outside PyTorch's allocator (the CUDA context, loaded kernels,

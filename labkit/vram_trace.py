@@ -16,10 +16,17 @@ from typing import Any
 from .errors import LabkitError
 
 
-class MetaTrace:
-    """Count the bytes of every tensor PyTorch creates inside a `with` block, meta tensors included (which hold
-    no memory: their storages still have a size and a lifetime), keep the peak, and at the peak which storages
-    were alive and which operation made each. (labkit.vram_measure.TensorMemoryTracker does the same for real tensors.)"""
+class TensorMemoryTracker:
+    """Count the bytes of every tensor PyTorch creates inside a `with` block, on any device, and
+    keep the peak: the CPU counterpart of torch.cuda.max_memory_allocated().
+
+        with TensorMemoryTracker() as t:
+            model.generate(...)
+        t.peak   # bytes alive at the highest point (tensors that existed before are not counted)
+
+    It watches every operation (a TorchDispatchMode), so it slows the block down a little; views
+    share their base's storage and are counted once.
+    """
 
     def __init__(self):
         from torch.utils._python_dispatch import TorchDispatchMode
@@ -32,17 +39,17 @@ class MetaTrace:
 
         self._mode = _Mode()
         self._live: dict[int, tuple[Any, int]] = {}
-        self._maker: dict[int, str] = {}
         self.current = 0
         self.peak = 0
-        self.at_peak: dict[int, tuple[str, int]] = {}
+        self.skip_devices: tuple[str, ...] = ("meta",)  # tensors on the meta device hold no memory
 
-    def __enter__(self) -> MetaTrace:
+    def __enter__(self) -> TensorMemoryTracker:
         self._mode.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         self._mode.__exit__(*exc)
+        self._sweep()
 
     def _sweep(self) -> None:
         for key, (ref, size) in list(self._live.items()):
@@ -59,19 +66,42 @@ class MetaTrace:
         out = func(*args, **kwargs)
         self._sweep()
         inputs = {StorageWeakRef(t.untyped_storage()).cdata for t in tree_flatten((args, kwargs))[0]
-                  if isinstance(t, torch.Tensor)}
+                  if isinstance(t, torch.Tensor) and t.device.type not in self.skip_devices}
         for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
+            if isinstance(t, torch.Tensor) and t.device.type not in self.skip_devices:
                 storage = t.untyped_storage()
                 ref = StorageWeakRef(storage)
                 if ref.cdata not in self._live and ref.cdata not in inputs:
                     self._live[ref.cdata] = (ref, storage.nbytes())
-                    self._maker[ref.cdata] = str(getattr(func, "__name__", func)).split(".")[0]
                     self.current += storage.nbytes()
+                    self._made(ref.cdata, func)
         if self.current > self.peak:
             self.peak = self.current
-            self.at_peak = {k: (self._maker.get(k, "?"), size) for k, (_, size) in self._live.items()}
+            self._at_peak()
         return out
+
+    def _made(self, key: int, func: Any) -> None:
+        """Called for every new storage (a hook for subclasses)."""
+
+    def _at_peak(self) -> None:
+        """Called whenever a new peak is reached (a hook for subclasses)."""
+
+
+class MetaTrace(TensorMemoryTracker):
+    """TensorMemoryTracker on the meta device too (meta tensors hold no memory, but their storages still have a
+    size and a lifetime), keeping at the peak which storages were alive and which operation made each."""
+
+    def __init__(self):
+        super().__init__()
+        self.skip_devices = ()
+        self._maker: dict[int, str] = {}
+        self.at_peak: dict[int, tuple[str, int]] = {}
+
+    def _made(self, key: int, func: Any) -> None:
+        self._maker[key] = str(getattr(func, "__name__", func)).split(".")[0]
+
+    def _at_peak(self) -> None:
+        self.at_peak = {k: (self._maker.get(k, "?"), size) for k, (_, size) in self._live.items()}
 
 
 EXPERT_DISPATCH = {
