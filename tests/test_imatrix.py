@@ -8,6 +8,15 @@ from labkit import imatrix, quant
 from labkit.errors import LabkitError
 
 
+
+def fake_tools(folder, monkeypatch, script: str) -> None:
+    """Every llama.cpp tool imatrix needs, as a shell script in `folder`, which LABKIT_LLAMA_TOOLS then names."""
+    for name in imatrix.TOOLS:
+        tool = folder / name
+        tool.write_text(script)
+        tool.chmod(0o755)
+    monkeypatch.setenv(imatrix.TOOLS_ENV, str(folder))
+
 def test_missing_tools_say_how_to_get_them(monkeypatch):
     monkeypatch.setattr(imatrix, "find_tool", lambda name: None)
     message = imatrix.missing_tools()
@@ -17,11 +26,7 @@ def test_missing_tools_say_how_to_get_them(monkeypatch):
 
 
 def test_the_tools_folder_setting_wins(tmp_path, monkeypatch):
-    for name in imatrix.TOOLS:
-        tool = tmp_path / name
-        tool.write_text("#!/bin/sh\nexit 0\n")
-        tool.chmod(0o755)
-    monkeypatch.setenv(imatrix.TOOLS_ENV, str(tmp_path))
+    fake_tools(tmp_path, monkeypatch, "#!/bin/sh\nexit 0\n")
     assert imatrix.find_tool("llama-quantize") == tmp_path / "llama-quantize"
     assert imatrix.missing_tools() is None
 
@@ -61,11 +66,7 @@ def test_imatrix_level_is_marked_and_beats_the_plain_one(calibrated):
 
 
 def test_a_failing_tool_shows_its_log(tmp_path, monkeypatch):
-    for name in imatrix.TOOLS:
-        tool = tmp_path / name
-        tool.write_text("#!/bin/sh\necho 'error: cannot open model' >&2\nexit 3\n")
-        tool.chmod(0o755)
-    monkeypatch.setenv(imatrix.TOOLS_ENV, str(tmp_path))
+    fake_tools(tmp_path, monkeypatch, "#!/bin/sh\necho 'error: cannot open model' >&2\nexit 3\n")
     source = tmp_path / "model-F16.gguf"
     from labkit.models import bundled_gguf_path
 
