@@ -8,7 +8,6 @@ from labkit import imatrix, quant
 from labkit.errors import LabkitError
 
 
-
 def fake_tools(folder, monkeypatch, script: str) -> None:
     """Every llama.cpp tool imatrix needs, as a shell script in `folder`, which LABKIT_LLAMA_TOOLS then names."""
     for name in imatrix.TOOLS:
