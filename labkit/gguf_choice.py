@@ -96,6 +96,7 @@ class GgufOption:
     plan: OffloadPlan
     decode_tokens_per_s: float | None  # roofline of the split, None when a bandwidth is unknown
     published_kld: float | None  # llama.cpp's Llama 3 8B table, for the levels it has
+    fits_memory: bool = True  # False on a Mac whose whole unified memory is smaller than the file: no split helps
 
     @property
     def whole_model_on_gpu(self) -> bool:
@@ -103,8 +104,8 @@ class GgufOption:
 
     def row(self) -> dict:
         plan = self.plan
-        where = ("all on the GPU" if self.whole_model_on_gpu else
-                 f"{plan.layers_on_gpu} of {plan.block_count} layers on the GPU" if plan.layers_on_gpu else
+        where = ("does not fit this memory" if not self.fits_memory else "all on the GPU" if self.whole_model_on_gpu
+                 else f"{plan.layers_on_gpu} of {plan.block_count} layers on the GPU" if plan.layers_on_gpu else
                  "does not fit: CPU only")
         return {"level": self.level, "file GB": round(self.file_gb, 2), "where": where,
                 "-ngl": plan.n_gpu_layers if plan.n_gpu_layers == -1 else plan.layers_on_gpu,
@@ -140,15 +141,27 @@ def choose_gguf(model: str, where: Target, context: int = 8192,
         sizes = _level_sizes(model, level, context)
         plan = fit_layers(sizes["layer_bytes"], sizes["kv_bytes_per_layer"], sizes["output_bytes"],
                           sizes["compute_bytes"], where.gpu_bytes)
+        fits = not (where.unified and where.memory_bytes and sizes["file_bytes"] > where.memory_bytes)
         options.append(GgufOption(level, sizes["file_bytes"] / 1e9, plan, _decode_roofline(sizes, plan, where),
-                                  published.get(level)))
-    whole = [o for o in options if o.whole_model_on_gpu]
-    pick = whole[0] if whole else max(options, key=lambda o: (o.plan.layers_on_gpu, o.file_gb))
+                                  published.get(level), fits))
+    whole = [o for o in options if o.whole_model_on_gpu and o.fits_memory]
+    fitting = [o for o in options if o.fits_memory]
+    if whole:
+        pick = whole[0]
+    elif fitting:
+        pick = max(fitting, key=lambda o: (o.plan.layers_on_gpu, o.file_gb))
+    else:  # nothing fits: the smallest file, marked as not fitting (pick_markdown says so)
+        pick = min(options, key=lambda o: o.file_gb)
     return options, pick
 
 
 def pick_markdown(model: str, where: Target, context: int, options: Sequence[GgufOption], pick: GgufOption) -> str:
     """The choice in sentences, with the command that runs it."""
+    if not pick.fits_memory:
+        return (f"**{model} on {where.name}, {context:,} tokens of context: no file fits.** The smallest level here, "
+                f"{pick.level}, is {pick.file_gb:.1f} GB, more than the whole {where.memory_bytes / 1e9:.1f} GB "
+                "this Mac's memory offers (CPU and GPU share it, so there is nothing to offload to): it would page "
+                "from the disk at every token. Pick a smaller model, or a Mac with more memory.")
     ngl = "-1" if pick.whole_model_on_gpu else str(pick.plan.layers_on_gpu)
     head = (f"**{model} on {where.name}, {context:,} tokens of context: download the {pick.level} file "
             f"({pick.file_gb:.1f} GB).** ")
@@ -157,12 +170,6 @@ def pick_markdown(model: str, where: Target, context: int, options: Sequence[Ggu
         text = (f"It is the level with the most bits whose weights, cache and buffers fit the GPU "
                 f"({pick.plan.gpu_bytes / GIB:.1f} GiB of {where.gpu_bytes / GIB:.1f} GiB usable); "
                 f"{len(smaller)} smaller level{'s' if len(smaller) != 1 else ''} fit too, at a cost in quality.")
-    elif where.unified and where.memory_bytes and min(o.file_gb for o in options) * 1e9 > where.memory_bytes:
-        smallest = min(options, key=lambda o: o.file_gb)
-        return (f"**{model} on {where.name}, {context:,} tokens of context: no file fits.** The smallest level here, "
-                f"{smallest.level}, is {smallest.file_gb:.1f} GB, more than the whole {where.memory_bytes / 1e9:.1f} GB "
-                "this Mac's memory offers (CPU and GPU share it, so there is nothing to offload to): it would page "
-                "from the disk at every token. Pick a smaller model, or a Mac with more memory.")
     elif pick.plan.layers_on_gpu:
         cpu_share = 1 - pick.plan.layers_on_gpu / pick.plan.block_count
         ram = ("the same unified memory" if where.unified else

@@ -86,6 +86,7 @@ def test_a_model_larger_than_a_macs_memory_is_not_offloaded_there():
     options, pick = gguf_choice.choose_gguf("llama-3.1-70b", mac, 8192)
     text = gguf_choice.pick_markdown("llama-3.1-70b", mac, 8192, options, pick)
     assert "no file fits" in text and "llama-server" not in text
+    assert not pick.fits_memory and {o.row()["where"] for o in options} == {"does not fit this memory"}
     card = gguf_choice.target("NVIDIA RTX 3060")  # a discrete card offloads, and says how much RAM that needs
     options, pick = gguf_choice.choose_gguf("llama-3.1-70b", card, 8192)
     assert not pick.whole_model_on_gpu and "GB of weights must fit there" in gguf_choice.pick_markdown(
