@@ -317,6 +317,11 @@ def results_table(results: Sequence[BenchResult]) -> str:
     return "\n".join(lines)
 
 
+_WHY_ABOVE_A_COPY = ("a decode can beat it, because part of a small model's weights stays in the CPU's caches from one "
+                     "token to the next, the runtime may read with more threads than the copy used, and a copy timed "
+                     "while the machine was busy reads low.")
+
+
 def ceiling_reading_markdown(measured_tokens_per_s: float, ceiling_tokens_per_s: float, bandwidth_gbps: float) -> str:
     """One run against its bandwidth ceiling, read from the values (notebook 00): a share of it, or above it and why."""
     share = measured_tokens_per_s / ceiling_tokens_per_s
@@ -324,10 +329,8 @@ def ceiling_reading_markdown(measured_tokens_per_s: float, ceiling_tokens_per_s:
         return (f"The run reached **{share:.0%}** of the ceiling: real runs reach a share of it, because each token also "
                 "pays for thread synchronisation, attention over the context and sampling.")
     return (f"The run went **above** the ceiling ({share:.0%} of it). The ceiling is only as good as the bandwidth behind "
-            f"it, a timed copy ({bandwidth_gbps:,.1f} GB/s): part of a small model's weights stays in the CPU's caches "
-            "from one token to the next, llama.cpp may read with more threads than the copy used, and a copy timed "
-            "while the machine was busy reads low. On a GPU, whose caches are small next to a model, runs stay below "
-            "it (notebook 02 shows the H100's).")
+            f"it, a timed copy ({bandwidth_gbps:,.1f} GB/s): {_WHY_ABOVE_A_COPY} On the H100, whose caches are small "
+            "next to a model, every runtime stayed below its ceiling (notebook 02).")
 
 
 def roofline_reading_markdown(results: Sequence[BenchResult], bandwidth_gbps: float) -> str:
@@ -344,9 +347,7 @@ def roofline_reading_markdown(results: Sequence[BenchResult], bandwidth_gbps: fl
                 "and, on GPUs, kernel launches.")
     named = ", ".join(f"{name} **{pct:.0f}%**" for name, pct in over)
     return (f"Above 100% here: {named}. A roofline is only as good as its bandwidth, and this one is the session's timed "
-            f"copy ({bandwidth_gbps:,.1f} GB/s): a decode can beat it, because part of a small model's weights stays in "
-            "the CPU's caches from one token to the next, the runtime may read with more threads than the copy used, "
-            "and a copy timed while the machine was busy reads low. Read the percentages as a comparison between "
+            f"copy ({bandwidth_gbps:,.1f} GB/s): {_WHY_ABOVE_A_COPY} Read the percentages as a comparison between "
             "runtimes measured against the same figure, not as the share of a hard limit. On the H100, whose caches "
             "(tens of MB) are small next to a model, every runtime stayed below it (the committed numbers below).")
 

@@ -9,6 +9,7 @@ users that fit in memory (KV cache), meet the ITL target and meet the TTFT targe
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,13 @@ class CapacityPlan:
         limits = {"memory (KV cache)": self.users_by_memory, "ITL target": self.users_by_itl,
                   "TTFT target": self.users_by_ttft}
         return min(limits, key=limits.get)
+
+    def with_compute_efficiency(self, share: float) -> CapacityPlan:
+        """The same plan, with the device reaching `share` of its peak FLOP/s (a measured figure, e.g.
+        serving.measured_compute_share) instead of the bandwidth efficiency."""
+        device = dataclasses.replace(self.device, compute_efficiency=share)
+        return plan_capacity(self.model, device, self.weights, self.prompt_tokens, self.new_tokens, self.slo,
+                             self.efficiency)
 
     def at(self, users: int) -> LoadEstimate:
         """The estimate at `users` users (`estimate_load` at the plan's efficiencies)."""

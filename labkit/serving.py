@@ -409,9 +409,15 @@ VLLM_H100_REFERENCE = (5777, "MLPerf Inference v5.1, Llama 3.1 8B, Offline scena
                              "FP8 weights, one H100")
 
 
+def is_measured(note: str) -> bool:
+    """Whether a throughput note of `cost.gpu_tokens_per_s` comes from a committed measurement (measured, or
+    interpolated between measured user counts) rather than a projection."""
+    return note.startswith(("measured", "interpolated"))
+
+
 def batch_curve_markdown(card: str, curve: dict[int, tuple[float, str]], projection: dict[int, float]) -> str:
     """Notebook 08's reading of a GPU's batch curve: measured (which users, against the projection) or projected."""
-    measured = [b for b, (_, note) in curve.items() if note.startswith(("measured", "interpolated"))]
+    measured = [b for b, (_, note) in curve.items() if is_measured(note)]
     if not measured:
         return (f"The {card} curve is a **projection** from a batch-1 measurement, not a measurement: at large batches "
                 "attention over long contexts, prompts processed between decode steps, scheduling and the KV cache's "

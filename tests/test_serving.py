@@ -121,6 +121,7 @@ def test_the_batch_curve_is_read_as_measured_or_projected_from_its_notes():
     assert "**measured**" in text and "222 → 906 tok/s (4.1x)" in text and "3.8x too high" in text
     projected = {b: (t, f"{t:,.0f} tokens/s: ... projected from ...") for b, t in projection.items()}
     assert "**projection**" in serving.batch_curve_markdown("H100", projected, projection)
+    assert serving.is_measured(measured[1][1]) and not serving.is_measured(projected[1][1])
 
 
 def test_the_gpu_reading_is_built_from_the_committed_numbers():
@@ -136,8 +137,6 @@ def test_the_gpu_reading_is_built_from_the_committed_numbers():
 
 
 def test_the_planner_gap_is_explained_from_the_run_and_the_calibrated_plan():
-    import dataclasses
-
     from labkit import capacity
 
     results = serving.load_gpu_results()
@@ -150,8 +149,8 @@ def test_the_planner_gap_is_explained_from_the_run_and_the_calibrated_plan():
     share = serving.measured_compute_share(results, plan)
     curve = serving.committed_gpu_throughput(results)
     assert share == pytest.approx(curve[max(curve)] * 2 * plan.decode_params / plan.device.flops)
-    calibrated = capacity.plan_capacity("llama-3.1-8b", dataclasses.replace(plan.device, compute_efficiency=share),
-                                        "Q4_K_M", prompt_tokens=65, new_tokens=128, slo=slo, efficiency=0.37)
+    calibrated = plan.with_compute_efficiency(share)
+    assert calibrated.device.compute_efficiency == share and calibrated.efficiency == plan.efficiency
     assert calibrated.users < plan.users  # less compute, fewer users
     text = serving.planner_gap_markdown(results, plan, calibrated, slo)
     assert f"**{plan.users:,}**" in text and f"**{calibrated.users:,}**" in text and f"{share:.1%}" in text
