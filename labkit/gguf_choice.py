@@ -181,6 +181,8 @@ def pick_markdown(model: str, where: Target, context: int, options: Sequence[Ggu
                 "shorter context or a smaller model may run entirely on the GPU.")
     else:
         text = "Not even one layer fits next to the buffers: run it on the CPU, or pick a smaller model."
-    speed = f" Decode roofline: about {pick.decode_tokens_per_s:.0f} tokens/s." if pick.decode_tokens_per_s else ""
+    tps = pick.decode_tokens_per_s
+    speed = f" Decode roofline: about {tps:.1f} tokens/s." if tps and tps < 10 else (
+        f" Decode roofline: about {tps:.0f} tokens/s." if tps else "")
     command = f"\n\n    llama-server -m {model}-{pick.level}.gguf -c {context} -ngl {ngl} -fa on"
     return head + text + speed + command

@@ -456,7 +456,7 @@ def gpu_reading_markdown(results: dict) -> str:
     if schema.get("off", {}).get("completed") and schema.get("on", {}).get("completed"):
         slower = schema["on"]["itl_p50_s"] / schema["off"]["itl_p50_s"]
         parts.append(
-            f"The JSON schema made each token {slower:.1f}x slower here, far more than on the bundled model in section 7. "
+            f"The JSON schema made each token {slower:.1f}x slower here (section 7 measured the bundled model). "
             "That is the random weights: llama.cpp samples a token first and checks only that one against the "
             "grammar, which a model that wants to write the JSON passes almost always; random weights almost never "
             "do, so every step falls back to checking the whole vocabulary (128k tokens for Llama 3). This is the "
